@@ -1,0 +1,105 @@
+"""The compiler's pass interface and registry.
+
+A pass takes a model :class:`Artifact` and returns a new one. It is one module under
+``edgeml/compiler/passes/`` that subclasses :class:`Pass` with a ``name`` and a ``run``; subclassing
+registers it. Vendor SDKs are imported inside ``run`` so importing the registry stays cheap.
+
+A pass's output is cached under :meth:`Pass.cache_key` = hash(pass name, its config, input artifact
+hash, target id), so a rebuild with one changed option reruns only what changed.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgeml.targets import TargetProfile
+
+FORMATS = ("onnx", "openvino", "tflite")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model on disk plus what the passes learned about it.
+
+    ``path`` is the main file (``.onnx``, OpenVINO ``.xml`` or ``.tflite``); ``extra_files`` are files
+    that must travel with it (OpenVINO ``.bin``, ONNX external data). ``digest`` is the sha256 of the
+    model's bytes (all files), used for cache keys and provenance.
+    """
+
+    path: Path
+    format: str
+    precision: str
+    digest: str
+    extra_files: tuple[Path, ...] = ()
+    runtime: str | None = None                   # the runtime this artifact is meant for, once converted
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> Artifact:
+        return replace(self, **changes)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path, *self.extra_files)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+@dataclass
+class BuildContext:
+    """Everything a pass may need besides its own config: the target, the work directory, the
+    calibration/evaluation data and a progress callback. Passes write new files only under ``workdir``.
+    """
+
+    target: TargetProfile
+    workdir: Path
+    reference: Artifact | None = None            # the loaded FP32 source model
+    calibration: Any = None                      # edgeml.compiler.data.SampleSet or None
+    evaluation: Any = None                       # held-out samples (and labels) for the fidelity gate
+    progress: Callable[[str, int, int], None] = lambda label, done, total: None
+    log: Callable[[str], None] = lambda message: None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(abc.ABC):
+    """Base class of every pass. Subclasses set ``name`` and implement ``run``."""
+
+    name: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Pass]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            Pass.registry[cls.name] = cls
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
+        """Produce the next artifact; raise a :class:`edgeml.errors.CompileError` subclass on failure."""
+
+    def cache_key(self, artifact: Artifact, ctx: BuildContext) -> str:
+        blob = json.dumps(
+            {"pass": self.name, "config": self.config, "input": artifact.digest, "target": ctx.target.id},
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def get_pass(name: str) -> type[Pass]:
+    from edgeml.compiler import passes as _passes  # noqa: F401 - importing the package registers built-ins
+
+    try:
+        return Pass.registry[name]
+    except KeyError:
+        from edgeml.errors import CompileError
+
+        raise CompileError(f"unknown pass '{name}'; known: {', '.join(sorted(Pass.registry))}") from None

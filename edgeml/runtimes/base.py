@@ -1,0 +1,126 @@
+"""The one small interface every runtime backend implements: load, describe, run, close.
+
+Backends live one per module (``onnxruntime_backend``, ``openvino_backend``, ``litert_backend``) and
+are imported lazily through :data:`BACKENDS`, so a device pays only for the runtime it uses and a
+missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.bundle.manifest import TensorSpec
+from edgeml.errors import InferenceInputError, RuntimeBackendError
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to run a model: providers/devices in preference order and their options."""
+
+    providers: tuple[str, ...] = ()                  # onnxruntime execution providers, in order
+    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    device: str | None = None                        # openvino device ("CPU", "NPU", "AUTO:NPU,CPU", ...)
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    num_threads: int = 0                             # 0 = the runtime's default
+    cache_dir: Path | None = None                    # engine/model caches (TensorRT, OpenVINO)
+
+
+class Backend(abc.ABC):
+    """A model loaded in one runtime. ``run`` takes and returns numpy arrays by tensor name."""
+
+    runtime: str = ""
+
+    def __init__(self, model_path: Path, options: BackendOptions) -> None:
+        self.model_path = Path(model_path)
+        self.options = options
+
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def device(self) -> str:
+        """The device/provider actually in use (e.g. 'CPUExecutionProvider', 'CPU')."""
+        return "CPU"
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the runtime's resources."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate names, dtypes and shapes against the model; a clear error instead of a runtime crash."""
+        specs = {s.name: s for s in self.inputs}
+        missing = [n for n in specs if n not in feeds]
+        unknown = [n for n in feeds if n not in specs]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown input(s) {', '.join(unknown)}")
+            raise InferenceInputError(f"{'; '.join(parts)}; the model takes: {describe(self.inputs)}")
+        out: dict[str, np.ndarray] = {}
+        for name, spec in specs.items():
+            arr = np.asarray(feeds[name])
+            if arr.dtype != np.dtype(spec.dtype):
+                if arr.dtype.kind in "fiub" and np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                    arr = arr.astype(spec.dtype)
+                else:
+                    raise InferenceInputError(f"input '{name}' has dtype {arr.dtype}; the model wants {spec.dtype}")
+            if len(arr.shape) != len(spec.shape) or any(
+                isinstance(d, int) and d >= 0 and d != a for d, a in zip(spec.shape, arr.shape, strict=False)
+            ):
+                raise InferenceInputError(
+                    f"input '{name}' has shape {list(arr.shape)}; the model wants {list(spec.shape)}"
+                )
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+
+def describe(specs: list[TensorSpec]) -> str:
+    return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
+
+
+# runtime name -> "module:Class", imported on first use
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "edgeml.runtimes.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "edgeml.runtimes.openvino_backend:OpenVinoBackend",
+    "litert": "edgeml.runtimes.litert_backend:LiteRtBackend",
+}
+
+
+def backend_class(runtime: str) -> type[Backend]:
+    try:
+        module_name, cls_name = BACKENDS[runtime].split(":")
+    except KeyError:
+        raise RuntimeBackendError(f"unknown runtime '{runtime}'; known: {', '.join(BACKENDS)}") from None
+    cls: type[Backend] = getattr(importlib.import_module(module_name), cls_name)
+    return cls
+
+
+def open_model(model_path: str | Path, runtime: str, options: BackendOptions | None = None) -> Backend:
+    """Load a model file in the named runtime."""
+    return backend_class(runtime)(Path(model_path), options or BackendOptions())
+
+
+def numpy_dtype_name(dtype: Any) -> str:
+    return str(np.dtype(dtype))

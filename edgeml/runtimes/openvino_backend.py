@@ -1,0 +1,77 @@
+"""OpenVINO backend: compiles IR (or ONNX) for the configured device, with its telemetry off."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.bundle.manifest import TensorSpec
+from edgeml.errors import MissingExtraError, RuntimeBackendError
+from edgeml.runtimes.base import Backend, BackendOptions
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO with its telemetry disabled: edge sites are air-gapped and must not phone home."""
+    os.environ.setdefault("OPENVINO_TELEMETRY_DISABLE", "1")  # read by openvino-telemetry
+    os.environ.setdefault("OV_TELEMETRY_DISABLE", "1")
+    try:
+        import openvino
+    except ImportError as exc:
+        raise MissingExtraError("openvino", "openvino", "running OpenVINO models") from exc
+    return openvino
+
+
+def _spec(port: Any) -> TensorSpec:
+    pshape = port.get_partial_shape()
+    shape = tuple(d.get_length() if d.is_static else "?" for d in pshape)
+    name = port.get_any_name()
+    dtype = port.get_element_type().to_dtype().name
+    return TensorSpec(name, str(np.dtype(dtype)), shape)
+
+
+class OpenVinoBackend(Backend):
+    runtime = "openvino"
+
+    def __init__(self, model_path: Path, options: BackendOptions) -> None:
+        super().__init__(model_path, options)
+        ov = import_openvino()
+        self.core = ov.Core()
+        device = options.device or "CPU"
+        config = {str(k): v for k, v in options.properties.items()}
+        if options.num_threads and device == "CPU":
+            config.setdefault("INFERENCE_NUM_THREADS", options.num_threads)
+        if options.cache_dir:
+            config.setdefault("CACHE_DIR", str(options.cache_dir))
+        try:
+            model = self.core.read_model(str(model_path))
+            self.compiled = self.core.compile_model(model, device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
+            raise RuntimeBackendError(f"OpenVINO cannot compile {model_path} for {device}: {exc}") from exc
+        self._device = device
+        self._inputs = [_spec(p) for p in self.compiled.inputs]
+        self._outputs = [_spec(p) for p in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def device(self) -> str:
+        try:
+            devices = self.compiled.get_property("EXECUTION_DEVICES")
+            return ",".join(devices)
+        except Exception:  # not every plugin reports it
+            return self._device
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer(dict(feeds))
+        return {spec.name: np.array(results[port]) for spec, port in zip(self._outputs, self.compiled.outputs, strict=True)}

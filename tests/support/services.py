@@ -1,0 +1,39 @@
+"""Policy for tests that need a real server or tool that may be absent on a user's laptop.
+
+Locally such a test skips with a clear reason; under ``CI=true`` a missing server is a failure, never
+a skip, because a green CI that skipped its broker tests proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip (locally) or fail (in CI) when ``condition`` is false."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true and a required service is missing: {reason}")
+    pytest.skip(reason)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
