@@ -160,22 +160,19 @@ def load_unpacked(root: str | Path, trusted: Mapping[str, Ed25519PublicKey]) -> 
 
 # -- internals --------------------------------------------------------------------------------------
 
+def _next_member(tar: tarfile.TarFile, path: Path) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise TruncatedBundleError(f"{path} ends before its manifest (truncated or not a bundle): {exc}") from exc
+
+
 def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
-    members = []
-    for _ in range(2):
-        try:
-            member = tar.next()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise TruncatedBundleError(f"{path} ends before its manifest (truncated or not a bundle): {exc}") from exc
-        if member is None:
-            break
-        name = safe_member_name(member)
-        cap = MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_SIGNATURE_BYTES
-        members.append((name, read_member(tar, member, cap)))
-    names = [n for n, _ in members]
-    if not names or names[0] != MANIFEST_NAME:
-        raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (found {names[:1] or 'nothing'})")
-    manifest_bytes = members[0][1]
+    first = _next_member(tar, path)
+    if first is None or safe_member_name(first) != MANIFEST_NAME:
+        found = first.name if first is not None else "nothing"
+        raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (found {found})")
+    manifest_bytes = read_member(tar, first, MAX_MANIFEST_BYTES)
     try:
         raw = json.loads(manifest_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -183,10 +180,17 @@ def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
     if isinstance(raw, dict):
         check_format(raw)  # an unknown format is reported as such, not as a bad signature
     manifest = Manifest.from_dict(raw)
-    if len(names) < 2 or names[1] != SIGNATURE_NAME:
+    second = _next_member(tar, path)
+    if second is None:
+        # A real unsigned bundle still holds its model files; an archive that stops here was cut short.
+        raise TruncatedBundleError(f"{path} ends right after its manifest (truncated download?)")
+    if safe_member_name(second) != SIGNATURE_NAME:
+        # Unsigned. The member just read is payload, so this stream cannot be walked further: callers
+        # that need the payload refuse unsigned bundles before walking it.
         return BundleHeader(manifest, None, None, manifest_bytes)
-    key_id, signature = _parse_signature(members[1][1], path)
-    return BundleHeader(manifest, key_id, signature, manifest_bytes, members[1][1])
+    sig_doc = read_member(tar, second, MAX_SIGNATURE_BYTES)
+    key_id, signature = _parse_signature(sig_doc, path)
+    return BundleHeader(manifest, key_id, signature, manifest_bytes, sig_doc)
 
 
 def _parse_signature(data: bytes, path: Path) -> tuple[str, bytes]:
