@@ -1,0 +1,240 @@
+"""The MQTT publisher: one I/O thread, one queue, the spool in between.
+
+Producers (request threads, the update machine) only ``emit`` — a non-blocking queue put; they never
+touch the network, the spool or a lock held by paho. The publisher thread owns everything else:
+it moves queued messages into the spool (which numbers them), sends spooled messages with QoS 1
+within a bounded in-flight window, deletes each from the spool when the broker acknowledges it, and
+after any reconnect sends again, in order, whatever was not acknowledged. paho's callbacks run in
+this same thread (we drive ``client.loop`` ourselves), so no user code ever runs under paho's locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgeml.errors import ConfigError
+from edgeml.telemetry.messages import status_topic
+from edgeml_agent.telemetry.spool import Spool
+
+log = logging.getLogger("edgeml_agent.telemetry")
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str                                  # mqtt://host:port or mqtts://host:port
+    device_id: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None               # CA bundle for mqtts:// (system CAs when None)
+    cert_file: Path | None = None             # optional client certificate
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    inflight_window: int = 100
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    extra_status: dict[str, Any] = field(default_factory=dict)
+
+    def host_port_tls(self) -> tuple[str, int, bool]:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"telemetry broker '{self.url}' must look like mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme == "mqtts"
+        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class TelemetryPublisher:
+    """Owns the spool and the MQTT connection. ``tick`` (optional) is called from the I/O thread
+    about every ``tick_interval_s`` so periodic messages are built there, not in request threads."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        spool: Spool,
+        *,
+        tick: Callable[[TelemetryPublisher], None] | None = None,
+        tick_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._tick = tick
+        self._tick_interval = tick_interval_s
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any], float]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._connected = False
+        self._inflight: dict[int, int] = {}       # paho message id -> spool seq
+        self._last_sent = 0                       # highest seq handed to paho on this connection
+        self._acked_batch: list[int] = []
+        self.acked = 0                            # messages acknowledged by the broker (for stats/tests)
+        self.connects = 0
+
+    # -- producer side ---------------------------------------------------------------------------------
+    def emit(self, kind: str, body: dict[str, Any]) -> None:
+        """Queue a message; it gets its sequence number when the I/O thread spools it."""
+        self._queue.put((kind, body, time.time()))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="edgeml-telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Spool everything queued, try to deliver it for a short while, then say offline and leave."""
+        self._flush_deadline = time.monotonic() + flush_timeout_s
+        self._stop.set()
+        if self._thread:
+            self._thread.join(flush_timeout_s + 5)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- the I/O thread --------------------------------------------------------------------------------
+    def _make_client(self) -> Any:
+        import paho.mqtt.client as mqtt
+
+        s = self.settings
+        host, port, tls = s.host_port_tls()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.device_id, clean_session=True,
+                             protocol=mqtt.MQTTv311)
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if tls:
+            client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None,
+                           certfile=str(s.cert_file) if s.cert_file else None,
+                           keyfile=str(s.key_file) if s.key_file else None,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(status_topic(s.device_id), self._status("offline"), qos=1, retain=True)
+        client.max_inflight_messages_set(s.inflight_window)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._host, self._port = host, port
+        client.connect_async(host, port, keepalive=s.keepalive_s)  # only records where; _run connects
+        return client
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, "ts": round(time.time(), 3), **self.settings.extra_status}).encode()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        self._connected = True
+        self.connects += 1
+        self._inflight.clear()
+        self._last_sent = 0  # resend everything not yet acknowledged, in order
+        client.publish(status_topic(self.settings.device_id), self._status("online"), qos=1, retain=True)
+        log.info("telemetry connected to %s:%s", self._host, self._port)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._connected and not self._stop.is_set():
+            log.warning("telemetry disconnected (%s); spooling until the broker is back", reason_code)
+        self._connected = False
+        self._inflight.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is not None:
+            self._acked_batch.append(seq)  # deleted from the spool in one transaction per loop turn
+
+    def _run(self) -> None:
+        backoff = self.settings.reconnect_min_s
+        next_connect = 0.0
+        next_tick = time.monotonic() + self._tick_interval
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                self._drain_queue()
+                now = time.monotonic()
+                if self._tick and now >= next_tick and not stopping:
+                    next_tick = now + self._tick_interval
+                    try:
+                        self._tick(self)
+                    except Exception:  # a telemetry bug must never take the agent down
+                        log.exception("building periodic telemetry failed")
+                    self._drain_queue()
+                if not self._connected and now >= next_connect:
+                    # A started attempt gets until the next backoff step for its CONNACK (TLS handshakes
+                    # take a while); starting another one earlier would tear the first socket down.
+                    self._try_connect()
+                    next_connect = now + max(backoff, 2.0)
+                    backoff = min(backoff * 2, self.settings.reconnect_max_s)
+                if self._connected:
+                    backoff = self.settings.reconnect_min_s
+                    self._fill_window()
+                try:
+                    self._client.loop(timeout=0.005 if self._connected else 0.0)
+                except Exception:  # paho raises on sockets dying mid-loop; treat as a disconnect
+                    self._connected = False
+                self._commit_acks()
+                if not self._connected:
+                    time.sleep(0.02)
+                if stopping and (not len(self.spool) or time.monotonic() >= self._flush_deadline or not self._connected):
+                    break
+        finally:
+            self._goodbye()
+
+    def _try_connect(self) -> None:
+        try:
+            self._client.reconnect()
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("broker %s:%s unreachable: %s", self._host, self._port, exc)
+
+    def _commit_acks(self) -> None:
+        if self._acked_batch:
+            self.spool.ack(self._acked_batch)
+            self.acked += len(self._acked_batch)
+            self._acked_batch = []
+
+    def _drain_queue(self) -> None:
+        batch = []
+        while len(batch) < 1000:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if batch:
+            self.spool.append_many(batch)
+
+    def _fill_window(self) -> None:
+        room = self.settings.inflight_window - len(self._inflight)
+        if room <= 0:
+            return
+        for msg in self.spool.pending(after_seq=self._last_sent, limit=room):
+            info = self._client.publish(msg.topic, msg.payload, qos=1)
+            if info.rc != 0:  # not connected any more: the next connect resends from the oldest
+                self._connected = False
+                return
+            self._inflight[info.mid] = msg.seq
+            self._last_sent = msg.seq
+
+    def _goodbye(self) -> None:
+        while not self._queue.empty():
+            self._drain_queue()
+        self._commit_acks()
+        if self._connected:
+            try:
+                info = self._client.publish(status_topic(self.settings.device_id), self._status("offline"),
+                                            qos=1, retain=True)
+                deadline = time.monotonic() + 1.0
+                while not info.is_published() and time.monotonic() < deadline:
+                    self._client.loop(timeout=0.05)
+                self._client.disconnect()
+            except Exception:  # best effort: the last-will says offline anyway
+                log.debug("clean telemetry disconnect failed", exc_info=True)
+        self._connected = False
+        self.spool.close()

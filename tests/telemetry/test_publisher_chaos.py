@@ -1,0 +1,158 @@
+"""Store-and-forward against a real Mosquitto with TLS, passwords and ACLs: broker outages and a
+SIGKILLed device lose nothing, and every sequence number arrives (duplicates are the fleet's to drop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.support.mosquitto import mosquitto_binary
+from tests.support.services import free_port, port_open, require
+from tests.support.tls import PKI, make_pki
+
+ROOT = Path(__file__).resolve().parents[2]
+EMITTER = Path(__file__).with_name("emitter.py")
+
+
+class Broker:
+    """A Mosquitto that can be stopped and started again on the same port with its persistence."""
+
+    def __init__(self, directory: Path, pki: PKI, users: dict[str, str]) -> None:
+        binary = mosquitto_binary()
+        require(binary is not None, "the mosquitto binary is not installed (apt install mosquitto)")
+        self.binary = str(binary)
+        self.dir = directory
+        self.port = free_port()
+        passwords = directory / "passwords"
+        passwords.touch(mode=0o600)
+        for user, password in users.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+        (directory / "acl").write_text(
+            "user fleet\ntopic read edgeml/#\n\npattern write edgeml/v1/%u/#\npattern read edgeml/v1/%u/desired\n"
+        )
+        (directory / "mosquitto.conf").write_text("\n".join([
+            "persistence true", f"persistence_location {directory}/", "autosave_interval 1",
+            "max_queued_messages 100000", "max_inflight_messages 100",
+            *(["user root"] if os.geteuid() == 0 else []),
+            "per_listener_settings false", "allow_anonymous false",
+            f"password_file {passwords}", f"acl_file {directory / 'acl'}",
+            f"listener {self.port} 127.0.0.1",
+            f"certfile {pki.cert_file}", f"keyfile {pki.key_file}", "",
+        ]))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.dir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen([self.binary, "-c", str(self.dir / "mosquitto.conf")], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            assert self.process.poll() is None and time.monotonic() < deadline, (self.dir / "mosquitto.log").read_text()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
+            self.process.wait(10)
+
+
+class Collector:
+    """A persistent-session QoS 1 subscriber standing in for the fleet's store."""
+
+    def __init__(self, broker: Broker, pki: PKI) -> None:
+        self.seqs: list[int] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-store", clean_session=False)
+        self.client.username_pw_set("fleet", "fleet-secret")
+        self.client.tls_set(ca_certs=str(pki.ca_file))
+        self.client.on_connect = lambda c, *a: c.subscribe("edgeml/v1/+/events", qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.seqs.append(json.loads(msg.payload)["seq"])
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@contextmanager
+def _emitter(cfg_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'agent'}"}
+    proc = subprocess.Popen([sys.executable, str(EMITTER), str(cfg_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_outage_and_sigkill_lose_no_sequence_number(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    broker = Broker(tmp_path, pki, {"fleet": "fleet-secret", "dev-a": "dev-a-secret"})
+    broker.start()
+    store = Collector(broker, pki)
+    total = 600
+    cfg = tmp_path / "emitter.json"
+    cfg.write_text(json.dumps({
+        "spool": str(tmp_path / "spool.db"), "device": "dev-a", "broker": f"mqtts://127.0.0.1:{broker.port}",
+        "username": "dev-a", "password": "dev-a-secret", "ca_file": str(pki.ca_file), "total": total, "rate": 150,
+    }))
+    try:
+        with _emitter(cfg) as first:
+            time.sleep(1.0)                        # some messages flow normally
+            broker.stop()                          # outage: the device keeps emitting into its spool
+            time.sleep(1.0)
+            first.send_signal(signal.SIGKILL)      # ...and dies in the middle of the outage
+            first.wait(10)
+        with _emitter(cfg) as second:              # restarted device resumes from its spool
+            time.sleep(1.5)
+            broker.start()                         # broker back after several seconds
+            out, _ = second.communicate(timeout=120)
+            assert second.returncode == 0, out.decode()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(set(store.seqs)) < total:
+            time.sleep(0.1)
+    finally:
+        store.close()
+        broker.stop()
+    received = set(store.seqs)
+    assert received == set(range(1, total + 1)), f"missing: {sorted(set(range(1, total + 1)) - received)[:20]}"
+
+
+def test_device_credentials_only_reach_their_own_topics(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    broker = Broker(tmp_path, pki, {"fleet": "fleet-secret", "dev-a": "a-secret", "dev-b": "b-secret"})
+    broker.start()
+    store = Collector(broker, pki)
+    try:
+        cfg = tmp_path / "emitter.json"
+        # dev-a authenticates but claims to be dev-b: the ACL drops everything it publishes
+        cfg.write_text(json.dumps({
+            "spool": str(tmp_path / "spool.db"), "device": "dev-b", "broker": f"mqtts://127.0.0.1:{broker.port}",
+            "username": "dev-a", "password": "a-secret", "ca_file": str(pki.ca_file), "total": 5, "rate": 50,
+        }))
+        with _emitter(cfg) as proc:
+            proc.communicate(timeout=60)
+        time.sleep(0.5)
+        assert store.seqs == []
+    finally:
+        store.close()
+        broker.stop()
