@@ -37,12 +37,12 @@ def test_the_bound_drops_oldest_first_and_reports_each_drop_exactly_once(tmp_pat
     for i in range(15):
         spool.append("event", {"i": i})
     assert len(spool) == 10
-    assert [m.seq for m in spool.pending()][0] == 6
+    assert next(m.seq for m in spool.pending()) == 6
     assert spool.dropped == 5
     seq = spool.append("telemetry", {"models": []})
-    reported = [m for m in spool.pending(limit=100) if m.seq == seq][0]
+    reported = next(m for m in spool.pending(limit=100) if m.seq == seq)
     assert _payload(reported)["body"]["spool_dropped"] == 5
     # storing that message pushed one more out: the next telemetry message reports just that one
     seq2 = spool.append("telemetry", {"models": []})
-    assert _payload([m for m in spool.pending(limit=100) if m.seq == seq2][0])["body"]["spool_dropped"] == 1
+    assert _payload(next(m for m in spool.pending(limit=100) if m.seq == seq2))["body"]["spool_dropped"] == 1
     assert spool.dropped == 7
