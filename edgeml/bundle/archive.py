@@ -33,7 +33,7 @@ def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
         if head == ZSTD_MAGIC:
             import zstandard
 
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         try:
             tar = tarfile.open(fileobj=stream, mode="r|")
         except (tarfile.TarError, EOFError, OSError) as exc:

@@ -19,7 +19,7 @@ PSI_EPSILON = 1e-4
 DEFAULT_BINS = 20
 
 
-def psi(reference_counts: Sequence[float], live_counts: Sequence[float]) -> float:
+def psi(reference_counts: Sequence[float] | np.ndarray, live_counts: Sequence[float] | np.ndarray) -> float:
     """Population stability index of two histograms over the same bins (0 = identical)."""
     ref = np.asarray(reference_counts, dtype=np.float64)
     live = np.asarray(live_counts, dtype=np.float64)

@@ -201,7 +201,7 @@ class TelemetryPublisher:
             self._acked_batch = []
 
     def _drain_queue(self) -> None:
-        batch = []
+        batch: list[tuple[str, dict[str, Any], float]] = []
         while len(batch) < 1000:
             try:
                 batch.append(self._queue.get_nowait())
