@@ -19,9 +19,12 @@ The tree (add a class here, under the branch it belongs to, rather than raising 
     │   ├── QuantizationError       a quantizer failed on this model
     │   ├── ConversionError         a converter failed on this model
     │   └── FidelityError           a candidate disagrees with the reference beyond the thresholds
+    ├── ToolchainError              an isolated toolchain is missing, outdated or failed to install
     ├── RuntimeBackendError         a runtime could not load or run a model
     │   ├── BackendUnavailableError no backend on this host can run the bundle (lists every reason)
     │   └── InferenceInputError     the caller's inputs do not match the model (name, dtype, shape)
+    ├── UpdateError                 an over-the-air update was refused or failed (old model keeps serving)
+    │   └── DesiredStateError       desired state malformed, untrusted, expired, replayed, other device
     └── FleetError                  talking to / running the fleet server
         └── AuthError               missing, wrong, expired or under-privileged token
 """
@@ -112,6 +115,11 @@ class FidelityError(CompileError):
     """A candidate disagrees with the reference model beyond the build's thresholds."""
 
 
+class ToolchainError(EdgeMLError):
+    """An isolated toolchain (e.g. the ONNX -> TFLite converter) is missing, outdated or failed to
+    install. The message names the ``edgeml toolchain install`` command to run."""
+
+
 class RuntimeBackendError(EdgeMLError):
     """A runtime could not load or run a model."""
 
@@ -135,3 +143,11 @@ class FleetError(EdgeMLError):
 
 class AuthError(FleetError):
     """A token is missing, wrong, expired, revoked or lacks the role the action needs."""
+
+
+class UpdateError(EdgeMLError):
+    """An over-the-air update was refused or failed; the running model stays as it was."""
+
+
+class DesiredStateError(UpdateError):
+    """A desired-state document is malformed, untrusted, expired, replayed or for another device."""

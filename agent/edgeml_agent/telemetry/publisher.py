@@ -76,6 +76,8 @@ class TelemetryPublisher:
         self._inflight: dict[int, int] = {}       # paho message id -> spool seq
         self._last_sent = 0                       # highest seq handed to paho on this connection
         self._acked_batch: list[int] = []
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._pending_subscriptions: list[str] = []
         self.acked = 0                            # messages acknowledged by the broker (for stats/tests)
         self.connects = 0
 
@@ -83,6 +85,12 @@ class TelemetryPublisher:
     def emit(self, kind: str, body: dict[str, Any]) -> None:
         """Queue a message; it gets its sequence number when the I/O thread spools it."""
         self._queue.put((kind, body, time.time()))
+
+    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Receive ``topic`` (QoS 1) on every connection. ``callback`` runs in the I/O thread: it must
+        only hand the payload over (e.g. put it in a queue), never block."""
+        self._subscriptions[topic] = callback
+        self._pending_subscriptions.append(topic)  # the I/O thread subscribes (it owns the client)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,6 +130,7 @@ class TelemetryPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._host, self._port = host, port
         client.connect_async(host, port, keepalive=s.keepalive_s)  # only records where; _run connects
         return client
@@ -138,6 +147,7 @@ class TelemetryPublisher:
         self._inflight.clear()
         self._last_sent = 0  # resend everything not yet acknowledged, in order
         client.publish(status_topic(self.settings.device_id), self._status("online"), qos=1, retain=True)
+        self._pending_subscriptions = list(self._subscriptions)
         log.info("telemetry connected to %s:%s", self._host, self._port)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -145,6 +155,14 @@ class TelemetryPublisher:
             log.warning("telemetry disconnected (%s); spooling until the broker is back", reason_code)
         self._connected = False
         self._inflight.clear()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        callback = self._subscriptions.get(message.topic)
+        if callback is not None:
+            try:
+                callback(bytes(message.payload))
+            except Exception:  # a consumer's bug must not kill the I/O thread
+                log.exception("handling a message on %s failed", message.topic)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         seq = self._inflight.pop(mid, None)
@@ -175,6 +193,8 @@ class TelemetryPublisher:
                     backoff = min(backoff * 2, self.settings.reconnect_max_s)
                 if self._connected:
                     backoff = self.settings.reconnect_min_s
+                    while self._pending_subscriptions:
+                        self._client.subscribe(self._pending_subscriptions.pop(), qos=1)
                     self._fill_window()
                 try:
                     self._client.loop(timeout=0.005 if self._connected else 0.0)

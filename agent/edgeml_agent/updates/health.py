@@ -1,0 +1,128 @@
+"""What probation looks at: live error rate and latency per model version, and shadow agreement.
+
+``observe`` runs in request threads and only appends to bounded deques. The shadow worker runs the
+*previous* model on a sample of the new version's live requests, in its own thread, and compares
+the answers — so a model that is fast and error-free but wrong is caught too.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("edgeml_agent.updates")
+
+
+@dataclass(frozen=True)
+class VersionHealth:
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
+                "p50_ms": self.p50_ms, "p95_ms": self.p95_ms}
+
+
+class HealthWatch:
+    def __init__(self, window: int = 2000) -> None:
+        self._samples: dict[tuple[str, str], collections.deque[tuple[float, float, bool]]] = {}
+        self._window = window
+        self.shadow: Shadow | None = None
+
+    def observe(self, obs: Any) -> None:
+        key = (obs.model, obs.version)
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples.setdefault(key, collections.deque(maxlen=self._window))
+        failed = obs.status >= 500 or (obs.error is not None and obs.status >= 500)
+        samples.append((time.monotonic(), obs.seconds * 1000.0, failed))
+        shadow = self.shadow
+        if shadow is not None and not failed and obs.inputs is not None and obs.outputs is not None:
+            shadow.offer(obs)
+
+    def health(self, model: str, version: str, since: float | None = None) -> VersionHealth:
+        samples = [s for s in list(self._samples.get((model, version), ())) if since is None or s[0] >= since]
+        if not samples:
+            return VersionHealth(0, 0, None, None)
+        ok_latencies = np.array([ms for _, ms, failed in samples if not failed])
+        errors = sum(1 for *_, failed in samples if failed)
+        p50 = float(np.percentile(ok_latencies, 50)) if ok_latencies.size else None
+        p95 = float(np.percentile(ok_latencies, 95)) if ok_latencies.size else None
+        return VersionHealth(len(samples), errors, p50, p95)
+
+
+class Shadow:
+    """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests."""
+
+    def __init__(self, reference: Any, model: str, candidate_version: str, fraction: float) -> None:
+        self.reference = reference
+        self.model = model
+        self.candidate_version = candidate_version
+        self.fraction = fraction
+        self.compared = 0
+        self.agreed = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeml-shadow", daemon=True)
+        self._thread.start()
+
+    def offer(self, obs: Any) -> None:
+        if obs.model != self.model or obs.version != self.candidate_version or random.random() >= self.fraction:
+            return
+        with contextlib.suppress(queue.Full):  # shadowing is a sample; never slow the live path down
+            self._queue.put_nowait(obs)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                obs = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                expected = self.reference.predict(dict(obs.inputs))
+            except Exception:
+                log.debug("shadow run of the previous model failed", exc_info=True)
+                continue
+            self.compared += 1
+            self.agreed += int(outputs_agree(expected, obs.outputs))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def outputs_agree(reference: dict[str, np.ndarray], candidate: Any) -> bool:
+    """Same top-1 class for score-like outputs, cosine >= 0.99 for everything else."""
+    for name, ref in reference.items():
+        cand = candidate.get(name) if hasattr(candidate, "get") else None
+        if cand is None or np.shape(cand) != np.shape(ref):
+            return False
+        r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+        if r.ndim == 2 and r.shape[1] > 1:
+            if not np.array_equal(r.argmax(1), c.argmax(1)):
+                return False
+            continue
+        denom = float(np.linalg.norm(r) * np.linalg.norm(c))
+        cosine = float(np.dot(r.ravel(), c.ravel()) / denom) if denom else float(np.allclose(r, c))
+        if cosine < 0.99:
+            return False
+    return True

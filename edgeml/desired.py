@@ -1,0 +1,118 @@
+"""The desired state: what the fleet wants one device to run, signed with the fleet's key.
+
+The fleet publishes it retained on ``edgeml/v1/<device>/desired`` and serves it over HTTP for agents
+that poll. The agent acts on it only after checking, in this order: the signature (a key it trusts),
+that it is addressed to this device, that it has not expired, and that it is not older than the last
+one it accepted (a replayed old document cannot move a device back).
+
+Document (schema 1)::
+
+    {"schema": 1, "device": id, "issued": unix s, "expires": unix s, "serial": int,
+     "models": [{"name", "version", "sha256" (of the .edgepkg file), "size", "url",
+                 "rollback": bool  # true only when the fleet sends the device back to an older version
+                }],
+     "probation": {"seconds", "max_error_rate", "max_latency_regression", "min_shadow_agreement",
+                   "shadow_fraction"},
+     "rollout": id or null}
+
+Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64}`` —
+the signature covers the exact payload bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeml.bundle.keys import SigningKey, verify_signature
+from edgeml.bundle.manifest import canonical_json, parse_semver
+from edgeml.errors import DesiredStateError
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str
+    rollback: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    device: str
+    issued: float
+    expires: float
+    serial: int
+    models: tuple[DesiredModel, ...]
+    probation: Mapping[str, Any]
+    rollout: str | None
+    raw: bytes            # the signed wire document, kept to persist and re-check after a restart
+
+    def model(self, name: str) -> DesiredModel | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def sign_desired(document: Mapping[str, Any], key: SigningKey) -> bytes:
+    payload = canonical_json({**document, "schema": SCHEMA}).decode()
+    signature = key.sign(payload.encode())
+    return json.dumps({"payload": payload, "key_id": key.key_id,
+                       "signature": base64.b64encode(signature).decode()}).encode()
+
+
+def parse_desired(
+    wire: bytes,
+    trusted: Mapping[str, Ed25519PublicKey],
+    *,
+    device_id: str,
+    now: float | None = None,
+    last_serial: int | None = None,
+) -> DesiredState:
+    """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not."""
+    try:
+        outer = json.loads(wire)
+        payload = outer["payload"].encode()
+        key_id = str(outer["key_id"])
+        signature = base64.b64decode(outer["signature"], validate=True)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise DesiredStateError(f"the desired state is malformed ({exc})") from exc
+    key = trusted.get(key_id)
+    if key is None:
+        raise DesiredStateError(f"the desired state is signed by key {key_id}, which this device does not trust")
+    if not verify_signature(key, signature, payload):
+        raise DesiredStateError("the desired state's signature does not match: it was altered")
+    try:
+        doc = json.loads(payload)
+        if doc.get("schema") != SCHEMA:
+            raise DesiredStateError(f"desired state schema {doc.get('schema')!r} is not supported")
+        models = tuple(
+            DesiredModel(str(m["name"]), str(m["version"]), str(m["sha256"]), int(m["size"]), str(m["url"]),
+                         bool(m.get("rollback", False)))
+            for m in doc["models"]
+        )
+        state = DesiredState(str(doc["device"]), float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
+                             models, dict(doc.get("probation") or {}), doc.get("rollout"), wire)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DesiredStateError(f"the desired state misses or mistypes a field ({exc})") from exc
+    for m in models:
+        parse_semver(m.version)
+    if state.device != device_id:
+        raise DesiredStateError(f"the desired state is addressed to device {state.device}, not to this device ({device_id})")
+    now = time.time() if now is None else now
+    if state.expires <= now:
+        raise DesiredStateError(f"the desired state expired {now - state.expires:.0f} s ago; the fleet must issue a new one")
+    if last_serial is not None and state.serial < last_serial:
+        raise DesiredStateError(
+            f"the desired state (serial {state.serial}) is older than one already accepted (serial {last_serial}): replay refused"
+        )
+    return state
