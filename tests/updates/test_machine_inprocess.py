@@ -18,7 +18,7 @@ from edgeml_agent.daemon import Agent
 from edgeml_agent.updates.component import UpdateComponent
 from edgeml_agent.updates.machine import RESUME, STATES, TRANSITIONS
 from tests.support.bundle_server import BundleServer
-from tests.updates.helpers import DEVICE, desired, versions, write_credentials
+from tests.updates.helpers import desired, versions, write_credentials
 
 
 def test_transition_table_covers_every_state_and_every_failure_is_safe() -> None:
