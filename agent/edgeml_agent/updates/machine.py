@@ -243,6 +243,7 @@ class Committed(State):
     name = "committed"
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> str:
+        ctx.hold(self.name)
         assert rec.model and rec.target_version
         rec.committed[rec.model] = rec.target_version
         ctx.records.save(rec)
@@ -255,6 +256,7 @@ class RollingBack(State):
     name = "rolling_back"
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> str:
+        ctx.hold(self.name)
         assert rec.model
         previous = rec.previous_version
         if previous is None:  # first install of this model: nothing to go back to, stop serving it
@@ -271,6 +273,7 @@ class Failed(State):
     name = "failed"
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> str:
+        ctx.hold(self.name)
         if rec.model and rec.target_version:
             rec.refused[f"{rec.model}@{rec.target_version}"] = rec.reason or "failed"
         if ctx.staged is not None:
