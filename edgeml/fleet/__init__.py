@@ -1,0 +1,19 @@
+"""The fleet server: registry of bundles and devices, people's tokens and roles, audit log, MQTT broker.
+
+Pieces (each replaceable on its own; later areas plug in the same way):
+
+- ``store``      SQLAlchemy 2 models + ``Store.open(url)`` (SQLite file by default, PostgreSQL via psycopg 3);
+                 the schema is owned by the Alembic migrations in ``migrations/``, run on every open.
+- ``api/*``      one FastAPI router per area (tokens, audit, keys, bundles, devices, broker, meta);
+                 ``app.create_app(ctx)`` mounts them. A new area = a router module + one line in ``app.py``.
+- ``auth``       bearer tokens → :class:`~edgeml.fleet.auth.Principal`; route guards ``Viewer``, ``Deployer``,
+                 ``Admin``, ``DeviceCaller``, ``AnyCaller`` (every route must use exactly one: a test enforces it).
+- ``audit``      ``audit.record(session, request, actor, action, target, **details)`` in the change's transaction.
+- ``artifacts``  content-addressed bundle files (sha256) under ``<data-dir>/artifacts``.
+- ``broker``     ``EmbeddedBroker`` (amqtt + the fleet's auth/topic plugins) or ``ExternalBroker``
+                 (``--broker mqtt://…``), both ``start()``/``stop()``; ``service_credentials(store)`` is the
+                 server's own MQTT account; ``mosquitto`` writes password/ACL files for a real Mosquitto.
+- ``topics``     topic layout and who may publish/subscribe what (shared by both brokers).
+- ``server``     ``FleetServer(ServerConfig)`` wires it all; ``serve(config)`` adds uvicorn.
+- ``cli``/``client``  ``edgeml-fleet`` over HTTP with a 0600 config file.
+"""

@@ -1,0 +1,157 @@
+"""Bundles: upload (signature checked against the fleet's trusted keys), list, show, ranged download, delete.
+
+A bundle's id is the sha256 of its bytes, so uploading the same file twice stores it once. A bundle is
+addressed by that id or by ``name@version``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgeml.bundle import verify_bundle
+from edgeml.errors import BundleError
+from edgeml.fleet import audit
+from edgeml.fleet.api.keys import trust_store
+from edgeml.fleet.api.schemas import BundleDetail, BundleOut
+from edgeml.fleet.auth import AnyCaller, Deployer, Principal, Viewer
+from edgeml.fleet.context import FleetContext, get_context
+from edgeml.fleet.store.models import Bundle, Rollout, utcnow
+
+router = APIRouter(prefix="/v1", tags=["bundles"])
+Ctx = Annotated[FleetContext, Depends(get_context)]
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "the signed .edgepkg file",
+    }
+}
+RANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    206: {"description": "the requested byte range",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    416: {"description": "the range lies outside the file", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    400: {"description": "malformed Range header", "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
+
+
+def bundle_out(row: Bundle) -> BundleOut:
+    return BundleOut(id=row.id, name=row.name, version=row.version, target=row.target, runtime=row.runtime,
+                     precision=row.precision, key_id=row.key_id, size=row.size, uploaded_at=row.uploaded_at,
+                     uploaded_by=row.uploaded_by)
+
+
+def find_bundle(session: Session, ref: str) -> Bundle:
+    if "@" in ref:
+        name, _, version = ref.partition("@")
+        row = session.scalars(select(Bundle).where(Bundle.name == name, Bundle.version == version)).first()
+    else:
+        row = session.get(Bundle, ref)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no bundle '{ref}' (use a sha256 id or name@version; see 'edgeml-fleet bundles list')")
+    return row
+
+
+def _register(ctx: FleetContext, tmp: Path, digest: str, size: int, caller: Principal, request: Request,
+              response: Response) -> BundleOut:
+    try:
+        verified = verify_bundle(tmp, trust_store(ctx))
+    except BundleError as exc:
+        ctx.artifacts.discard(tmp)
+        raise HTTPException(status_code=400, detail=f"bundle refused: {exc}") from exc
+    m = verified.manifest
+    with ctx.store.session() as session:
+        existing = session.get(Bundle, digest)
+        if existing is not None:
+            ctx.artifacts.commit(tmp, digest)  # same bytes: keep one copy (restores it if it went missing)
+            response.status_code = 200
+            return bundle_out(existing)
+        clash = session.scalars(select(Bundle).where(Bundle.name == m.name, Bundle.version == m.version)).first()
+        if clash is not None:
+            ctx.artifacts.discard(tmp)
+            raise HTTPException(status_code=409, detail=(
+                f"{m.name}@{m.version} already exists with different content (id {clash.id}); "
+                "bump the version in the build"))
+        row = Bundle(id=digest, name=m.name, version=m.version, target=m.target_id, runtime=m.runtime,
+                     precision=m.precision, key_id=verified.key_id, size=size, manifest=m.raw,
+                     uploaded_at=utcnow(), uploaded_by=caller.name)
+        session.add(row)
+        audit.record(session, request, caller.name, "bundle.upload", digest, name=m.name, version=m.version,
+                     size=size)
+        ctx.artifacts.commit(tmp, digest)
+    response.status_code = 201
+    return bundle_out(row)
+
+
+@router.post("/bundles", response_model=BundleOut, status_code=201, openapi_extra=UPLOAD_BODY,
+             responses={200: {"model": BundleOut, "description": "the same bytes were already uploaded"}})
+async def upload_bundle(request: Request, response: Response, caller: Deployer, ctx: Ctx) -> BundleOut:
+    chunks_written = ctx.artifacts.open_upload()
+    try:
+        async for chunk in request.stream():
+            chunks_written.write(chunk)
+    except BaseException:
+        chunks_written.abort()
+        raise
+    tmp, digest, size = chunks_written.finish()
+    if size == 0:
+        ctx.artifacts.discard(tmp)
+        raise HTTPException(status_code=400, detail="empty upload: send the .edgepkg file as the request body")
+    return await run_in_threadpool(_register, ctx, tmp, digest, size, caller, request, response)
+
+
+@router.get("/bundles", response_model=list[BundleOut])
+def list_bundles(caller: Viewer, ctx: Ctx, name: str | None = None) -> list[BundleOut]:
+    query = select(Bundle).order_by(Bundle.name, Bundle.uploaded_at)
+    if name is not None:
+        query = query.where(Bundle.name == name)
+    with ctx.store.session() as session:
+        return [bundle_out(r) for r in session.scalars(query)]
+
+
+@router.get("/bundles/{ref}", response_model=BundleDetail)
+def show_bundle(ref: str, caller: Viewer, ctx: Ctx) -> BundleDetail:
+    with ctx.store.session() as session:
+        row = find_bundle(session, ref)
+        rollouts = list(session.scalars(select(Rollout.id).where(Rollout.bundle_id == row.id)))
+        fidelity, benchmark = row.manifest.get("fidelity"), row.manifest.get("benchmark")
+        return BundleDetail(**bundle_out(row).model_dump(), manifest=row.manifest,
+                            fidelity=fidelity if isinstance(fidelity, dict) else None,
+                            benchmark=benchmark if isinstance(benchmark, dict) else None,
+                            in_use_by_rollouts=rollouts)
+
+
+@router.get("/bundles/{ref}/download", response_class=FileResponse, responses=RANGE_RESPONSES)
+def download_bundle(ref: str, caller: AnyCaller, ctx: Ctx) -> FileResponse:
+    with ctx.store.session() as session:
+        row = find_bundle(session, ref)
+        digest, filename = row.id, f"{row.name}-{row.version}.edgepkg"
+    path = ctx.artifacts.path(digest)
+    if not path.is_file():
+        raise HTTPException(status_code=404, detail=f"the file of bundle {digest} is missing from the artifact store; push it again")
+    # FileResponse answers Range requests itself (206 + Content-Range, 416 outside the file) and sends an
+    # ETag, so an interrupted download resumes with 'Range: bytes=<have>-' plus 'If-Range: <etag>'.
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+@router.delete("/bundles/{ref}", response_model=BundleOut)
+def delete_bundle(ref: str, request: Request, caller: Deployer, ctx: Ctx) -> BundleOut:
+    with ctx.store.session() as session:
+        row = find_bundle(session, ref)
+        users = list(session.scalars(select(Rollout.id).where(Rollout.bundle_id == row.id)))
+        if users:
+            raise HTTPException(status_code=409, detail=(
+                f"bundle {row.name}@{row.version} is used by rollout(s) {', '.join(users)}; finish or delete them first"))
+        out = bundle_out(row)
+        session.delete(row)
+        audit.record(session, request, caller.name, "bundle.delete", row.id, name=row.name, version=row.version)
+    ctx.artifacts.delete(out.id)
+    return out

@@ -1,0 +1,83 @@
+"""amqtt plugins that make the embedded broker enforce the fleet's rules (see ``edgeml.fleet.topics``).
+
+amqtt builds plugins from dotted class paths plus a plain config dict, so the live account checker is
+handed over through a registry keyed by a name the broker config carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from edgeml.fleet.broker.accounts import BrokerAccounts
+from edgeml.fleet.topics import (
+    device_may_publish,
+    device_may_subscribe,
+    service_may_publish,
+    service_may_subscribe,
+)
+
+ACCOUNTS: dict[str, BrokerAccounts] = {}
+# username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
+_KINDS: dict[tuple[str, str], str] = {}
+
+
+def forget(registry_key: str, username: str) -> None:
+    """A revoked device's open connection loses every topic right at once (new logins are refused by
+    the auth plugin, which asks the store)."""
+    _KINDS.pop((registry_key, username), None)
+
+
+class FleetAuthPlugin(BaseAuthPlugin):
+    """Accept the service account and enrolled, unrevoked devices; refuse everyone else (no anonymous)."""
+
+    @dataclass
+    class Config:
+        accounts: str = ""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._registry_key = str(self._get_config_option("accounts", ""))
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        accounts = ACCOUNTS.get(self._registry_key)
+        if accounts is None or session is None or not session.username:
+            return False
+        kind = accounts.login(session.username, session.password)
+        if kind is None:
+            return False
+        _KINDS[(self._registry_key, session.username)] = kind
+        return True
+
+
+class FleetTopicPlugin(BaseTopicPlugin):
+    """Per-topic rules: devices only their own topics, the service account reads all and writes desired."""
+
+    @dataclass
+    class Config:
+        accounts: str = ""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._registry_key = str(self._get_config_option("accounts", ""))
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool | None:
+        if session is None or not session.username or not topic:
+            return False
+        kind = _KINDS.get((self._registry_key, session.username))
+        if kind == "service":
+            if action == Action.PUBLISH:
+                return service_may_publish(topic)
+            return service_may_subscribe(topic) or action == Action.RECEIVE
+        if kind == "device":
+            if action == Action.PUBLISH:
+                return device_may_publish(session.username, topic)
+            if action == Action.SUBSCRIBE:
+                return device_may_subscribe(session.username, topic)
+            return device_may_subscribe(session.username, topic)  # RECEIVE: the message's concrete topic
+        return False

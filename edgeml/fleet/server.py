@@ -1,0 +1,108 @@
+"""Assemble and run a fleet server: store (migrated), artifacts, broker, Mosquitto file sync, HTTP app."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeml.errors import FleetError
+from edgeml.fleet.artifacts import ArtifactStore
+from edgeml.fleet.broker import (
+    BrokerComponent,
+    EmbeddedBroker,
+    StoreAccounts,
+    mosquitto_files,
+    parse_broker_url,
+    write_mosquitto_files,
+)
+from edgeml.fleet.context import BrokerInfo, FleetContext, data_paths
+from edgeml.fleet.store import Store, sqlite_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8480
+    db: str | None = None  # None: SQLite file in data_dir
+    broker: str | None = None  # None: embedded broker; else mqtt://host:port of an external one
+    broker_port: int | None = None  # embedded broker's port; None: 1883 or any free one
+    mosquitto_dir: Path | None = None  # keep password/acl files here in sync on enrol/revoke
+    mosquitto_pid_file: Path | None = None  # SIGHUP this mosquitto after each sync
+    online_window_s: float = 120.0
+
+    def db_url(self) -> str:
+        return self.db or sqlite_url(data_paths(self.data_dir)[0])
+
+
+class FleetServer:
+    """Everything but the HTTP listener; ``start``/``stop`` bracket it, :func:`serve` adds uvicorn."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(config.db_url())
+        self.accounts = StoreAccounts(self.store)
+        self.broker: BrokerComponent
+        if config.broker:
+            self.broker = parse_broker_url(config.broker)
+        else:
+            self.broker = EmbeddedBroker(self.accounts, host=config.host, port=config.broker_port)
+        self.context = FleetContext(
+            store=self.store,
+            artifacts=ArtifactStore(data_paths(config.data_dir)[1]),
+            broker=BrokerInfo(port=0, host=config.host if not config.broker else None),
+            online_window_s=config.online_window_s,
+        )
+        if config.mosquitto_dir is not None:
+            self.context.on_credentials_changed.append(self.sync_mosquitto)
+        if isinstance(self.broker, EmbeddedBroker):
+            self.context.on_device_revoked.append(self.broker.forget)
+
+    def sync_mosquitto(self) -> None:
+        assert self.config.mosquitto_dir is not None
+        write_mosquitto_files(self.config.mosquitto_dir, mosquitto_files(self.accounts.password_lines()),
+                              pid_file=self.config.mosquitto_pid_file)
+
+    def start(self) -> None:
+        self.broker.start()
+        # A wildcard bind tells devices nothing: they then use the host name they reached the API with.
+        wildcard = self.config.host in ("0.0.0.0", "::")
+        host = self.broker.host if self.config.broker else (None if wildcard else self.config.host)
+        self.context.broker = BrokerInfo(port=self.broker.port, host=host, tls=getattr(self.broker, "tls", False))
+        if self.config.mosquitto_dir is not None:
+            self.sync_mosquitto()
+
+    def stop(self) -> None:
+        self.broker.stop()
+        self.store.close()
+
+    def app(self):  # type: ignore[no-untyped-def]
+        from edgeml.fleet.app import create_app
+
+        return create_app(self.context)
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until interrupted (SIGINT/SIGTERM), then stop the broker and close the store."""
+    import uvicorn
+
+    from edgeml.fleet.broker.component import port_is_free
+
+    # uvicorn would only log "address already in use" and exit: say which option changes it instead.
+    if not port_is_free(config.host, config.port):
+        raise FleetError(f"the API port {config.host}:{config.port} is already in use: pick another with --port")
+    server = FleetServer(config)
+    try:
+        server.start()
+        log.info("MQTT broker on %s:%d", server.broker.host, server.broker.port)
+        print(f"edgeml-fleet: API on http://{config.host}:{config.port}  MQTT on "
+              f"{server.broker.host}:{server.broker.port}  data in {config.data_dir}", flush=True)
+        uv = uvicorn.Server(uvicorn.Config(server.app(), host=config.host, port=config.port, log_level="warning",
+                                           access_log=False))
+        uv.run()
+    finally:
+        server.stop()

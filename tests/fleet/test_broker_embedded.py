@@ -1,0 +1,89 @@
+"""The embedded broker (amqtt) enforces the fleet's accounts and topic rules."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from edgeml.errors import FleetError
+from edgeml.fleet.broker import EmbeddedBroker, service_credentials
+from tests.fleet.conftest import make_fleet
+from tests.fleet.mqtt_checks import check_device_isolation, check_refused, connect
+from tests.support.services import free_port
+
+
+@pytest.fixture
+def fleet_with_broker(tmp_path):
+    yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'f.db'}", broker=None,
+                          broker_port=free_port())
+
+
+def test_devices_are_confined_to_their_own_topics(fleet_with_broker) -> None:
+    fleet = fleet_with_broker
+    port = fleet.server.broker.port
+    a, b = fleet.enroll(), fleet.enroll()
+    assert a["mqtt"]["port"] == port and a["mqtt"]["host"] == "127.0.0.1"
+    service = service_credentials(fleet.server.store)
+    check_device_isolation(port, (service.username, service.password), a, b,
+                           refuses_subscribe=True)
+
+
+def test_revoked_wrong_and_anonymous_logins_are_refused(fleet_with_broker) -> None:
+    fleet = fleet_with_broker
+    port = fleet.server.broker.port
+    device = fleet.enroll()
+    did, password = device["device_id"], device["mqtt"]["password"]
+    peer, why = connect(port, did, password)
+    assert peer is not None, why
+    peer.close()
+    check_refused(port, did, password + "x")
+    check_refused(port, None, None)
+    check_refused(port, "edgeml-fleet", "guess")
+    # a session that is open when the device is revoked loses its topic rights at once
+    service = service_credentials(fleet.server.store)
+    srv, why = connect(port, service.username, service.password)
+    assert srv is not None, why
+    open_peer, why = connect(port, did, password)
+    assert open_peer is not None, why
+    try:
+        assert srv.subscribe("edgeml/#") == 1
+        assert fleet.call("POST", f"/v1/devices/{did}/revoke").status_code == 200
+        open_peer.publish(f"edgeml/v1/{did}/telemetry", b"after-revoke")
+        srv.publish(f"edgeml/v1/{did}/desired", b"marker")
+        srv.wait_for(lambda got: (f"edgeml/v1/{did}/desired", b"marker") in got)
+        assert (f"edgeml/v1/{did}/telemetry", b"after-revoke") not in srv.received
+    finally:
+        open_peer.close()
+        srv.close()
+    check_refused(port, did, password)
+
+
+def test_an_explicit_port_that_is_taken_names_the_port_and_option(sqlite_fleet) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        broker = EmbeddedBroker(sqlite_fleet.server.accounts, port=port)
+        with pytest.raises(FleetError, match=f"{port}.*--broker-port"):
+            broker.start()
+
+
+def test_the_default_port_falls_back_to_a_free_one_when_taken(sqlite_fleet, monkeypatch) -> None:
+    from edgeml.fleet.broker import component
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        monkeypatch.setattr(component, "DEFAULT_PORT", taken)
+        broker = EmbeddedBroker(sqlite_fleet.server.accounts)
+        broker.start()
+        try:
+            assert broker.port != taken
+            service = service_credentials(sqlite_fleet.server.store)
+            peer, why = connect(broker.port, service.username, service.password)
+            assert peer is not None, why
+            peer.close()
+        finally:
+            broker.stop()
