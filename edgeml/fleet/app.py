@@ -30,15 +30,30 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(ctx: FleetContext) -> FastAPI:
-    from edgeml.fleet.api import audit_log, broker, bundles, devices, keys, meta, tokens
+    from edgeml.fleet import dashboard
+    from edgeml.fleet.api import (
+        audit_log,
+        broker,
+        bundles,
+        desired,
+        devices,
+        keys,
+        meta,
+        rollouts,
+        telemetry,
+        tokens,
+    )
 
     # openapi_url=None: the document is served by meta.router behind a token; no /docs UI because it
     # loads its scripts from a CDN, which an air-gapped site cannot reach.
     app = FastAPI(title="edgeml fleet", version=edgeml_version, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.fleet = ctx
-    app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, devices, broker)]
+    app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, devices, broker, telemetry)]
+    app.state.routers.append(telemetry.metrics_router)
+    app.state.routers += [desired.router, rollouts.router]
     for router in app.state.routers:
         app.include_router(router, responses=ERROR_RESPONSES)
+    dashboard.mount(app)  # static files only: every data call the page makes goes through the guarded routes
     return app
 
 

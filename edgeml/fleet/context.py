@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 
@@ -35,6 +36,7 @@ class FleetContext:
     on_credentials_changed: list[Callable[[], None]] = field(default_factory=list)
     # Called with a device id after it was revoked: the embedded broker withdraws its open session's rights.
     on_device_revoked: list[Callable[[str], None]] = field(default_factory=list)
+    ingest: Any = None  # the telemetry IngestService once started (its counters feed /metrics)
 
     def credentials_changed(self) -> None:
         # The change is already committed; a failing sync (e.g. mosquitto's pid file is stale) must not

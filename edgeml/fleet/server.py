@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from edgeml.fleet.broker import (
     parse_broker_url,
     write_mosquitto_files,
 )
+from edgeml.fleet.broker.accounts import service_credentials
 from edgeml.fleet.context import BrokerInfo, FleetContext, data_paths
+from edgeml.fleet.ingest import IngestService
 from edgeml.fleet.store import Store, sqlite_url
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,9 @@ class ServerConfig:
     broker_port: int | None = None  # embedded broker's port; None: 1883 or any free one
     mosquitto_dir: Path | None = None  # keep password/acl files here in sync on enrol/revoke
     mosquitto_pid_file: Path | None = None  # SIGHUP this mosquitto after each sync
+    broker_ca: Path | None = None  # CA bundle for an mqtts:// broker (system CAs when None)
     online_window_s: float = 120.0
+    rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
 
     def db_url(self) -> str:
         return self.db or sqlite_url(data_paths(self.data_dir)[0])
@@ -75,8 +80,48 @@ class FleetServer:
         self.context.broker = BrokerInfo(port=self.broker.port, host=host, tls=getattr(self.broker, "tls", False))
         if self.config.mosquitto_dir is not None:
             self.sync_mosquitto()
+        self.ingest = self._start_ingest()
+        self.rollouts = self._start_rollouts()
+
+    def _start_ingest(self) -> IngestService:
+        """Telemetry ingest as the service account; shared subscriptions only on an external broker
+        (several server processes split the stream there; the embedded broker serves one process)."""
+        creds = service_credentials(self.store)
+        host = self.broker.host if self.config.broker else "127.0.0.1"
+        ingest = IngestService(self.store, host or "127.0.0.1", self.broker.port, creds.username, creds.password,
+                               shared=bool(self.config.broker),
+                               client_id=f"edgeml-ingest-{socket.gethostname()}-{self.config.port}",
+                               tls=getattr(self.broker, "tls", False),
+                               ca_file=str(self.config.broker_ca) if self.config.broker_ca else None)
+        ingest.start()
+        self.context.ingest = ingest
+        return ingest
+
+    def _start_rollouts(self):  # type: ignore[no-untyped-def]
+        """The rollout controller, publishing desired states as the service account (it acts only while it
+        holds the database lease, so several server processes can all run one)."""
+        from edgeml.fleet.rollouts.controller import RolloutController
+        from edgeml.fleet.rollouts.publisher import MqttDesiredPublisher
+
+        creds = service_credentials(self.store)
+        host = (self.broker.host if self.config.broker else "127.0.0.1") or "127.0.0.1"
+        publisher = MqttDesiredPublisher(host, self.broker.port, creds.username, creds.password,
+                                         client_id=f"edgeml-rollouts-{socket.gethostname()}-{self.config.port}",
+                                         tls=getattr(self.broker, "tls", False),
+                                         ca_file=str(self.config.broker_ca) if self.config.broker_ca else None)
+        publisher.start()
+        controller = RolloutController(self.store, publisher, tick_s=self.config.rollout_tick_s)
+        controller.start()
+        return controller
 
     def stop(self) -> None:
+        rollouts = getattr(self, "rollouts", None)
+        if rollouts is not None:
+            rollouts.stop()
+            rollouts.publisher.stop()
+        ingest = getattr(self, "ingest", None)
+        if ingest is not None:
+            ingest.stop()
         self.broker.stop()
         self.store.close()
 

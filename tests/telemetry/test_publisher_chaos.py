@@ -17,59 +17,29 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.support.mosquitto import mosquitto_binary
-from tests.support.services import free_port, port_open, require
+from tests.support.restartable_mosquitto import RestartableMosquitto
 from tests.support.tls import PKI, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 EMITTER = Path(__file__).with_name("emitter.py")
 
 
-class Broker:
-    """A Mosquitto that can be stopped and started again on the same port with its persistence."""
-
-    def __init__(self, directory: Path, pki: PKI, users: dict[str, str]) -> None:
-        binary = mosquitto_binary()
-        require(binary is not None, "the mosquitto binary is not installed (apt install mosquitto)")
-        self.binary = str(binary)
-        self.dir = directory
-        self.port = free_port()
-        passwords = directory / "passwords"
-        passwords.touch(mode=0o600)
-        for user, password in users.items():
-            subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
-        (directory / "acl").write_text(
-            "user fleet\ntopic read edgeml/#\n\npattern write edgeml/v1/%u/#\npattern read edgeml/v1/%u/desired\n"
-        )
-        (directory / "mosquitto.conf").write_text("\n".join([
-            "persistence true", f"persistence_location {directory}/", "autosave_interval 1",
-            "max_queued_messages 100000", "max_inflight_messages 100",
-            *(["user root"] if os.geteuid() == 0 else []),
-            "per_listener_settings false", "allow_anonymous false",
-            f"password_file {passwords}", f"acl_file {directory / 'acl'}",
-            f"listener {self.port} 127.0.0.1",
-            f"certfile {pki.cert_file}", f"keyfile {pki.key_file}", "",
-        ]))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.dir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen([self.binary, "-c", str(self.dir / "mosquitto.conf")], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port):
-            assert self.process.poll() is None and time.monotonic() < deadline, (self.dir / "mosquitto.log").read_text()
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
-            self.process.wait(10)
+def Broker(directory: Path, pki: PKI, users: dict[str, str]) -> RestartableMosquitto:
+    """A restartable Mosquitto whose password file holds ``users`` and whose ACL is the fleet's rule set."""
+    passwords = directory / "passwords"
+    passwords.touch(mode=0o600)
+    for user, password in users.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+    (directory / "acl").write_text(
+        "user fleet\ntopic read edgeml/#\n\npattern write edgeml/v1/%u/#\npattern read edgeml/v1/%u/desired\n"
+    )
+    return RestartableMosquitto(directory / "broker", password_file=passwords, acl_file=directory / "acl", pki=pki)
 
 
 class Collector:
     """A persistent-session QoS 1 subscriber standing in for the fleet's store."""
 
-    def __init__(self, broker: Broker, pki: PKI) -> None:
+    def __init__(self, broker: RestartableMosquitto, pki: PKI) -> None:
         self.seqs: list[int] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-store", clean_session=False)

@@ -68,6 +68,10 @@ def mosquitto_conf(password_path: Path | str, acl_path: Path | str, *, port: int
         f"acl_file {acl_path}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        # Queued QoS 1 telemetry for a restarting fleet server must survive a broker restart too.
+        "persistence true",
+        f"persistence_location {Path(password_path).parent}/",
+        "autosave_interval 10",
         f"listener {port} {bind}",
     ]
     if tls is not None:

@@ -1,0 +1,103 @@
+"""Telemetry queries: one device's recent figures and events, fleet-wide health per model version, and
+the fleet's Prometheus metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from edgeml.fleet.auth import Viewer
+from edgeml.fleet.context import FleetContext, get_context
+from edgeml.fleet.store.models import Device
+from edgeml.fleet.telemetry_store import device_telemetry, fleet_health
+
+router = APIRouter(prefix="/v1", tags=["telemetry"])
+metrics_router = APIRouter(tags=["telemetry"])
+Ctx = Annotated[FleetContext, Depends(get_context)]
+Minutes = Annotated[float, Query(gt=0, le=60 * 24 * 31, description="look back this many minutes")]
+
+
+class VersionHealthOut(BaseModel):
+    model: str
+    version: str
+    devices: int
+    requests: int
+    errors: int
+    error_rate: float
+    requests_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    drift: float | None
+
+
+class DeviceTelemetryOut(BaseModel):
+    device: str
+    windows: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    drift: list[dict[str, Any]]
+    system: dict[str, Any]
+
+
+@router.get("/health", response_model=list[VersionHealthOut])
+def health(caller: Viewer, ctx: Ctx, minutes: Minutes = 10.0) -> list[VersionHealthOut]:
+    since = datetime.now(UTC) - timedelta(minutes=minutes)
+    with ctx.store.session() as session:
+        return [VersionHealthOut(**h.to_json()) for h in fleet_health(session, since)]
+
+
+@router.get("/telemetry/{device_id}", response_model=DeviceTelemetryOut)
+def telemetry(device_id: str, caller: Viewer, ctx: Ctx, minutes: Minutes = 60.0) -> DeviceTelemetryOut:
+    since = datetime.now(UTC) - timedelta(minutes=minutes)
+    with ctx.store.session() as session:
+        if session.get(Device, device_id) is None:
+            raise HTTPException(404, f"no device '{device_id}'")
+        return DeviceTelemetryOut(**device_telemetry(session, device_id, since))
+
+
+@metrics_router.get("/metrics", response_class=PlainTextResponse,
+                    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def metrics(caller: Viewer, ctx: Ctx) -> PlainTextResponse:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+
+    stats = getattr(ctx.ingest, "stats", None)
+    if stats is not None:
+        metric("edgeml_fleet_ingest_messages_total", "counter", "telemetry messages received from the broker",
+               [({}, stats.received)])
+        metric("edgeml_fleet_ingest_stored_total", "counter", "messages stored (first time seen)", [({}, stats.stored)])
+        metric("edgeml_fleet_ingest_duplicates_total", "counter", "redelivered messages dropped by (device, seq)",
+               [({}, stats.duplicates)])
+        metric("edgeml_fleet_ingest_rejected_total", "counter", "malformed or foreign messages", [({}, stats.rejected)])
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    with ctx.store.session() as session:
+        rows = fleet_health(session, since)
+        devices = session.query(Device).filter(Device.revoked_at.is_(None)).all()
+    online = [d for d in devices if d.last_seen is not None
+              and (datetime.now(UTC) - (d.last_seen if d.last_seen.tzinfo else d.last_seen.replace(tzinfo=UTC)))
+              .total_seconds() <= ctx.online_window_s and d.mqtt_status != "offline"]
+    metric("edgeml_fleet_devices", "gauge", "enrolled devices", [({"state": "online"}, len(online)),
+                                                                 ({"state": "offline"}, len(devices) - len(online))])
+    for name, kind, help_text, attr in (
+        ("edgeml_fleet_model_requests_per_second", "gauge", "inference requests per second, last 5 minutes", "requests_per_s"),
+        ("edgeml_fleet_model_error_rate", "gauge", "share of failed requests, last 5 minutes", "error_rate"),
+        ("edgeml_fleet_model_latency_p95_ms", "gauge", "p95 latency in ms across devices, last 5 minutes", "p95_ms"),
+        ("edgeml_fleet_model_drift_psi", "gauge", "largest drift (PSI) of any device against the bundle reference", "drift"),
+    ):
+        samples = [({"model": r.model, "version": r.version}, float(getattr(r, attr)))
+                   for r in rows if getattr(r, attr) is not None]
+        metric(name, kind, help_text, samples)
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
