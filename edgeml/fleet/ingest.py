@@ -98,9 +98,7 @@ class IngestService:
                  "shared" if self.shared else "single server")
 
     def stop(self) -> None:
-        """Stop taking messages, write what was received, acknowledge it, then leave."""
-        if self._client is not None:
-            self._client.unsubscribe(self.topics())
+        """Write what was received, acknowledge it, then leave (the session stays on the broker)."""
         self._stop.set()
         if self._writer is not None:
             self._writer.join(15)
