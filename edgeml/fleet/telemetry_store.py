@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from edgeml.fleet.store.models import Bundle, Device
@@ -59,15 +59,22 @@ def store_messages(session: Session, batch: Sequence[Envelope]) -> int:
         select(DeviceMessage.device_id, DeviceMessage.seq).where(
             tuple_(DeviceMessage.device_id, DeviceMessage.seq).in_(list(unique))))}
     fresh = [e for key, e in sorted(unique.items()) if key not in existing]
+    if not fresh:
+        return 0
     now = datetime.now(UTC)
-    for e in fresh:
-        session.add(DeviceMessage(device_id=e.device_id, seq=e.seq, kind=e.kind, ts=e.ts, received_at=now, body=e.body))
-    session.flush()  # a concurrent insert of the same key fails here and the caller retries the batch
+    # Core bulk inserts: one statement per table and batch (the ORM's per-row path halves ingest speed).
+    # A concurrent insert of the same key fails here and the caller retries the batch.
+    session.execute(insert(DeviceMessage), [
+        {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "ts": e.ts, "received_at": now, "body": e.body}
+        for e in fresh])
+    events = [e for e in fresh if e.kind == "event"]
+    if events:
+        session.execute(insert(DeviceEvent), [
+            {"device_id": e.device_id, "seq": e.seq, "ts": e.ts, "kind": str(e.body.get("event", "event"))[:64],
+             "body": e.body} for e in events])
     references: dict[tuple[str, str], dict[str, Any]] = {}
     for e in fresh:
         if e.kind == "event":
-            session.add(DeviceEvent(device_id=e.device_id, seq=e.seq, ts=e.ts, kind=str(e.body.get("event", "event"))[:64],
-                                    body=e.body))
             _track_installed(session, e)
         elif e.kind == "telemetry":
             _store_telemetry(session, e, references)

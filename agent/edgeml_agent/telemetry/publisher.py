@@ -75,6 +75,7 @@ class TelemetryPublisher:
         self._connected = False
         self._inflight: dict[int, int] = {}       # paho message id -> spool seq
         self._last_sent = 0                       # highest seq handed to paho on this connection
+        self._caught_up = False                   # True while the spool holds nothing unsent
         self._acked_batch: list[int] = []
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._pending_subscriptions: list[str] = []
@@ -146,6 +147,7 @@ class TelemetryPublisher:
         self.connects += 1
         self._inflight.clear()
         self._last_sent = 0  # resend everything not yet acknowledged, in order
+        self._caught_up = False
         client.publish(status_topic(self.settings.device_id), self._status("online"), qos=1, retain=True)
         self._pending_subscriptions = list(self._subscriptions)
         log.info("telemetry connected to %s:%s", self._host, self._port)
@@ -197,7 +199,10 @@ class TelemetryPublisher:
                         self._client.subscribe(self._pending_subscriptions.pop(), qos=1)
                     self._fill_window()
                 try:
-                    self._client.loop(timeout=0.005 if self._connected else 0.0)
+                    # Busy while there is something to send or acknowledge, otherwise wake every 50 ms:
+                    # an idle publisher must cost the inference threads nothing.
+                    busy = bool(self._inflight) or not self._caught_up
+                    self._client.loop(timeout=(0.005 if busy else 0.05) if self._connected else 0.0)
                 except Exception:  # paho raises on sockets dying mid-loop; treat as a disconnect
                     self._connected = False
                 self._commit_acks()
@@ -229,12 +234,15 @@ class TelemetryPublisher:
                 break
         if batch:
             self.spool.append_many(batch)
+            self._caught_up = False
 
     def _fill_window(self) -> None:
         room = self.settings.inflight_window - len(self._inflight)
-        if room <= 0:
+        if room <= 0 or self._caught_up:
             return
-        for msg in self.spool.pending(after_seq=self._last_sent, limit=room):
+        pending = self.spool.pending(after_seq=self._last_sent, limit=room)
+        self._caught_up = len(pending) < room  # nothing more to send until new messages are spooled
+        for msg in pending:
             info = self._client.publish(msg.topic, msg.payload, qos=1)
             if info.rc != 0:  # not connected any more: the next connect resends from the oldest
                 self._connected = False
