@@ -22,11 +22,13 @@ The tree (add a class here, under the branch it belongs to, rather than raising 
     ├── ToolchainError              an isolated toolchain is missing, outdated or failed to install
     ├── RuntimeBackendError         a runtime could not load or run a model
     │   ├── BackendUnavailableError no backend on this host can run the bundle (lists every reason)
-    │   └── InferenceInputError     the caller's inputs do not match the model (name, dtype, shape)
+    │   ├── InferenceInputError     the caller's inputs do not match the model (name, dtype, shape)
+    │   └── UnknownModelError       the agent serves no model of that name
     ├── UpdateError                 an over-the-air update was refused or failed (old model keeps serving)
     │   └── DesiredStateError       desired state malformed, untrusted, expired, replayed, other device
     └── FleetError                  talking to / running the fleet server
-        └── AuthError               missing, wrong, expired or under-privileged token
+        ├── AuthError               missing, wrong, expired or under-privileged token
+        └── RolloutError            a rollout cannot be created or changed in its current state
 """
 
 from __future__ import annotations
@@ -145,9 +147,17 @@ class AuthError(FleetError):
     """A token is missing, wrong, expired, revoked or lacks the role the action needs."""
 
 
+class RolloutError(FleetError):
+    """A rollout cannot be created (no device matches, another one runs) or changed in its state."""
+
+
 class UpdateError(EdgeMLError):
     """An over-the-air update was refused or failed; the running model stays as it was."""
 
 
 class DesiredStateError(UpdateError):
     """A desired-state document is malformed, untrusted, expired, replayed or for another device."""
+
+
+class UnknownModelError(RuntimeBackendError):
+    """The agent serves no model of that name (an HTTP 404, not a failure of the agent)."""

@@ -82,7 +82,23 @@ def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, 
     credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"], "api_token": answer["api_token"],
                    "mqtt": answer["mqtt"]}
     _write_secret(path, credentials)
+    write_trusted_keys(data_dir / "trusted", [answer["desired_key_pem"], *answer.get("trusted_keys", [])])
     return credentials
+
+
+def write_trusted_keys(directory: Path, pems: list[str]) -> list[str]:
+    """Trust what the fleet said to trust: ``<key id>.pub`` files in the agent's default trusted-keys
+    directory (the fleet's desired-state key and its bundle signing keys); returns the key ids."""
+    from edgeml.bundle.keys import key_id, load_public_key, public_key_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for pem in pems:
+        key = load_public_key(pem.encode())
+        kid = key_id(key)
+        (directory / f"{kid}.pub").write_bytes(public_key_pem(key))
+        ids.append(kid)
+    return ids
 
 
 @click.command("enroll")

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: providers in the profile's order, threads from config."""
+"""ONNX Runtime backend: providers in the profile's order, threads from config.
+
+TensorRT engines are cached on disk under a key of (model sha256, GPU compute capability, TensorRT
+version) when the TensorRT EP is among the providers and a cache directory is given, because building
+an engine takes minutes on a Jetson and an engine is only valid for the GPU and TensorRT that built it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import MissingExtraError, RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions
 
+TENSORRT_EP = "TensorrtExecutionProvider"
+
 # ONNX type strings -> numpy dtype names
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -20,7 +27,7 @@ ORT_TYPES = {
 }
 
 
-def _import_ort() -> Any:
+def import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -28,30 +35,64 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
+_import_ort = import_ort  # older name, kept for callers
+
+
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
     return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
 
 
+def provider_arguments(model_path: Path, options: BackendOptions,
+                       available: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(provider, options) pairs in the requested order, keeping only providers this ORT has.
+
+    For TensorRT, an engine cache directory keyed by model, GPU and TensorRT version is filled in
+    unless the caller set ``trt_engine_cache_path`` explicitly.
+    """
+    wanted = list(options.providers) or ["CPUExecutionProvider"]
+    providers = [p for p in wanted if p in available]
+    if not providers:
+        raise RuntimeBackendError(
+            f"none of the execution providers {wanted} is available in this onnxruntime "
+            f"(available: {sorted(available)}); install the onnxruntime build for this hardware "
+            "or allow CPU fallback"
+        )
+    args = []
+    for p in providers:
+        opts = dict(options.provider_options.get(p, {}))
+        if p == TENSORRT_EP and options.cache_dir and "trt_engine_cache_path" not in opts:
+            opts["trt_engine_cache_enable"] = True
+            opts["trt_engine_cache_path"] = str(engine_cache_dir(model_path, options.cache_dir))
+        args.append((p, opts))
+    return args
+
+
+def engine_cache_dir(model_path: Path, cache_root: Path) -> Path:
+    from edgeml.bundle.pack import sha256_file
+    from edgeml.runtimes.probe import probe_host
+    from edgeml.runtimes.trt_cache import tensorrt_cache_dir
+
+    host = probe_host()
+    path = tensorrt_cache_dir(cache_root, sha256_file(model_path), host.gpu_compute_capability,
+                              host.tensorrt_version)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
+    thread_safe = True
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
-        ort = _import_ort()
+        ort = import_ort()
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if options.num_threads:
             so.intra_op_num_threads = options.num_threads
-        available = set(ort.get_available_providers())
-        wanted = list(options.providers) or ["CPUExecutionProvider"]
-        providers = [p for p in wanted if p in available]
-        if not providers:
-            raise RuntimeBackendError(
-                f"none of the execution providers {wanted} is available in this onnxruntime "
-                f"(available: {sorted(available)})"
-            )
-        provider_args = [(p, dict(options.provider_options.get(p, {}))) for p in providers]
+            so.inter_op_num_threads = 1
+        provider_args = provider_arguments(self.model_path, options, set(ort.get_available_providers()))
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=provider_args)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -59,6 +100,8 @@ class OnnxRuntimeBackend(Backend):
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
+        # Providers the session really uses, in order (ORT drops the ones that failed to initialise).
+        self._providers = [str(p) for p in self.session.get_providers()]
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -70,8 +113,16 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def device(self) -> str:
-        return str(self.session.get_providers()[0])
+        return self._providers[0]
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._providers)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        # ORT frees the session with the last reference; drop ours so close() really releases it.
+        self.__dict__.pop("session", None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,12 @@ import numpy as np
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import MissingExtraError, RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
 
 
 def import_openvino() -> Any:
     """Import OpenVINO with its telemetry disabled: edge sites are air-gapped and must not phone home."""
-    os.environ.setdefault("OPENVINO_TELEMETRY_DISABLE", "1")  # read by openvino-telemetry
-    os.environ.setdefault("OV_TELEMETRY_DISABLE", "1")
+    disable_vendor_telemetry()
     try:
         import openvino
     except ImportError as exc:

@@ -1,0 +1,88 @@
+"""Prometheus text exposition of request counts, errors and latency per model and version.
+
+An observer of the model registry; counters live under one lock and are rendered on scrape.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+
+from edgeml_agent.registry import ModelRegistry, Observation
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._errors: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._hist: dict[tuple[str, str], list[int]] = {}
+        self._sum: dict[tuple[str, str], float] = defaultdict(float)
+        self._http: dict[str, int] = defaultdict(int)
+
+    def observe(self, obs: Observation) -> None:
+        key = (obs.model, obs.version)
+        with self._lock:
+            self._requests[(obs.model, obs.version, str(obs.status))] += 1
+            if obs.error:
+                self._errors[(obs.model, obs.version, obs.error)] += 1
+            # per-bucket (not cumulative) counts; the last slot is +Inf. Cumulated when rendered.
+            counts = self._hist.setdefault(key, [0] * (len(BUCKETS) + 1))
+            counts[bisect.bisect_left(BUCKETS, obs.seconds)] += 1
+            self._sum[key] += obs.seconds
+
+    def count_http(self, status: int) -> None:
+        with self._lock:
+            self._http[str(status)] += 1
+
+    def render(self, registry: ModelRegistry | None = None) -> str:
+        lines: list[str] = []
+        with self._lock:
+            lines += ["# HELP edgeml_requests_total Inference requests by model, version and HTTP status.",
+                      "# TYPE edgeml_requests_total counter"]
+            for (m, v, code), n in sorted(self._requests.items()):
+                lines.append(f"edgeml_requests_total{_labels(model=m, version=v, code=code)} {n}")
+            lines += ["# HELP edgeml_request_errors_total Failed inference requests by kind.",
+                      "# TYPE edgeml_request_errors_total counter"]
+            for (m, v, kind), n in sorted(self._errors.items()):
+                lines.append(f"edgeml_request_errors_total{_labels(model=m, version=v, kind=kind)} {n}")
+            lines += ["# HELP edgeml_request_duration_seconds Time in the agent per inference request.",
+                      "# TYPE edgeml_request_duration_seconds histogram"]
+            for (m, v), counts in sorted(self._hist.items()):
+                total = 0
+                for bound, n in zip((*[repr(b) for b in BUCKETS], "+Inf"), counts, strict=True):
+                    total += n
+                    lines.append(f"edgeml_request_duration_seconds_bucket{_labels(model=m, version=v, le=bound)} {total}")
+                lines.append(f"edgeml_request_duration_seconds_sum{_labels(model=m, version=v)} {self._sum[(m, v)]:.6f}")
+                lines.append(f"edgeml_request_duration_seconds_count{_labels(model=m, version=v)} {total}")
+            lines += ["# HELP edgeml_http_responses_total Every HTTP response by status.",
+                      "# TYPE edgeml_http_responses_total counter"]
+            for code, n in sorted(self._http.items()):
+                lines.append(f"edgeml_http_responses_total{_labels(code=code)} {n}")
+        if registry is not None:
+            lines += ["# HELP edgeml_model_info The model versions being served and where they run.",
+                      "# TYPE edgeml_model_info gauge"]
+
+            for lm in registry.models():
+                served = lm.model
+                labels = _labels(model=served.name, version=served.version, runtime=served.runtime,
+                                 device=served.device, fallback=str(served.fallback).lower())
+                lines.append(f"edgeml_model_info{labels} 1")
+            batched = [lm for lm in registry.models() if lm.batcher is not None]
+            for metric, what, attr in (("edgeml_batches_total", "Model runs made by the micro-batcher.", "batches"),
+                                       ("edgeml_batch_rows_total", "Rows in those runs.", "rows")):
+                lines += [f"# HELP {metric} {what}", f"# TYPE {metric} counter"]
+                for lm in batched:
+                    lines.append(f"{metric}{_labels(model=lm.name, version=lm.version)} {getattr(lm.batcher, attr)}")
+        return "\n".join(lines) + "\n"

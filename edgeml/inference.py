@@ -1,0 +1,196 @@
+"""In-process inference: ``edgeml.load(bundle_or_dir)`` returns a :class:`Model` with ``predict``.
+
+The same backends and the same selection the agent uses. A ``.edgepkg`` is verified against the trusted
+keys (``TrustStore.default()`` unless ``trust`` is given) and unpacked into the cache, once per bundle
+file content; an unpacked directory is re-verified (signature and every file hash) before it is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeml.bundle.keys import TrustStore
+from edgeml.bundle.manifest import Manifest, TensorSpec
+from edgeml.bundle.verify import VerifiedBundle, load_unpacked, unpack_bundle
+from edgeml.errors import BundleError, InferenceInputError, SignatureError
+from edgeml.paths import cache_dir
+from edgeml.runtimes.base import Backend, backend_class
+from edgeml.runtimes.selection import Selection, SelectionPolicy, select_backend
+
+__all__ = ["Model", "load", "load_verified", "open_bundle"]
+
+
+class Model:
+    """A verified bundle loaded in the backend chosen for this host."""
+
+    def __init__(self, bundle: VerifiedBundle, backend: Backend, selection: Selection) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.selection = selection
+        self._run = backend.run
+        # Non-thread-safe runtimes (OpenVINO infer request, LiteRT interpreter) run one call at a time.
+        self._lock: threading.Lock | None = None if backend.thread_safe else threading.Lock()
+        self._single_input = backend.inputs[0].name if len(backend.inputs) == 1 else None
+
+    # -- description ---------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    @property
+    def runtime(self) -> str:
+        return self.selection.runtime
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def fallback(self) -> bool:
+        return self.selection.fallback
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "target": self.manifest.target_id,
+            "runtime": self.runtime, "precision": self.manifest.precision, "backend": self.runtime,
+            "device": self.device, "fallback": self.fallback, "fallback_reason": self.selection.fallback_reason,
+            "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+        }
+
+    # -- inference -----------------------------------------------------------------------------------
+    def feeds(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """Normalise ``predict``'s arguments into checked feeds (names, dtypes, shapes)."""
+        if data is None:
+            raw: Mapping[str, Any] = named
+        elif type(data) is np.ndarray and self._single_input is not None and not named:
+            raw = {self._single_input: data}   # the common case first: one array for a one-input model
+        elif isinstance(data, Mapping):
+            raw = {**data, **named}
+        elif self._single_input is not None and not named:
+            raw = {self._single_input: data}
+        else:
+            names = ", ".join(s.name for s in self.backend.inputs)
+            raise InferenceInputError(f"this model takes several inputs ({names}): pass a dict of arrays by name")
+        return self.backend.check_feeds(raw)
+
+    def run_checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run feeds that already passed :meth:`feeds`."""
+        if self._lock is None:
+            return self._run(feeds)
+        with self._lock:
+            return self._run(feeds)
+
+    def predict(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """Run the model. ``data``: an array (single-input models) or a dict of arrays by input name.
+
+        Returns a dict of output arrays by output name.
+        """
+        return self.run_checked(self.feeds(data, **named))
+
+    def smoke_test(self) -> None:
+        """Run the bundle's smoke sample and compare with its expected output (raises on mismatch)."""
+        smoke = self.manifest.smoke
+        if not smoke:
+            return
+        with np.load(self.bundle.file(smoke["input"])) as f:
+            inputs = {k: f[k] for k in f.files}
+        with np.load(self.bundle.file(smoke["expected"])) as f:
+            expected = {k: f[k] for k in f.files}
+        got = self.predict(inputs)
+        for name, want in expected.items():
+            if name not in got or not np.allclose(got[name], want, rtol=float(smoke.get("rtol", 1e-3)),
+                                                  atol=float(smoke.get("atol", 1e-4))):
+                raise BundleError(f"{self.name}@{self.version}: smoke test output '{name}' differs from the "
+                                  f"expected output on {self.device}")
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        fb = " fallback" if self.fallback else ""
+        return f"Model({self.name}@{self.version} on {self.runtime}/{self.device}{fb})"
+
+
+def open_bundle(path: str | Path, trust: Mapping[str, Ed25519PublicKey] | None = None) -> VerifiedBundle:
+    """Verify a bundle file (unpacking it into the cache) or re-verify an unpacked directory."""
+    path = Path(path)
+    trusted = TrustStore.default() if trust is None else trust
+    if not trusted:
+        raise SignatureError("no trusted keys: trust the builder's public key with `edgeml keys trust KEY.pub` "
+                             "or pass trust=TrustStore([...])")
+    if path.is_dir():
+        return load_unpacked(path, trusted)
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist; pass a .edgepkg file or an unpacked bundle directory")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    dest = cache_dir() / "bundles" / digest.hexdigest()[:32]
+    if dest.is_dir():
+        return load_unpacked(dest, trusted)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return unpack_bundle(path, dest, trusted)
+    except OSError:
+        if dest.is_dir():  # another process unpacked the same bundle at the same moment
+            return load_unpacked(dest, trusted)
+        raise
+
+
+def load(
+    bundle_or_dir: str | Path,
+    trust: Mapping[str, Ed25519PublicKey] | None = None,
+    *,
+    policy: SelectionPolicy | None = None,
+    cpu_fallback: bool | None = None,
+    num_threads: int = 0,
+) -> Model:
+    """Load a signed bundle for inference on this host.
+
+    ``policy`` (or the ``cpu_fallback``/``num_threads`` shortcuts) says what the caller allows beyond
+    the bundle's target profile. Raises :class:`~edgeml.errors.BundleError` for an untrusted or damaged
+    bundle and :class:`~edgeml.errors.BackendUnavailableError` (with every reason) when nothing here
+    can run it.
+    """
+    bundle = open_bundle(bundle_or_dir, trust)
+    if policy is None:
+        policy = SelectionPolicy(cpu_fallback=cpu_fallback, num_threads=num_threads,
+                                 cache_dir=cache_dir() / "engines")
+    return load_verified(bundle, policy)
+
+
+def load_verified(bundle: VerifiedBundle, policy: SelectionPolicy | None = None) -> Model:
+    """Load a bundle that was already verified and unpacked (the agent's store does both)."""
+    selection = select_backend(bundle.manifest, policy or SelectionPolicy())
+    backend = backend_class(selection.runtime)(bundle.model_path, selection.options)
+    return Model(bundle, backend, selection)
