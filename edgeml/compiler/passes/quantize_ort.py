@@ -1,0 +1,303 @@
+"""Static INT8 quantization (QDQ) with onnxruntime's quantizer: ONNX in, ONNX with Q/DQ pairs out.
+
+ONNX Runtime's ``quant_pre_process`` (symbolic shape inference + graph optimization) helps the quantizer
+but fails on many real models ("Incomplete symbolic shape inference"); ``quantize_static`` itself works
+on them without it, so a failed pre-processing step is recorded and skipped rather than failing the build.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeml.bundle import sha256_file
+from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_HINT = (
+    "pass calibration data with --calibration (a .npz with one array per input, a .npy for a "
+    "single-input model, a folder of images with declared preprocessing, or a Python iterable of "
+    "{input name: array} dicts)"
+)
+
+
+def validate_config(pass_name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``config`` over ``defaults``; unknown keys and values of the wrong type are ConfigErrors.
+
+    Shared by the quantize/convert passes so every pass rejects a typo the same way.
+    """
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"pass '{pass_name}': unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}"
+        )
+    merged = {**defaults, **config}
+    for key, default in defaults.items():
+        value = merged[key]
+        if default is None or value is None:
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is list:
+            ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            merged[key] = list(value) if ok else value
+        if not ok:
+            raise ConfigError(
+                f"pass '{pass_name}': option '{key}' must be {expected.__name__}, got {value!r}"
+            )
+    return merged
+
+
+def onnx_input_names(model: Any) -> list[str]:
+    """Graph inputs that are real inputs (older exporters also list initializers as inputs)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+class SampleSetReader:
+    """Adapts a SampleSet (``len`` + iteration of feed dicts) to onnxruntime's CalibrationDataReader.
+
+    Feeds are checked against the model inputs so a wrong calibration file fails with the input
+    names, not with an onnxruntime stack trace deep inside the calibrator.
+    """
+
+    def __init__(self, samples: Any, input_names: list[str], max_samples: int, ctx: BuildContext) -> None:
+        self.samples = samples
+        self.input_names = input_names
+        self.total = min(len(samples), max_samples)
+        self.ctx = ctx
+        self.count = 0
+        self._iter: Iterator[Any] | None = None
+
+    def _feed(self, raw: Any) -> dict[str, np.ndarray]:
+        if not isinstance(raw, Mapping):
+            raise QuantizationError(
+                f"calibration sample {self.count} is a {type(raw).__name__}, expected a dict of "
+                f"{{input name: array}}; {CALIBRATION_HINT}"
+            )
+        missing = [n for n in self.input_names if n not in raw]
+        if missing:
+            raise QuantizationError(
+                f"calibration sample {self.count} lacks model input(s) {', '.join(missing)} "
+                f"(it has: {', '.join(map(str, raw)) or 'nothing'})"
+            )
+        return {n: np.asarray(raw[n]) for n in self.input_names}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iter is None:
+            self._iter = iter(itertools.islice(iter(self.samples), self.total))
+        raw = next(self._iter, None)
+        if raw is None:
+            return None
+        feed = self._feed(raw)
+        self.count += 1
+        self.ctx.progress("calibrating", self.count, self.total)
+        return feed
+
+    def rewind(self) -> None:
+        self._iter = None
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Move top-level ``Constant`` nodes into initializers, in place; returns how many moved.
+
+    Some exporters (paddle2onnx: every PP-OCR model) store all weights as Constant nodes. The quantizer
+    only treats initializers as weights: Constant outputs are calibrated like activations, quantized
+    per tensor as uint8 and re-quantized at run time, which ruins accuracy, ignores ``per_channel`` and
+    makes the model slower.
+    """
+    keep, moved = [], 0
+    for node in model.graph.node:
+        attrs = list(node.attribute)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1 and attrs[0].name == "value":
+            tensor = type(attrs[0].t)()
+            tensor.CopyFrom(attrs[0].t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
+PER_CHANNEL_OPSET = 13   # DequantizeLinear's ``axis`` (one scale per channel) exists from opset 13
+
+
+def _upgrade_for_per_channel(model: Any, name: str) -> bool:
+    """Convert an older model to opset 13 in place so per-channel Q/DQ nodes are valid; True if converted."""
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if opset >= PER_CHANNEL_OPSET:
+        return False
+    try:
+        converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        raise QuantizationError(
+            f"per-channel quantization needs opset {PER_CHANNEL_OPSET} but {name} is opset {opset} and cannot be "
+            f"converted ({type(exc).__name__}: {exc}); quantize it per tensor (per_channel=False) or re-export it "
+            f"with opset >= {PER_CHANNEL_OPSET}"
+        ) from exc
+    model.CopyFrom(converted)
+    return True
+
+
+def _preprocess(source: Path, target: Path, *, skip_optimization: bool) -> str | None:
+    """Run quant_pre_process; return None on success or the reason it was skipped."""
+    try:
+        import sympy  # noqa: F401 - quant_pre_process needs it but onnxruntime no longer installs it
+    except ImportError:
+        return "sympy is not installed (pip install 'edgeml[compile]')"
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(target), skip_optimization=skip_optimization)
+    except Exception as exc:  # symbolic shape inference raises bare AssertionErrors on real models
+        return f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
+    return None
+
+
+class QuantizeOrt(Pass):
+    """Static INT8 QDQ quantization through ``onnxruntime.quantization.quantize_static``."""
+
+    name = "quantize_ort"
+    defaults: Mapping[str, Any] = {
+        "per_channel": False,
+        "calibration_method": "minmax",
+        "exclude_nodes": [],
+        "exclude_op_types": [],
+        "max_samples": 64,
+        "reduce_range": False,    # 7-bit weights: avoids u8s8 saturation on x86 CPUs without VNNI
+    }
+
+    def __init__(self, **config: Any) -> None:
+        merged = validate_config(self.name, config, self.defaults)
+        if merged["calibration_method"] not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"pass '{self.name}': calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                f"got {merged['calibration_method']!r}"
+            )
+        if merged["max_samples"] < 1:
+            raise ConfigError(f"pass '{self.name}': max_samples must be >= 1, got {merged['max_samples']}")
+        super().__init__(**merged)
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
+        if artifact.format != "onnx":
+            raise QuantizationError(f"quantize_ort needs an ONNX model, got {artifact.format} ({artifact.path})")
+        if ctx.calibration is None:
+            raise QuantizationError(f"static INT8 quantization needs calibration data: {CALIBRATION_HINT}")
+        if len(ctx.calibration) == 0:
+            raise QuantizationError(f"the calibration data holds no samples: {CALIBRATION_HINT}")
+        try:
+            import onnx
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+        except ImportError as exc:
+            raise MissingExtraError("onnxruntime", "compile", "INT8 quantization") from exc
+
+        cfg = self.config
+        model = onnx.load(str(artifact.path), load_external_data=False)
+        node_names = {n.name for n in model.graph.node}
+        unknown = [n for n in cfg["exclude_nodes"] if n not in node_names]
+        if unknown:
+            raise ConfigError(
+                f"pass '{self.name}': exclude_nodes names node(s) not in {artifact.path.name}: "
+                f"{', '.join(unknown)}"
+            )
+        present_types = {n.op_type for n in model.graph.node}
+        excluded_types = sorted(present_types & set(cfg["exclude_op_types"]))
+        # None = onnxruntime's own default set; with exclusions, that same set minus the excluded types.
+        op_types = None
+        if cfg["exclude_op_types"]:
+            op_types = sorted({*QDQRegistry, *QLinearOpsRegistry} - set(cfg["exclude_op_types"]))
+
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        stem = artifact.path.stem
+        source = artifact.path
+        moved = constants_to_initializers(model)
+        upgraded = cfg["per_channel"] and _upgrade_for_per_channel(model, artifact.path.name)
+        if upgraded:
+            ctx.log(f"quantize_ort: {artifact.path.name} upgraded to opset {PER_CHANNEL_OPSET} for per-channel scales")
+        weights_file = ctx.workdir / f"{stem}.weights.onnx"
+        if moved or upgraded:
+            onnx.save(model, str(weights_file))
+            source = weights_file
+            ctx.log(f"quantize_ort: {moved} Constant nodes of {artifact.path.name} moved to initializers (weights)")
+        prepared = ctx.workdir / f"{stem}.preprocessed.onnx"
+        # Graph optimization may fuse or rename nodes, which would break exclusions by name.
+        skip_reason = _preprocess(source, prepared, skip_optimization=bool(cfg["exclude_nodes"]))
+        if skip_reason is None:
+            source = prepared
+            ctx.log(f"quantize_ort: pre-processed {artifact.path.name} (shape inference + optimization)")
+        else:
+            ctx.log(f"quantize_ort: skipped quant_pre_process ({skip_reason}); quantizing without it")
+
+        trt = "TensorrtExecutionProvider" in ctx.target.options("onnxruntime").providers
+        # TensorRT wants symmetric INT8 for both; CPU kernels are fastest with u8 activations, s8 weights.
+        activation_type = QuantType.QInt8 if trt else QuantType.QUInt8
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[cfg["calibration_method"]]
+        reader = SampleSetReader(ctx.calibration, onnx_input_names(model), cfg["max_samples"], ctx)
+        output = ctx.workdir / f"{stem}.int8.onnx"
+        try:
+            quantize_static(
+                str(source), str(output), reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=cfg["per_channel"],
+                reduce_range=cfg["reduce_range"],
+                activation_type=activation_type,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(cfg["exclude_nodes"]),
+                calibrate_method=method,
+                extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
+            )
+        except QuantizationError:
+            raise
+        except Exception as exc:
+            raise QuantizationError(
+                f"onnxruntime could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            prepared.unlink(missing_ok=True)
+            weights_file.unlink(missing_ok=True)
+
+        excluded = bool(cfg["exclude_nodes"] or excluded_types)
+        metadata = {
+            **artifact.metadata,
+            "quantizer": "onnxruntime",
+            "quant_format": "QDQ",
+            "activation_type": "int8" if trt else "uint8",
+            "weight_type": "int8",
+            "per_channel": cfg["per_channel"],
+            "reduce_range": cfg["reduce_range"],
+            "calibration_method": cfg["calibration_method"],
+            "calibration_samples": reader.count,
+            "preprocess": "applied" if skip_reason is None else f"skipped: {skip_reason}",
+            "constants_moved_to_initializers": moved,
+            "opset_upgraded_to": PER_CHANNEL_OPSET if upgraded else None,
+            "excluded_nodes": list(cfg["exclude_nodes"]),
+            "excluded_op_types": excluded_types,
+        }
+        return artifact.evolve(
+            path=output, format="onnx", precision="mixed" if excluded else "int8",
+            digest=sha256_file(output), extra_files=(), runtime=artifact.runtime or "onnxruntime",
+            metadata=metadata,
+        )
