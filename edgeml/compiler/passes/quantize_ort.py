@@ -7,6 +7,7 @@ on them without it, so a failed pre-processing step is recorded and skipped rath
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -165,7 +166,10 @@ def _preprocess(source: Path, target: Path, *, skip_optimization: bool) -> str |
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(source), str(target), skip_optimization=skip_optimization)
+        # On failure, symbolic shape inference dumps sym_shape_infer_temp.onnx (+ external data) into the
+        # working directory: keep that inside the build's work directory, not the user's.
+        with contextlib.chdir(target.parent):
+            quant_pre_process(str(source.resolve()), str(target.resolve()), skip_optimization=skip_optimization)
     except Exception as exc:  # symbolic shape inference raises bare AssertionErrors on real models
         return f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
     return None
