@@ -1,9 +1,24 @@
 """The signed bundle (``.edgepkg``): format, keys, packing and verification, shared by every side."""
 
-from edgeml.bundle.keys import SigningKey, TrustStore, generate_key, key_id, load_public_key, load_signing_key, trust_key
+from edgeml.bundle.keys import (
+    SigningKey,
+    TrustStore,
+    generate_key,
+    key_id,
+    load_public_key,
+    load_signing_key,
+    trust_key,
+)
 from edgeml.bundle.manifest import FORMAT_VERSION, Manifest, TensorSpec, parse_semver
 from edgeml.bundle.pack import pack_bundle, sha256_file
-from edgeml.bundle.verify import BundleHeader, VerifiedBundle, load_unpacked, read_header, unpack_bundle, verify_bundle
+from edgeml.bundle.verify import (
+    BundleHeader,
+    VerifiedBundle,
+    load_unpacked,
+    read_header,
+    unpack_bundle,
+    verify_bundle,
+)
 
 __all__ = [
     "FORMAT_VERSION",

@@ -35,7 +35,7 @@ def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
 
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|")
+            tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed by the with below
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise TruncatedBundleError(f"{path} is not a bundle archive (tar, optionally zstd): {exc}") from exc
         with tar:

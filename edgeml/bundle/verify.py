@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeml.bundle.archive import iter_chunks, open_tar_stream, read_member, safe_member_name
 from edgeml.bundle.keys import verify_signature
 from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, check_format
+from edgeml.bundle.pack import sha256_file
 from edgeml.errors import (
     IntegrityError,
     ManifestError,
@@ -153,7 +154,7 @@ def load_unpacked(root: str | Path, trusted: Mapping[str, Ed25519PublicKey]) -> 
         f = root / entry.path
         if not f.is_file() or f.is_symlink():
             raise IntegrityError(f"{f} is missing from the unpacked bundle")
-        if f.stat().st_size != entry.size or _sha256_path(f) != entry.sha256:
+        if f.stat().st_size != entry.size or sha256_file(f) != entry.sha256:
             raise IntegrityError(f"{f} was modified after the bundle was unpacked")
     return VerifiedBundle(root, manifest, key_id, root=root)
 
@@ -268,14 +269,6 @@ def _walk_payload(
         raise TruncatedBundleError(
             f"the bundle lacks {len(missing)} file(s) its manifest lists ({', '.join(missing[:3])}): truncated or tampered"
         )
-
-
-def _sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_tree(root: Path) -> None:

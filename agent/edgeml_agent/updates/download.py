@@ -3,12 +3,12 @@ signed desired state, and a minimum-speed floor so a stalled link fails instead 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeml.bundle.pack import sha256_file
 from edgeml.errors import UpdateError
 
 
@@ -36,7 +36,7 @@ def download(
     import httpx
 
     part = dest.with_name(dest.name + ".part")
-    if dest.exists() and _sha256(dest) == expected_sha256:
+    if dest.exists() and sha256_file(dest) == expected_sha256:
         return dest
     have = part.stat().st_size if part.exists() else 0
     if have > expected_size:
@@ -63,7 +63,7 @@ def download(
     size = part.stat().st_size
     if size != expected_size:
         raise TransientDownloadError(f"bundle download ended at {size} of {expected_size} bytes")
-    if _sha256(part) != expected_sha256:
+    if sha256_file(part) != expected_sha256:
         part.unlink()
         raise UpdateError("the downloaded bundle's sha256 differs from the signed desired state (tampered or corrupt)")
     os.replace(part, dest)
@@ -95,11 +95,3 @@ def _stream(response, part: Path, mode: str, have: int, cap: int, min_rate: floa
                 window_start, window_bytes = time.monotonic(), 0
         f.flush()
         os.fsync(f.fileno())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
