@@ -10,6 +10,14 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && [ "
   echo "==> installing mosquitto (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
+# Debian's chromium for the dashboard's browser test (driven by Playwright; never 'playwright install').
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+  echo "==> installing chromium (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 VENV=${EDGEML_VENV:-.venv}
+# The TFLite converter's isolated toolchain (~2.4 GB, cached outside the clone; a no-op when current).
+echo "==> TFLite converter toolchain"
+"$VENV/bin/edgeml" toolchain install tflite -q
 echo "==> running the test suite"
 exec "$VENV/bin/python" -m pytest "$@"

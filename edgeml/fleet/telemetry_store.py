@@ -139,21 +139,20 @@ def _update_drift(session: Session, e: Envelope, model: str, version: str, stats
 
 
 def _track_installed(session: Session, e: Envelope) -> None:
+    """Keep ``Device.installed["bundles"]`` (the shape enrolment reports) current from the agent's events."""
     body = e.body
-    if body.get("event") == "update" and body.get("state") in ("committed", "failed") and body.get("model"):
-        device = session.get(Device, e.device_id)
-        if device is None:
-            return
+    model, version = body.get("model"), None
+    if body.get("event") == "update" and body.get("state") in ("committed", "failed") and model:
+        version = body.get("version") if body.get("state") == "committed" else body.get("previous")
+    elif body.get("event") == "model_loaded" and model:
+        version = body.get("version")
+    if not version:
+        return
+    device = session.get(Device, e.device_id)
+    if device is not None:
         installed = dict(device.installed or {})
-        if body.get("state") == "committed":
-            installed[str(body["model"])] = body.get("version")
-        elif body.get("previous"):
-            installed[str(body["model"])] = body.get("previous")
+        installed["bundles"] = {**(installed.get("bundles") or {}), str(model): str(version)}
         device.installed = installed
-    elif body.get("event") == "model_loaded" and body.get("model"):
-        device = session.get(Device, e.device_id)
-        if device is not None:
-            device.installed = {**(device.installed or {}), str(body["model"]): body.get("version")}
 
 
 def _touch_devices(session: Session, seen: dict[str, datetime]) -> None:

@@ -15,18 +15,21 @@ from typing import Any
 
 import numpy as np
 
-PSI_EPSILON = 1e-4
 DEFAULT_BINS = 20
 
 
 def psi(reference_counts: Sequence[float] | np.ndarray, live_counts: Sequence[float] | np.ndarray) -> float:
-    """Population stability index of two histograms over the same bins (0 = identical)."""
+    """Population stability index of two histograms over the same bins (0 = identical).
+
+    Counts get additive (Jeffreys, +0.5) smoothing: a bin that happened to be empty in a small
+    calibration set must not turn a handful of live values into an "infinite" shift.
+    """
     ref = np.asarray(reference_counts, dtype=np.float64)
     live = np.asarray(live_counts, dtype=np.float64)
     if ref.shape != live.shape or ref.sum() <= 0 or live.sum() <= 0:
         return 0.0
-    p = np.clip(ref / ref.sum(), PSI_EPSILON, None)
-    q = np.clip(live / live.sum(), PSI_EPSILON, None)
+    p = (ref + 0.5) / (ref.sum() + 0.5 * ref.size)
+    q = (live + 0.5) / (live.sum() + 0.5 * live.size)
     return float(np.sum((q - p) * np.log(q / p)))
 
 

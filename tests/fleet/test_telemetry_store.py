@@ -120,7 +120,7 @@ def test_update_events_status_and_retention(db_url: str) -> None:
     with store.session() as s:
         events = update_events(s, device_ids=["dev-a"], since=NOW - timedelta(minutes=1))
         assert [e.body["state"] for e in events] == ["committed"]
-        assert s.get(Device, "dev-a").installed == {"m": "2.0.0"}
+        assert s.get(Device, "dev-a").installed == {"bundles": {"m": "2.0.0"}}
         assert s.get(Device, "dev-b").mqtt_status == "offline"
     with store.session() as s:
         s.query(DeviceMessage).filter_by(seq=1).update({"received_at": NOW - timedelta(days=10)})

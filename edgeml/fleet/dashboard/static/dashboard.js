@@ -1,0 +1,304 @@
+// edgeml fleet dashboard: reads the token-guarded /v1 API with the token kept in sessionStorage and
+// renders tables and inline SVG charts. No framework and no CDN: this file is the whole front end.
+"use strict";
+
+const TOKEN_KEY = "edgeml.fleet.token";
+const PAGES = ["devices", "rollouts", "models", "audit"];
+let apiPaths = null; // the server's OpenAPI paths: lets the page skip areas this server does not have yet
+
+class HttpError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + token() } });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new HttpError(response.status, detail);
+  }
+  return response.json();
+}
+
+// Which optional areas (rollouts, telemetry) this server serves, from its own OpenAPI document.
+async function paths() {
+  if (apiPaths === null) apiPaths = Object.keys((await api("/openapi.json")).paths || {});
+  return apiPaths;
+}
+async function hasPath(prefix) { return (await paths()).some((p) => p === prefix || p.startsWith(prefix + "/")); }
+async function templatePath(prefix) { return (await paths()).find((p) => p.startsWith(prefix + "/{")) || null; }
+
+// --- tiny DOM helpers (text is always set as text, never as HTML) ---
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+function table(headers, rows) {
+  return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c))))));
+}
+function empty(text) { return el("p", { class: "empty" }, text); }
+function when(value) {
+  if (value === null || value === undefined) return "—";
+  const d = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return isNaN(d) ? String(value) : d.toISOString().replace("T", " ").slice(0, 19);
+}
+function fmt(value) {
+  if (value === null || value === undefined) return "—";
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(3);
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+function setStatus(text) { document.getElementById("status").textContent = text; }
+
+// --- latest telemetry per device (backend, fallback) ---
+async function telemetryOf(deviceId, minutes) {
+  const tpl = await templatePath("/v1/telemetry");
+  if (!tpl) return null;
+  try { return await api(tpl.replace(/\{[^}]+\}/, encodeURIComponent(deviceId)) + "?minutes=" + minutes); }
+  catch (e) { if (e.status === 404) return null; throw e; }
+}
+
+// --- devices ---
+// Enrolment reports {"edgeml": v, "bundles": {model: version}}; telemetry ingest then keeps
+// {model: version} at the top level up to date. The fresher top-level entries win.
+function installedText(installed) {
+  const merged = { ...((installed && installed.bundles) || {}) };
+  for (const [key, value] of Object.entries(installed || {})) {
+    if (key !== "edgeml" && key !== "bundles" && (typeof value === "string" || value === null)) merged[key] = value;
+  }
+  const parts = Object.entries(merged).map(([name, version]) => name + "@" + (version || "—"));
+  return parts.length ? parts.join(", ") : "—";
+}
+// The newest telemetry window per model says which runtime/accelerator served it and whether that
+// was a fallback from the bundle's preferred backend.
+function servingOf(telemetry) {
+  const latest = new Map();
+  for (const w of (telemetry && telemetry.windows) || []) {
+    const seen = latest.get(w.model);
+    if (!seen || Date.parse(w.ts) > Date.parse(seen.ts)) latest.set(w.model, w);
+  }
+  const windows = [...latest.values()];
+  if (!windows.length) return { backend: "—", fallback: "—" };
+  return {
+    backend: windows.map((w) => [w.runtime, w.device].filter(Boolean).join("/") || "—").join(", "),
+    fallback: windows.map((w) => (w.fallback ? fmt(w.fallback) : "no")).join(", "),
+  };
+}
+async function renderDevices(section) {
+  const devices = await api("/v1/devices");
+  const serving = await Promise.all(devices.map(async (d) => servingOf(await telemetryOf(d.id, 10))));
+  const online = devices.filter((d) => d.online).length;
+  section.replaceChildren(el("h2", {}, `Devices (${devices.length}, ${online} online)`),
+    devices.length === 0 ? empty("No devices enrolled yet: edgeml-fleet enroll-token create, then edgeml-agent enroll.")
+      : table(["Name", "Id", "Online", "Installed", "Backend", "Fallback", "Group / tags", "Last seen"],
+        devices.map((d, i) => [d.name, el("span", { class: "mono" }, d.id),
+          el("span", { class: d.online ? "online" : "offline" }, d.online ? "online" : "offline"),
+          installedText(d.installed), serving[i].backend, serving[i].fallback,
+          [d.group || "—", d.tags.length ? " · " + d.tags.join(", ") : ""].join(""), when(d.last_seen)])));
+}
+
+// --- rollouts ---
+function bar(done, total) {
+  const pct = total > 0 ? Math.min(100, Math.round((100 * done) / total)) : 0;
+  return el("span", {}, el("span", { class: "bar" }, el("span", { style: `width:${pct}%` })), ` ${done}/${total}`);
+}
+function pairs(obj) {
+  const entries = Object.entries(obj || {}).filter(([, v]) => v !== null && v !== undefined);
+  return entries.length ? entries.map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "—";
+}
+function rolloutBlock(r) {
+  const waves = r.wave_list || [];
+  const decisions = (r.decisions || []).slice(-6);
+  return el("div", { class: "rollout", "data-rollout": r.id },
+    el("h3", {}, `${r.id} — ${r.bundle} `, el("span", { class: "state-" + r.state }, r.state)),
+    el("p", {}, `wave ${Math.min(r.wave, r.waves)} of ${r.waves} · ${r.devices} devices · selector ${pairs(r.selector)}`,
+      r.reason ? el("span", { class: "warn" }, ` · ${r.reason}`) : null),
+    el("p", {}, "Gates: ", pairs(r.gates)),
+    el("p", {}, "Gate figures (current wave): ", r.live ? pairs(r.live) : "—"),
+    waves.length
+      ? table(["Wave", "Share", "State", "Installed", "Devices by state"],
+        waves.map((w) => [String(w.wave), w.percent !== null && w.percent !== undefined ? w.percent + "%" : "—",
+          el("span", { class: "state-" + w.state }, w.state), bar((w.counts || {}).installed || 0, w.devices),
+          pairs(w.counts)]))
+      : empty("No devices selected yet."),
+    decisions.length ? el("ul", { class: "decisions" }, decisions.map((d) =>
+      el("li", {}, `${when(d.at)} ${d.action} `, el("span", { class: "mono" }, JSON.stringify(d.details))))) : null);
+}
+async function renderRollouts(section) {
+  const detailPath = await templatePath("/v1/rollouts");
+  if (!(await hasPath("/v1/rollouts")) || !detailPath) {
+    section.replaceChildren(el("h2", {}, "Rollouts"), empty("No data yet: this server has no rollouts API."));
+    return;
+  }
+  const rollouts = await api("/v1/rollouts");
+  const details = await Promise.all(rollouts.slice(0, 20).map((r) =>
+    api(detailPath.replace(/\{[^}]+\}/, encodeURIComponent(r.id)))));
+  section.replaceChildren(el("h2", {}, `Rollouts (${rollouts.length})`),
+    ...(details.length ? details.map(rolloutBlock)
+      : [empty("No rollouts yet: edgeml-fleet rollout create BUNDLE@VERSION.")]));
+}
+
+// --- per-model-version charts ---
+// Drift is one current score per (device, version); the page keeps the history it has seen while open.
+const driftHistory = new Map(); // "model@version" -> [[t, max score], ...]
+const COLORS = ["#2f5bd3", "#c0362c", "#12805c", "#b54708", "#7a2ed1", "#0e7490"];
+function lineChart(title, unit, series) {
+  const W = 360, H = 160, L = 44, R = 8, T = 10, B = 22;
+  const all = series.flatMap((s) => s.points);
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n); return n;
+  };
+  add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d0d5dd" });
+  add("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d0d5dd" });
+  if (all.length) {
+    const x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
+    const yMax = Math.max(...all.map((p) => p[1]), 1e-9) * 1.1;
+    const sx = (x) => L + (x1 > x0 ? ((x - x0) / (x1 - x0)) * (W - L - R) : (W - L - R) / 2);
+    const sy = (y) => H - B - (y / yMax) * (H - T - B);
+    add("text", { x: 2, y: T + 8 }, fmt(yMax) + unit);
+    add("text", { x: 2, y: H - B }, "0");
+    add("text", { x: L, y: H - 6 }, when(x0).slice(11));
+    add("text", { x: W - R - 44, y: H - 6 }, when(x1).slice(11));
+    series.forEach((s, i) => {
+      const pts = s.points.slice().sort((a, b) => a[0] - b[0]);
+      const color = COLORS[s.color % COLORS.length];
+      add("polyline", { fill: "none", stroke: color, "stroke-width": 1.8,
+        points: pts.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ") });
+      for (const p of pts) add("circle", { cx: sx(p[0]).toFixed(1), cy: sy(p[1]).toFixed(1), r: 2, fill: color });
+    });
+  } else {
+    add("text", { x: L + 10, y: H / 2 }, "no data yet");
+  }
+  return el("figure", {}, svg, el("figcaption", {}, title));
+}
+// Windows from all devices that end at the same second are merged: requests and errors add up and
+// the latency shown is the worst device's p95 (what an operator watching a rollout cares about).
+function collect(telemetries) {
+  const versions = new Map(); // key -> {model, windows: Map(t -> {requests, errors, p95})}
+  const now = Date.now() / 1000;
+  for (const t of telemetries) {
+    for (const w of (t && t.windows) || []) {
+      const key = `${w.model}@${w.version}`;
+      if (!versions.has(key)) versions.set(key, { model: w.model, windows: new Map() });
+      const ts = Math.round(Date.parse(w.ts) / 1000);
+      const slot = versions.get(key).windows.get(ts) || { requests: 0, errors: 0, p95: null };
+      slot.requests += w.requests || 0;
+      slot.errors += w.errors || 0;
+      if (typeof w.p95_ms === "number") slot.p95 = Math.max(slot.p95 ?? 0, w.p95_ms);
+      versions.get(key).windows.set(ts, slot);
+    }
+    for (const d of (t && t.drift) || []) {
+      if (typeof d.score !== "number") continue;
+      const key = `${d.model}@${d.version}`;
+      if (!versions.has(key)) versions.set(key, { model: d.model, windows: new Map() });
+      const history = driftHistory.get(key) || [];
+      const last = history[history.length - 1];
+      if (last && now - last[0] < 1) last[1] = Math.max(last[1], d.score); else history.push([now, d.score]);
+      driftHistory.set(key, history.slice(-500));
+    }
+  }
+  return versions;
+}
+async function renderModels(section) {
+  if (!(await templatePath("/v1/telemetry"))) {
+    section.replaceChildren(el("h2", {}, "Models"), empty("No data yet: this server has no telemetry API."));
+    return;
+  }
+  const devices = await api("/v1/devices");
+  const versions = collect(await Promise.all(devices.map((d) => telemetryOf(d.id, 60))));
+  const models = new Map(); // model -> [version keys]
+  for (const [key, v] of [...versions.entries()].sort()) {
+    if (!models.has(v.model)) models.set(v.model, []);
+    models.get(v.model).push(key);
+  }
+  const blocks = [...models.entries()].map(([model, keys]) => {
+    const series = (pick) => keys.map((key, i) => ({ name: key, color: i, points: pick(key) }));
+    const windows = (key) => [...versions.get(key).windows.entries()];
+    return el("div", { class: "model", "data-model": model }, el("h3", {}, model),
+      el("p", { class: "legend" }, keys.map((key, i) => el("span", { style: `color:${COLORS[i % COLORS.length]}` }, "● " + key))),
+      el("div", { class: "charts" },
+        lineChart("latency p95 (worst device)", " ms",
+          series((key) => windows(key).filter(([, w]) => w.p95 !== null).map(([t, w]) => [t, w.p95]))),
+        lineChart("error rate", "",
+          series((key) => windows(key).filter(([, w]) => w.requests > 0).map(([t, w]) => [t, w.errors / w.requests]))),
+        lineChart("drift (PSI, largest device)", "", series((key) => driftHistory.get(key) || []))));
+  });
+  section.replaceChildren(el("h2", {}, "Models: latency, error rate and drift per version"),
+    ...(blocks.length ? blocks : [empty("No data yet: no telemetry received from any device.")]));
+}
+
+// --- audit log ---
+async function renderAudit(section) {
+  let rows;
+  try { rows = await api("/v1/audit?limit=200"); }
+  catch (e) {
+    if (e.status === 403) { section.replaceChildren(el("h2", {}, "Audit log"), empty("The audit log needs an admin token.")); return; }
+    throw e;
+  }
+  section.replaceChildren(el("h2", {}, `Audit log (latest ${rows.length})`),
+    rows.length ? table(["When", "Actor", "Action", "Target", "From", "Details"],
+      rows.map((r) => [when(r.at), r.actor, el("span", { class: "mono" }, r.action), r.target, r.source,
+        el("span", { class: "mono" }, JSON.stringify(r.details))])) : empty("Nothing recorded yet."));
+}
+
+// --- navigation ---
+const RENDER = { devices: renderDevices, rollouts: renderRollouts, models: renderModels, audit: renderAudit };
+
+function showLogin(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  apiPaths = null;
+  document.getElementById("nav").hidden = true;
+  for (const p of PAGES) document.getElementById(p).hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+}
+
+async function show() {
+  if (!token()) { showLogin(); return; }
+  const page = PAGES.includes(location.hash.slice(1)) ? location.hash.slice(1) : "devices";
+  document.getElementById("login").hidden = true;
+  document.getElementById("nav").hidden = false;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  for (const p of PAGES) document.getElementById(p).hidden = p !== page;
+  const section = document.getElementById(page);
+  setStatus("loading " + page + "…");
+  try {
+    await RENDER[page](section);
+    section.dataset.loaded = "true";
+    setStatus("updated " + when(Date.now() / 1000) + " UTC");
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 401) { showLogin("Token refused: " + e.message); return; }
+    section.replaceChildren(el("p", { class: "error" }, "Could not load: " + e.message));
+    setStatus("");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+    show();
+  });
+  document.getElementById("logout").addEventListener("click", () => showLogin());
+  window.addEventListener("hashchange", show);
+  // Live view: refresh the visible page every 5 s while the tab is visible.
+  setInterval(() => { if (token() && !document.hidden) show(); }, 5000);
+  show();
+});
