@@ -82,7 +82,9 @@ def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, 
     credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"], "api_token": answer["api_token"],
                    "mqtt": answer["mqtt"]}
     _write_secret(path, credentials)
-    write_trusted_keys(data_dir / "trusted", [answer["desired_key_pem"], *answer.get("trusted_keys", [])])
+    # a fleet older than the rollout engine sends no keys: the operator then places them by hand
+    keys = [answer["desired_key_pem"]] if answer.get("desired_key_pem") else []
+    write_trusted_keys(data_dir / "trusted", keys + list(answer.get("trusted_keys") or []))
     return credentials
 
 

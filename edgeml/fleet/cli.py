@@ -100,8 +100,13 @@ def main() -> None:
               help="SIGHUP this mosquitto after each sync")
 @click.option("--online-window", type=float, default=120.0, show_default=True,
               help="seconds since last contact within which a device counts as online")
+@click.option("--broker-ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="CA bundle that signed an mqtts:// broker's certificate")
+@click.option("--telemetry-retention-days", type=float, default=7.0, show_default=True,
+              help="keep raw telemetry this long (hourly roll-ups are kept for good)")
 def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: str | None, broker_port: int | None,
-          mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float) -> None:
+          mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float,
+          broker_ca: Path | None, telemetry_retention_days: float) -> None:
     """Run the fleet server (HTTP API + embedded MQTT broker)."""
     from edgeml.fleet.server import ServerConfig
     from edgeml.fleet.server import serve as run
@@ -110,7 +115,8 @@ def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: s
         raise click.UsageError("--broker-port is for the embedded broker; with --broker put the port in the URL")
     run(ServerConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, db=db, broker=broker,
                      broker_port=broker_port, mosquitto_dir=mosquitto_dir, mosquitto_pid_file=mosquitto_pid_file,
-                     online_window_s=online_window))
+                     online_window_s=online_window, broker_ca=broker_ca,
+                     telemetry_retention_days=telemetry_retention_days))
 
 
 @main.group()
@@ -378,6 +384,43 @@ def broker_config(out_dir: Path, port: int, bind: str, pid_file: Path | None) ->
     click.echo("keep them in sync: run 'edgeml-fleet serve --mosquitto-dir DIR [--mosquitto-pid-file F]'", err=True)
 
 
+
+
+@main.command()
+@click.argument("device_id")
+@click.option("--minutes", type=float, default=60.0, show_default=True, help="look back this far")
+@click.option("--json", "as_json", is_flag=True)
+def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
+    """One device's telemetry: per-model windows, drift and recent events."""
+    with _client() as client:
+        doc = client.get(f"/v1/telemetry/{device_id}", minutes=minutes)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    _table(doc["windows"][:30], [("ts", "time"), ("model", "model"), ("version", "version"), ("requests", "requests"),
+                                 ("errors", "errors"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+                                 ("runtime", "runtime"), ("device", "device"), ("fallback", "fallback")],
+           f"telemetry of {device_id} (newest first)", False)
+    _table(doc["drift"], [("model", "model"), ("version", "version"), ("score", "drift (PSI)")], "drift", False)
+    _table([{"ts": e["ts"], "kind": e["kind"], "detail": {k: v for k, v in e["body"].items() if k != "event"}}
+            for e in doc["events"][:20]], [("ts", "time"), ("kind", "event"), ("detail", "detail")], "events", False)
+
+
+@main.command()
+@click.option("--minutes", type=float, default=10.0, show_default=True, help="look back this far")
+@click.option("--json", "as_json", is_flag=True)
+def health(minutes: float, as_json: bool) -> None:
+    """Fleet-wide health per model version: devices, req/s, error rate, p95 latency, drift."""
+    with _client() as client:
+        rows = client.get("/v1/health", minutes=minutes)
+    _table(rows, [("model", "model"), ("version", "version"), ("devices", "devices"), ("requests_per_s", "req/s"),
+                  ("error_rate", "error rate"), ("p95_ms", "p95 ms"), ("drift", "drift (PSI)")],
+           f"fleet health, last {minutes:g} min", as_json)
+
+
+from edgeml.fleet.cli_rollouts import rollout  # noqa: E402 - it uses the helpers above
+
+main.add_command(rollout)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from edgeml.errors import FleetError
@@ -36,6 +37,7 @@ class ServerConfig:
     mosquitto_dir: Path | None = None  # keep password/acl files here in sync on enrol/revoke
     mosquitto_pid_file: Path | None = None  # SIGHUP this mosquitto after each sync
     broker_ca: Path | None = None  # CA bundle for an mqtts:// broker (system CAs when None)
+    telemetry_retention_days: float = 7.0  # raw telemetry kept this long; hourly roll-ups for good
     online_window_s: float = 120.0
     rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
 
@@ -92,7 +94,8 @@ class FleetServer:
                                shared=bool(self.config.broker),
                                client_id=f"edgeml-ingest-{socket.gethostname()}-{self.config.port}",
                                tls=getattr(self.broker, "tls", False),
-                               ca_file=str(self.config.broker_ca) if self.config.broker_ca else None)
+                               ca_file=str(self.config.broker_ca) if self.config.broker_ca else None,
+                               raw_retention=timedelta(days=self.config.telemetry_retention_days))
         ingest.start()
         self.context.ingest = ingest
         return ingest
@@ -119,10 +122,12 @@ class FleetServer:
         if rollouts is not None:
             rollouts.stop()
             rollouts.publisher.stop()
+        # The broker goes first (devices spool what they cannot send), then ingest writes what it already
+        # received. Its session is persistent: an external broker keeps queueing for it while it is away.
+        self.broker.stop()
         ingest = getattr(self, "ingest", None)
         if ingest is not None:
             ingest.stop()
-        self.broker.stop()
         self.store.close()
 
     def app(self):  # type: ignore[no-untyped-def]

@@ -397,7 +397,7 @@ class UpdateMachine:
         if target == "idle":
             rec.desired, rec.bundle_sha256, rec.probation_started = None, None, None
         self.ctx.records.save(rec)   # persisted before the next state's side effect
-        self.ctx.report("update", state=target, event=event, source=source, model=rec.model,
+        self.ctx.report("update", state=target, transition=event, source=source, model=rec.model,
                         version=rec.target_version, previous=rec.previous_version, reason=rec.reason)
         return rec
 

@@ -33,7 +33,7 @@ from edgeml.fleet.credentials import (
     new_secret,
     token_hash,
 )
-from edgeml.fleet.store.models import ApiToken, Device, EnrollmentToken, as_utc, utcnow
+from edgeml.fleet.store.models import ApiToken, Device, EnrollmentToken, TrustedKey, as_utc, utcnow
 from edgeml.fleet.topics import device_prefix
 
 router = APIRouter(prefix="/v1", tags=["devices"])
@@ -115,9 +115,19 @@ def enroll(body: EnrollRequest, request: Request, enrollment_id: EnrollmentToken
                      name=device.name, group=device.group, tags=device.tags)
     ctx.credentials_changed()
     host = ctx.broker.host or request.url.hostname or "127.0.0.1"
+    desired_key, bundle_keys = _fleet_keys(ctx)
     return EnrollResponse(device_id=device_id, api_token=api_secret, mqtt=MqttCredentials(
         host=host, port=ctx.broker.port, tls=ctx.broker.tls, username=device_id, password=mqtt_password,
-        topic_prefix=device_prefix(device_id)))
+        topic_prefix=device_prefix(device_id)), desired_key_pem=desired_key, trusted_keys=bundle_keys)
+
+
+def _fleet_keys(ctx: FleetContext) -> tuple[str, list[str]]:
+    """What a new device must trust: the fleet's desired-state key and the keys its bundles are signed with."""
+    from edgeml.fleet.rollouts.desired_docs import fleet_signing_key
+
+    with ctx.store.session() as session:
+        bundle_keys = [r.public_pem for r in session.scalars(select(TrustedKey).order_by(TrustedKey.key_id))]
+    return fleet_signing_key(ctx.store).public_pem().decode(), bundle_keys
 
 
 @router.get("/devices", response_model=list[DeviceOut])

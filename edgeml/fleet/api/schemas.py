@@ -122,6 +122,8 @@ class EnrollResponse(BaseModel):
     device_id: str
     api_token: str
     mqtt: MqttCredentials
+    desired_key_pem: str = Field(description="the fleet's desired-state public key (PEM): trust it on the device")
+    trusted_keys: list[str] = Field(description="the public keys (PEM) the fleet's bundles are signed with")
 
 
 class DeviceOut(BaseModel):

@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -119,6 +130,8 @@ class Device(Base):
     last_seen: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     mqtt_password_hash: Mapped[str] = mapped_column(String(255))
+    mqtt_status: Mapped[str | None] = mapped_column(String(16), nullable=True)   # retained status: online/offline
+    status_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class EnrollmentToken(Base):
@@ -138,7 +151,7 @@ class EnrollmentToken(Base):
 
 
 class Rollout(Base):
-    """A bundle being rolled out (the rollout engine comes later; the bundle delete guard uses it now)."""
+    """A bundle being rolled out to the devices a selector picks, wave by wave, gated on their telemetry."""
 
     __tablename__ = "rollouts"
 
@@ -146,6 +159,61 @@ class Rollout(Base):
     bundle_id: Mapped[str] = mapped_column(ForeignKey("bundles.id"), index=True)
     state: Mapped[str] = mapped_column(String(32), default="created")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Revision 0004: the rollout engine (edgeml.fleet.rollouts).
+    name: Mapped[str] = mapped_column(String(200), server_default="")
+    version: Mapped[str] = mapped_column(String(64), server_default="")
+    selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    waves: Mapped[list[int]] = mapped_column(JSON, default=list)
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    probation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    observe_s: Mapped[float] = mapped_column(Float, server_default="600")
+    wave_timeout_s: Mapped[float] = mapped_column(Float, server_default="1800")
+    on_failure: Mapped[str] = mapped_column(String(16), server_default="pause")
+    current_wave: Mapped[int] = mapped_column(Integer, server_default="0")
+    wave_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    observe_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200), server_default="")
+    updated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RolloutDevice(Base):
+    """One device's part in a rollout: its wave, where it stands, and the version to send it back to."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True, index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32))
+    previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DesiredDocument(Base):
+    """The latest signed desired state of one device (served to polling agents, re-published on start)."""
+
+    __tablename__ = "desired_documents"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger)
+    models: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    wire: Mapped[str] = mapped_column(Text)
+    rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Lease(Base):
+    """A named lease: with several server processes on one database, only the holder acts (e.g. rollouts)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Setting(Base):

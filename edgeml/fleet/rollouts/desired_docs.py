@@ -1,0 +1,81 @@
+"""The fleet's desired-state key and the per-device signed documents.
+
+The key is generated on first use and kept in the ``settings`` table (not a file), so every server
+process sharing the database signs with the same key and agents trust one key per fleet. Each device
+has one current document; issuing a new one merges its model entries with the previous document's
+(a device may run several models, each rolled out on its own) and raises the serial, which agents use
+to refuse replays: ``max(previous + 1, now in ms)`` stays monotonic even if a row is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from edgeml.bundle.keys import SigningKey
+from edgeml.desired import sign_desired
+from edgeml.errors import KeyStoreError
+from edgeml.fleet.store import Store
+from edgeml.fleet.store.models import Bundle, DesiredDocument, Setting, utcnow
+
+KEY_SETTING = "desired.signing_key"
+DESIRED_LIFETIME_S = 30 * 86400   # an offline device still accepts its document when it returns within this
+
+
+def fleet_signing_key(store: Store) -> SigningKey:
+    """The fleet's desired-state key, created on first use (races between server processes: first wins)."""
+    with store.session() as session:
+        row = session.get(Setting, KEY_SETTING)
+        if row is not None:
+            return _key_from_pem(row.value)
+    try:
+        with store.session() as session:
+            session.add(Setting(key=KEY_SETTING, value=SigningKey.generate().private_pem().decode()))
+    except IntegrityError:
+        pass
+    return fleet_signing_key(store)
+
+
+def _key_from_pem(pem: str) -> SigningKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyStoreError(f"setting {KEY_SETTING} does not hold an Ed25519 key; delete it to make a new one")
+    return SigningKey(key)
+
+
+def model_entry(bundle: Bundle, *, rollback: bool = False) -> dict[str, Any]:
+    """One ``models`` entry: the bundle's file hash and a download URL relative to the fleet's URL."""
+    return {"name": bundle.name, "version": bundle.version, "sha256": bundle.id, "size": int(bundle.size),
+            "url": f"/v1/bundles/{bundle.id}/download", "rollback": rollback}
+
+
+@dataclass(frozen=True)
+class Issued:
+    device_id: str
+    wire: bytes
+
+
+def issue(session: Session, key: SigningKey, device_id: str, entry: Mapping[str, Any], *,
+          rollout_id: str | None, probation: Mapping[str, Any], now: float | None = None) -> Issued:
+    """Sign and store a new desired state for one device with ``entry`` replacing that model's entry."""
+    now = time.time() if now is None else now
+    row = session.get(DesiredDocument, device_id, with_for_update=True)
+    models = [m for m in (row.models if row else []) if m.get("name") != entry["name"]] + [dict(entry)]
+    serial = max((row.serial + 1) if row else 1, int(now * 1000))
+    wire = sign_desired({"device": device_id, "issued": now, "expires": now + DESIRED_LIFETIME_S, "serial": serial,
+                         "models": sorted(models, key=lambda m: str(m["name"])), "probation": dict(probation),
+                         "rollout": rollout_id}, key)
+    if row is None:
+        row = DesiredDocument(device_id=device_id)
+        session.add(row)
+    row.serial, row.models, row.wire, row.rollout_id = serial, models, wire.decode(), rollout_id
+    row.issued_at, row.published_at = utcnow(), None
+    return Issued(device_id, wire)

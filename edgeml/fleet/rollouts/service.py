@@ -1,0 +1,144 @@
+"""Rollout operations behind the API: create, pause, resume, abort, and the status view.
+
+They only change rows; the controller (one acting server process) does everything that talks to
+devices, so an API call never races the controller's step over what was sent to whom.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgeml.errors import RolloutError
+from edgeml.fleet.credentials import new_id
+from edgeml.fleet.rollouts.gates import Gates
+from edgeml.fleet.rollouts.health import HealthSource
+from edgeml.fleet.rollouts.plan import Selector, assign_waves, parse_waves, wave_sizes
+from edgeml.fleet.store.models import AuditEntry, Bundle, Device, Rollout, RolloutDevice, utcnow
+
+DEVICE_STATES = ("pending", "sent", "updating", "installed", "failed", "offline", "reverted")
+FINAL_STATES = ("completed", "aborted")
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    selector: Selector
+    waves: list[int]
+    gates: Gates
+    observe_s: float = 600.0
+    wave_timeout_s: float = 1800.0
+    on_failure: str = "pause"
+    probation: dict[str, Any] | None = None
+
+
+def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> Rollout:
+    """A running rollout of ``bundle`` over the devices the selector picks (now), in waves."""
+    parse_waves(spec.waves)
+    if spec.on_failure not in ("pause", "abort"):
+        raise RolloutError(f"on_failure must be 'pause' or 'abort', not {spec.on_failure!r}")
+    busy = session.scalars(select(Rollout).join(Bundle, Rollout.bundle_id == Bundle.id)
+                           .where(Bundle.name == bundle.name, Rollout.state.in_(("running", "paused", "aborting")))).first()
+    if busy is not None:
+        raise RolloutError(f"rollout {busy.id} of {bundle.name} is {busy.state}: abort it "
+                           f"('edgeml-fleet rollout abort {busy.id}') or let it finish first")
+    devices = [d.id for d in session.scalars(select(Device).where(Device.revoked_at.is_(None))
+                                             .order_by(Device.enrolled_at, Device.id))
+               if spec.selector.matches(d.group, d.tags)]
+    if not devices:
+        raise RolloutError(f"no enrolled device matches {spec.selector.describe()} (see 'edgeml-fleet devices list')")
+    now = utcnow()
+    rollout = Rollout(id=new_id("ro-"), bundle_id=bundle.id, state="running", created_at=now, name=bundle.name,
+                      version=bundle.version, selector=spec.selector.to_json(), waves=list(spec.waves),
+                      gates=spec.gates.to_json(), probation=dict(spec.probation or {}), observe_s=spec.observe_s,
+                      wave_timeout_s=spec.wave_timeout_s, on_failure=spec.on_failure, current_wave=0,
+                      created_by=actor, updated_at=now)
+    session.add(rollout)
+    session.flush()
+    for device_id, wave in assign_waves(devices, spec.waves).items():
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state="pending", updated_at=now))
+    return rollout
+
+
+def get(session: Session, rollout_id: str) -> Rollout:
+    row = session.get(Rollout, rollout_id, with_for_update=True)
+    if row is None:
+        raise LookupError(f"no rollout '{rollout_id}' (see 'edgeml-fleet rollout list')")
+    return row
+
+
+def pause(session: Session, rollout_id: str) -> Rollout:
+    row = get(session, rollout_id)
+    if row.state != "running":
+        raise RolloutError(f"rollout {row.id} is {row.state}; only a running rollout can be paused")
+    row.state, row.reason, row.updated_at = "paused", "paused by an operator", utcnow()
+    return row
+
+
+def resume(session: Session, rollout_id: str) -> Rollout:
+    """Continue from the wave where it stopped; the observation of that wave starts again. Devices sent back
+    stay on their previous version; the gates are judged again on the others."""
+    row = get(session, rollout_id)
+    if row.state != "paused":
+        raise RolloutError(f"rollout {row.id} is {row.state}; only a paused rollout can be resumed")
+    row.state, row.reason, row.updated_at = "running", None, utcnow()
+    row.wave_started_at = row.observe_started_at = None
+    return row
+
+
+def abort(session: Session, rollout_id: str, reason: str) -> Rollout:
+    """Stop; the controller then sends every device that got the new version back to its previous one."""
+    row = get(session, rollout_id)
+    if row.state in FINAL_STATES or row.state == "aborting":
+        raise RolloutError(f"rollout {row.id} is already {row.state}")
+    row.state, row.reason, row.updated_at = "aborting", reason, utcnow()
+    return row
+
+
+def summary(row: Rollout, session: Session) -> dict[str, Any]:
+    counts = Counter(session.scalars(select(RolloutDevice.state).where(RolloutDevice.rollout_id == row.id)))
+    waves = session.scalar(select(RolloutDevice.wave).where(RolloutDevice.rollout_id == row.id)
+                           .order_by(RolloutDevice.wave.desc()).limit(1))
+    return {"id": row.id, "bundle": f"{row.name}@{row.version}", "bundle_id": row.bundle_id, "state": row.state,
+            "selector": row.selector, "wave": row.current_wave + 1, "waves": (waves or 0) + 1,
+            "devices": sum(counts.values()), "counts": {s: counts.get(s, 0) for s in DEVICE_STATES if counts.get(s)},
+            "reason": row.reason, "created_at": row.created_at, "created_by": row.created_by,
+            "updated_at": row.updated_at}
+
+
+def status(row: Rollout, session: Session, health: HealthSource | None, now: datetime | None = None) -> dict[str, Any]:
+    """Waves with per-state device counts, the live gate figures of the current wave, and the decisions."""
+    members = list(session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == row.id)
+                                   .order_by(RolloutDevice.wave, RolloutDevice.device_id)))
+    by_wave: dict[int, list[RolloutDevice]] = {}
+    for m in members:
+        by_wave.setdefault(m.wave, []).append(m)
+    sizes = wave_sizes(len(members), row.waves) if members else []
+    waves = []
+    for w in sorted(by_wave):
+        state = ("done" if w < row.current_wave or row.state == "completed"
+                 else "current" if w == row.current_wave else "waiting")
+        waves.append({"wave": w + 1, "percent": row.waves[w] if w < len(row.waves) and len(sizes) == len(row.waves) else None,
+                      "devices": len(by_wave[w]), "state": state,
+                      "counts": dict(Counter(m.state for m in by_wave[w]))})
+    live = None
+    if health is not None and row.state in ("running", "paused"):
+        installed = [m.device_id for m in members if m.wave <= row.current_wave and m.state == "installed"]
+        if installed:
+            since = row.observe_started_at or row.wave_started_at or row.created_at
+            h = health.version_health(session, model=row.name, version=row.version, device_ids=installed, since=since)
+            live = {"devices": h.devices, "requests": h.requests, "errors": h.errors,
+                    "error_rate": round(h.error_rate, 4), "p50_ms": h.p50_ms, "p95_ms": h.p95_ms, "drift": h.drift}
+    decisions = [{"at": a.at, "action": a.action, "details": a.details} for a in session.scalars(
+        select(AuditEntry).where(AuditEntry.target == row.id).order_by(AuditEntry.id))]
+    return {**summary(row, session), "gates": row.gates, "observe_s": row.observe_s,
+            "wave_timeout_s": row.wave_timeout_s, "on_failure": row.on_failure, "probation": row.probation,
+            "wave_started_at": row.wave_started_at, "observe_started_at": row.observe_started_at,
+            "wave_list": waves, "live": live,
+            "device_list": [{"device": m.device_id, "wave": m.wave + 1, "state": m.state,
+                             "previous": m.previous_version, "reason": m.reason} for m in members],
+            "decisions": decisions}
