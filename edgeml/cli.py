@@ -1,0 +1,394 @@
+"""The ``edgeml`` command line: build, inspect, verify and benchmark bundles; manage keys and targets.
+
+The CLI only turns flags into arguments for the same functions Python users call
+(``edgeml.compiler.api.compile`` for ``build``). Errors edgeml raises on purpose are printed as one
+message, without a traceback, and mapped to distinct exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from edgeml.cli_toolchain import toolchain
+from edgeml.errors import BundleError, ConfigError, EdgeMLError, KeyStoreError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1          # build failed, fidelity gate failed, runtime error
+EXIT_USAGE = 2            # bad flags, bad config, unknown target (click uses 2 for usage errors too)
+EXIT_VERIFY = 3           # the bundle cannot be trusted: signature, hashes, unsafe archive, format
+
+
+def exit_code(exc: EdgeMLError) -> int:
+    if isinstance(exc, BundleError):
+        return EXIT_VERIFY
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+class _Group(click.Group):
+    """Prints EdgeMLError messages (no traceback) and exits with :func:`exit_code`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeMLError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exit_code(exc))
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeml")
+def main() -> None:
+    """edgeml: build signed model bundles for edge devices, and check them."""
+
+
+# -- build -----------------------------------------------------------------------------------------
+
+def parse_input_shape(values: tuple[str, ...]) -> dict[str, list[int]] | None:
+    """``name=1x3x224x224`` (repeatable) -> {"name": [1, 3, 224, 224]}."""
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            parsed = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            parsed = []
+        if not sep or not name or not parsed:
+            raise click.BadParameter(f"'{value}' must look like NAME=1x3x224x224", param_hint="--input-shape")
+        shapes[name] = parsed
+    return shapes or None
+
+
+def _preprocess(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    path = Path(value)
+    text = path.read_text(encoding="utf-8") if path.suffix == ".json" and path.is_file() else value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--preprocess") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--preprocess")
+    return data
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", required=True, help="Target profile id (edgeml targets list) or a .toml file.")
+@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="auto",
+              show_default=True, help="auto builds every precision the target allows and keeps the fastest that passes.")
+@click.option("--runtime", help="Build only for this runtime of the target.")
+@click.option("--calibration", "-c", type=click.Path(), help="Calibration samples: .npz, .npy or an image folder.")
+@click.option("--eval", "evaluation", type=click.Path(), help="Held-out evaluation samples (default: part of --calibration).")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt) of the evaluation samples.")
+@click.option("--class-names", type=click.Path(dir_okay=False), help="Text file, one class name per line, shipped in the bundle.")
+@click.option("--key", "-k", help="Signing key name or path (default: 'default').")
+@click.option("--name", help="Bundle name (default: model file name).")
+@click.option("--version", "bundle_version", default="1.0.0", show_default=True, help="Bundle version (semver).")
+@click.option("--input-shape", multiple=True, metavar="NAME=1x3x224x224", help="Fix a dynamic input shape (repeatable).")
+@click.option("--preprocess", help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
+@click.option("--fallback", is_flag=True, help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
+@click.option("--exclude-node", multiple=True, help="Never quantize this node (repeatable).")
+@click.option("--exclude-op-type", multiple=True, help="Never quantize nodes of this op type (repeatable).")
+@click.option("--per-channel", is_flag=True, help="Per-channel weight quantization (onnxruntime INT8).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--min-agreement", type=float, default=0.97, show_default=True, help="Minimum top-1 agreement per output.")
+@click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Minimum cosine similarity per output.")
+@click.option("--min-snr-db", type=float, default=None, help="Minimum SNR (dB) per output (off by default).")
+@click.option("--max-abs-error", type=float, default=None, help="Maximum absolute error per output (off by default).")
+@click.option("--max-drop", type=float, default=0.02, show_default=True, help="Maximum task-accuracy drop (needs --labels).")
+@click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark time per candidate.")
+@click.option("--no-cache", is_flag=True, help="Rebuild every step instead of reusing the build cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
+def build(model: str, target: str, precision: str, runtime: str | None, calibration: str | None,
+          evaluation: str | None, labels: str | None, class_names: str | None, key: str | None, name: str | None,
+          bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, fallback: bool,
+          exclude_node: tuple[str, ...], exclude_op_type: tuple[str, ...], per_channel: bool,
+          calibration_method: str, min_agreement: float, min_cosine: float, min_snr_db: float | None,
+          max_abs_error: float | None, max_drop: float, bench_seconds: float, no_cache: bool, as_json: bool,
+          output: str | None) -> None:
+    """Build a signed bundle of MODEL (ONNX) for a target."""
+    from edgeml.compiler import api
+
+    names = None
+    if class_names:
+        names = [ln.strip() for ln in Path(class_names).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    input_shapes = parse_input_shape(input_shape)
+    prep = _preprocess(preprocess)
+    # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
+    with contextlib.redirect_stdout(sys.stderr):
+        result = api.compile(
+            model, target, precision=precision, runtime=runtime, output=output, calibration=calibration,
+            evaluation=evaluation, labels=labels, key=key, name=name, version=bundle_version,
+            input_shapes=input_shapes, min_agreement=min_agreement, min_cosine=min_cosine,
+            min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
+            exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
+            calibration_method=calibration_method, preprocess=prep, class_names=names,
+            benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
+        )
+    if as_json:
+        _print_json({**result.report.to_json(), "bundle": str(result.bundle_path)})
+        return
+    _render_report(result.report)
+    click.echo(f"bundle: {result.bundle_path}")
+
+
+def _render_report(report: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"build {Path(report.model).name} for {report.target} (precision {report.precision})")
+    for col in report.TABLE_HEADER:
+        table.add_column(col, overflow="fold")
+    if report.baseline:
+        b = report.baseline
+        table.add_row("  baseline (ort fp32)", "-", f"{b['p50_ms']:.3f}", f"{b['p99_ms']:.3f}", "1.00x",
+                      "-", "-", "-", "-", "source model, plain onnxruntime")
+    for row in report.table_rows():
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"chosen: {report.chosen.label if report.chosen else '-'} — {report.why}")
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+# -- inspect / verify / bench -----------------------------------------------------------------------
+
+def _trust_store(trust: tuple[str, ...]) -> Any:
+    from edgeml.bundle import TrustStore
+
+    return TrustStore.from_paths(trust) if trust else TrustStore.default()
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(bundle: str, as_json: bool) -> None:
+    """Show what a bundle claims about itself (signature not checked: use `edgeml verify`)."""
+    from edgeml.bundle import TrustStore, read_header
+
+    header = read_header(bundle)
+    m = header.manifest
+    trusted = header.key_id in TrustStore.default() if header.key_id else False
+    if as_json:
+        _print_json({"manifest": m.raw, "key_id": header.key_id, "key_trusted_here": trusted})
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{m.name}[/bold] {m.version}  target={m.target_id}  runtime={m.runtime} "
+                  f"({', '.join(m.runtime_preferences) or '-'})  precision={m.precision}")
+    console.print(f"signed by key {header.key_id} ({'trusted here' if trusted else 'NOT trusted here'}); "
+                  f"created {m.raw.get('created')}")
+    io = Table(title="tensors")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            io.add_row(kind, s.name, s.dtype, str(list(s.shape)))
+    console.print(io)
+    files = Table(title="files")
+    for col in ("path", "bytes", "sha256"):
+        files.add_column(col)
+    for f in m.files:
+        files.add_row(f.path, str(f.size), f.sha256[:16])
+    console.print(files)
+    fid, bench = m.raw.get("fidelity") or {}, m.raw.get("benchmark") or {}
+    if fid:
+        console.print(f"fidelity: agreement={fid.get('agreement')} cosine={fid.get('cosine')} "
+                      f"accuracy={fid.get('accuracy')} passed={fid.get('passed')} ({fid.get('samples')} samples)")
+    if bench:
+        console.print(f"benchmark: p50={bench.get('p50_ms')} ms p99={bench.get('p99_ms')} ms "
+                      f"peak RSS +{bench.get('peak_rss_mb')} MB on {bench.get('host', {}).get('cpu', '?')}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
+    """Check a bundle's signature and every file hash. Exit code 3 when it cannot be trusted."""
+    from edgeml.bundle import verify_bundle
+
+    try:
+        store = _trust_store(trust)
+    except KeyStoreError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if not len(store):
+        _fail("no trusted keys: pass --trust KEY.pub, or trust one with `edgeml keys trust KEY.pub`", EXIT_VERIFY)
+    verified = verify_bundle(bundle, store)
+    m = verified.manifest
+    if as_json:
+        _print_json({"ok": True, "name": m.name, "version": m.version, "target": m.target_id,
+                     "runtime": m.runtime, "precision": m.precision, "key_id": verified.key_id,
+                     "files": len(m.files)})
+        return
+    click.echo(f"OK: {m.name} {m.version} ({m.target_id}, {m.runtime}, {m.precision}) signed by {verified.key_id}; "
+               f"{len(m.files)} files match")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key or directory (default: your trusted keys).")
+@click.option("--seconds", type=float, default=3.0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(bundle: str, trust: tuple[str, ...], seconds: float, threads: int, as_json: bool) -> None:
+    """Verify, unpack and benchmark a bundle on this host (with its smoke input)."""
+    import numpy as np
+
+    from edgeml.bundle import unpack_bundle
+    from edgeml.compiler.hostrun import host_info, host_options, measure
+    from edgeml.compiler.progress import ProgressBars
+    from edgeml.targets import parse_profile
+
+    store = _trust_store(trust)
+    with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
+        vb = unpack_bundle(bundle, Path(tmp) / "bundle", store)
+        m = vb.manifest
+        profile = parse_profile(m.target, f"{bundle}:manifest.target")
+        options, notes = host_options(profile, m.runtime, threads)
+        smoke = m.smoke
+        if not smoke:
+            _fail(f"{bundle} has no smoke sample to benchmark with")
+        with np.load(vb.file(smoke["input"]), allow_pickle=False) as data:
+            feed = {k: data[k] for k in data.files}
+        with ProgressBars(enabled=not as_json and sys.stderr.isatty()) as progress:
+            result = measure(vb.model_path, m.runtime, options, feed, seconds=seconds,
+                             progress=lambda d, t: progress("benchmark", d, t))
+    result.update(host=host_info(), notes=notes, size_bytes=sum(f.size for f in m.files))
+    if as_json:
+        _print_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{m.name} {m.version} ({m.runtime}/{m.precision}) on {result['device']}")
+    for col in ("p50 ms", "p90 ms", "p99 ms", "throughput/s", "iterations", "peak RSS +MB", "bytes"):
+        table.add_column(col)
+    table.add_row(*(str(result[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips", "iterations",
+                                             "peak_rss_mb", "size_bytes")))
+    _console().print(table)
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
+# -- keys ----------------------------------------------------------------------------------------------
+
+@main.group()
+def keys() -> None:
+    """Signing keys (yours) and trusted keys (whose bundles this machine accepts)."""
+
+
+@keys.command("generate")
+@click.option("--name", default="default", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing key of that name.")
+def keys_generate(name: str, force: bool) -> None:
+    from edgeml.bundle import generate_key
+    from edgeml.paths import keys_dir
+
+    key = generate_key(name, overwrite=force)
+    click.echo(f"generated key '{name}' (id {key.key_id}): {keys_dir() / (name + '.key')}, public {keys_dir() / (name + '.pub')}")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(as_json: bool) -> None:
+    from edgeml.bundle import key_id, load_public_key
+    from edgeml.paths import keys_dir, trusted_keys_dir
+
+    rows = []
+    for kind, directory in (("signing", keys_dir()), ("trusted", trusted_keys_dir())):
+        if directory.is_dir():
+            for pub in sorted(directory.glob("*.pub")):
+                rows.append({"kind": kind, "name": pub.stem, "key_id": key_id(load_public_key(pub)), "path": str(pub)})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no keys; create one with: edgeml keys generate")
+    for r in rows:
+        click.echo(f"{r['kind']:8} {r['name']:20} {r['key_id']}  {r['path']}")
+
+
+@keys.command("trust")
+@click.argument("public_key", type=click.Path(dir_okay=False))
+def keys_trust(public_key: str) -> None:
+    """Accept bundles signed by PUBLIC_KEY (.pub) on this machine."""
+    from edgeml.bundle import trust_key
+
+    kid = trust_key(public_key)
+    click.echo(f"trusted key {kid}")
+
+
+# -- targets ---------------------------------------------------------------------------------------------
+
+@main.group()
+def targets() -> None:
+    """Target profiles (built in, or .toml files in your profile directories)."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def targets_list(as_json: bool) -> None:
+    from edgeml.targets import list_targets
+
+    profiles = list_targets()
+    if as_json:
+        _print_json([{**p.to_json(), "description": p.description, "source": p.source} for p in profiles])
+        return
+    from rich.table import Table
+
+    table = Table(title="targets")
+    for col in ("id", "runtimes", "precisions", "static shapes", "max opset", "description"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(p.id, ", ".join(p.runtimes), ", ".join(p.precisions), "yes" if p.static_shapes else "no",
+                      str(p.max_opset), p.description)
+    _console().print(table)
+
+
+@targets.command("show")
+@click.argument("target_id")
+@click.option("--json", "as_json", is_flag=True)
+def targets_show(target_id: str, as_json: bool) -> None:
+    from edgeml.targets import get_target
+
+    p = get_target(target_id)
+    data = {**p.to_json(), "description": p.description, "source": p.source}
+    if as_json:
+        _print_json(data)
+        return
+    for k, v in data.items():
+        click.echo(f"{k:17} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+main.add_command(toolchain)  # edgeml toolchain install|list|remove (edgeml/cli_toolchain.py)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Small helpers shared by the passes: file digests, ONNX input/output specs, saving ONNX models."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeml.bundle.manifest import TensorSpec
+from edgeml.errors import CompileError, MissingExtraError
+
+# ONNX TensorProto element types -> numpy dtype names
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+_TWO_GB = 2**31 - 1
+
+
+def digest_files(paths: Iterable[Path]) -> str:
+    """sha256 over the bytes of every file, in order (a model plus its weight files)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingExtraError("onnx", "compile", "building bundles") from exc
+    return onnx
+
+
+def load_onnx(path: Path) -> Any:
+    onnx = import_onnx()
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise CompileError(f"{path} is not a readable ONNX model: {exc}") from exc
+
+
+def save_onnx(model: Any, path: Path) -> list[Path]:
+    """Save a model; weights go to an external file only when protobuf's 2 GB limit requires it.
+    Returns the files written (model first)."""
+    onnx = import_onnx()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > _TWO_GB:
+        data = path.with_suffix(".onnx.data")
+        onnx.save_model(model, str(path), save_as_external_data=True, location=data.name)
+        return [path, data]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def _dims(value_info: Any) -> tuple[int | str, ...]:
+    dims: list[int | str] = []
+    for i, d in enumerate(value_info.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"d{i}")
+    return tuple(dims)
+
+
+def onnx_specs(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs (without initializers) and outputs, with named dynamic dimensions."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        elem = v.type.tensor_type.elem_type
+        return TensorSpec(v.name, ONNX_DTYPES.get(elem, f"onnx:{elem}"), _dims(v))
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in inits]
+    outputs = [spec(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def specs_to_json(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+    return [s.to_json() for s in specs]
+
+
+def specs_from_json(data: Sequence[Any]) -> list[TensorSpec]:
+    return [TensorSpec.from_json(d) for d in data]
+
+
+def onnx_opset(model: Any) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0

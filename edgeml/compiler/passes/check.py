@@ -1,0 +1,175 @@
+"""``check``: every reason the model cannot run on the target, reported together before any work.
+
+Problems found: the ONNX checker, shape inference, an opset above the target's maximum, operators the
+target's runtimes have no kernel for (ONNX Runtime: its kernel registry; OpenVINO: ``query_model`` on
+the plugin of this host), and dynamic input shapes where the target needs static ones (fixable with
+``--input-shape``). One :class:`ModelCheckError` carries them all: fixing one problem at a time and
+re-running is what users hate most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Any, ClassVar
+
+from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
+from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.tflite_io import tflite_source_problems
+from edgeml.errors import ConfigError, ModelCheckError
+from edgeml.targets import TargetProfile
+
+
+def _checker_problems(model: Any) -> list[str]:
+    onnx = import_onnx()
+    problems = []
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError and friends
+        problems.append(f"ONNX checker: {str(exc).strip().splitlines()[0]}")
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:  # InferenceError
+        problems.append(f"shape inference: {str(exc).strip().splitlines()[0]}")
+    return problems
+
+
+def _opset_problems(model: Any, target: TargetProfile) -> list[str]:
+    opset = onnx_opset(model)
+    if opset > target.max_opset:
+        return [f"opset {opset} is above target {target.id}'s maximum {target.max_opset}: re-export the model "
+                f"with opset <= {target.max_opset}"]
+    return []
+
+
+def _static_shape_problems(model: Any, target: TargetProfile) -> list[str]:
+    if not target.static_shapes:
+        return []
+    inits = {i.name for i in model.graph.initializer}
+    problems = []
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        shown = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+        if any(not s.isdigit() for s in shown):
+            example = "x".join(s if s.isdigit() else "1" for s in shown)
+            problems.append(f"input '{v.name}' has dynamic shape [{', '.join(shown)}] but target {target.id} needs "
+                            f"static shapes: fix it with --input-shape {v.name}={example}")
+    return problems
+
+
+@cache
+def _ort_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    from onnxruntime.capi import _pybind_state as ort_state
+
+    kernels: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in ort_state.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            domain = "" if k.domain in ("", "ai.onnx") else k.domain
+            kernels.setdefault((domain, k.op_name), []).append(tuple(k.version_range))
+    return kernels
+
+
+def _ort_problems(model: Any) -> list[str]:
+    """Operators ONNX Runtime's CPU kernels cannot run (every target's provider list ends in CPU here;
+    TensorRT/CUDA take subsets of these operators and fall back to CPU for the rest)."""
+    kernels = _ort_kernels()
+    opsets = {("" if i.domain == "ai.onnx" else i.domain): int(i.version) for i in model.opset_import}
+    local_functions = {(f.domain, f.name) for f in model.functions}
+    missing: dict[str, None] = {}
+    for node in _all_nodes(model.graph):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if (domain, node.op_type) in local_functions:
+            continue
+        ranges = kernels.get((domain, node.op_type))
+        version = opsets.get(domain, 1)
+        if not ranges and _runs_without_kernel(node.op_type, domain, version):
+            continue
+        if not ranges:
+            missing[f"{domain + '.' if domain else ''}{node.op_type}"] = None
+        elif not any(lo <= version for lo, _ in ranges):
+            # the newest kernel's range is open-ended, so only an opset older than every kernel misses
+            missing[f"{node.op_type} (opset {version})"] = None
+    if missing:
+        return [f"onnxruntime has no kernel for: {', '.join(missing)}"]
+    return []
+
+
+def _runs_without_kernel(op_type: str, domain: str, version: int) -> bool:
+    """Operators ONNX Runtime handles without a kernel: ``Constant`` (folded into an initializer at
+    load) and operators the ONNX standard defines as a function, which ORT expands into their body."""
+    if op_type == "Constant" and domain == "":
+        return True
+    try:
+        schema = import_onnx().defs.get_schema(op_type, version, domain)
+    except Exception:  # no schema at all: an unknown (custom) operator
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def _all_nodes(graph: Any) -> Iterable[Any]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g and attr.g.node:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def _openvino_problems(path: Any, target: TargetProfile) -> tuple[list[str], list[str]]:
+    from edgeml.runtimes.openvino_backend import import_openvino
+
+    ov = import_openvino()
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO lists the operations its ONNX frontend cannot convert
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return [f"OpenVINO cannot read the model: {' '.join(lines[:6])}"], []
+    wanted = target.options("openvino").device or "CPU"
+    device = wanted if wanted in core.available_devices else "CPU"
+    notes = [] if device == wanted else [f"OpenVINO operator support checked on {device}: {wanted} is not on this host"]
+    supported = set(core.query_model(model, device))
+    unsupported: dict[str, None] = {}
+    for op in model.get_ops():
+        if op.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        if op.get_friendly_name() not in supported:
+            unsupported[op.get_type_name()] = None
+    if unsupported:
+        return [f"OpenVINO {device} cannot run: {', '.join(unsupported)}"], notes
+    return [], notes
+
+
+class CheckPass(Pass):
+    """Config: ``runtimes`` (the target's runtimes to check for; default: all of them)."""
+
+    name = "check"
+    uses_calibration: ClassVar[bool] = False
+
+    def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
+        unknown = sorted(set(self.config) - {"runtimes"})
+        if unknown:
+            raise ConfigError(f"pass 'check' has no option '{unknown[0]}' (known: runtimes)")
+        target = ctx.target
+        runtimes = list(self.config.get("runtimes") or target.runtimes)
+        if artifact.format == "tflite":  # custom ops and the runtime that can run them: tflite_io
+            tfl_problems, tfl_notes = tflite_source_problems(artifact.path, target.runtimes, target.id)
+            if tfl_problems:
+                raise ModelCheckError(tfl_problems)
+            return artifact.evolve(metadata={**artifact.metadata, "check_notes": tfl_notes})
+        model = load_onnx(artifact.path)
+        problems = _checker_problems(model) + _opset_problems(model, target) + _static_shape_problems(model, target)
+        notes: list[str] = []
+        if "onnxruntime" in runtimes or "tensorrt" in runtimes:
+            problems += _ort_problems(model)
+        if "openvino" in runtimes:
+            ov_problems, notes = _openvino_problems(artifact.path, target)
+            problems += ov_problems
+        if problems:
+            raise ModelCheckError(problems)
+        for note in notes:
+            ctx.log(note)
+        return artifact.evolve(metadata={**artifact.metadata, "check_notes": notes})

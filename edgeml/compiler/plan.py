@@ -1,0 +1,68 @@
+"""Which passes build which candidate: one table row per (runtime, precision).
+
+Every candidate runs ``load → check → optimize`` first (:func:`prefix_steps`), then its row, then
+``evaluate → benchmark`` (and ``package`` for the chosen one). A runtime or precision without a row
+is simply not buildable yet; the report says so. Adding a converter is one row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Step = tuple[str, dict[str, Any]]
+
+PLANS: dict[tuple[str, str], list[Step]] = {
+    ("onnxruntime", "fp32"): [],
+    ("onnxruntime", "fp16"): [("fp16", {"keep_io_types": True})],
+    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False, "calibration_method": "minmax"})],
+    ("openvino", "fp32"): [("convert_openvino", {})],
+    ("openvino", "fp16"): [("convert_openvino", {"compress_to_fp16": True})],
+    ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "performance"})],
+    # LiteRT: ONNX -> onnx2tf (isolated toolchain); a .tflite source is kept as is (fp32) or quantized
+    # with ai-edge-quantizer (int8) by the same pass (edgeml/compiler/passes/convert_tflite.py)
+    ("litert", "fp32"): [("convert_tflite", {"precision": "fp32"})],
+    ("litert", "fp16"): [("convert_tflite", {"precision": "fp16"})],
+    ("litert", "int8"): [("convert_tflite", {"precision": "int8"})],
+}
+
+# the option through which each quantizer keeps nodes (by name / by op type) in float
+EXCLUDE_NODES_OPTION = {"quantize_ort": "exclude_nodes", "quantize_nncf": "ignored_names"}
+EXCLUDE_TYPES_OPTION = {"quantize_ort": "exclude_op_types", "quantize_nncf": "ignored_types"}
+# options the user may set for a quantizer, and which quantizer understands them
+QUANT_OPTIONS = {"quantize_ort": ("per_channel", "calibration_method", "max_samples"),
+                 "quantize_nncf": ("preset", "subset_size")}
+
+
+def prefix_steps(input_shapes: Mapping[str, Sequence[int]] | None, runtimes: Iterable[str]) -> list[Step]:
+    load_cfg: dict[str, Any] = {"input_shapes": {k: list(v) for k, v in input_shapes.items()}} if input_shapes else {}
+    return [("load", load_cfg), ("check", {"runtimes": sorted(runtimes)}), ("optimize", {})]
+
+
+def has_plan(runtime: str, precision: str) -> bool:
+    return (runtime, precision) in PLANS
+
+
+def candidate_steps(runtime: str, precision: str, *, exclude_nodes: Sequence[str] = (),
+                    exclude_op_types: Sequence[str] = (), quant_options: Mapping[str, Any] | None = None) -> list[Step]:
+    """The row for (runtime, precision), with exclusions and quantizer options applied."""
+    steps = []
+    for name, config in PLANS[(runtime, precision)]:
+        cfg = dict(config)
+        if name in EXCLUDE_NODES_OPTION and exclude_nodes:
+            cfg[EXCLUDE_NODES_OPTION[name]] = sorted(set(exclude_nodes))
+        if name in EXCLUDE_TYPES_OPTION and exclude_op_types:
+            cfg[EXCLUDE_TYPES_OPTION[name]] = sorted(set(exclude_op_types))
+        for key, value in (quant_options or {}).items():
+            if key in QUANT_OPTIONS.get(name, ()):
+                cfg[key] = value
+        steps.append((name, cfg))
+    return steps
+
+
+def quantizer_index(steps: Sequence[Step]) -> int | None:
+    """Position of the step that quantizes (the one a fallback re-runs with exclusions)."""
+    for i, (name, _) in enumerate(steps):
+        if name in EXCLUDE_NODES_OPTION:
+            return i
+    return None

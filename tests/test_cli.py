@@ -1,0 +1,189 @@
+"""The CLI only builds a config and calls edgeml.compiler.api.compile: tests patch that function and
+assert on the config; the other commands run for real on a small bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from edgeml import cli
+from edgeml.bundle import SigningKey, generate_key
+from edgeml.compiler import api
+from edgeml.compiler.report import BuildReport, Candidate
+from edgeml.errors import FidelityError, ModelCheckError
+from tests.support.bundles import make_bundle
+from tests.support.tiny_models import tiny_mlp
+
+
+def _run(*args: str) -> Any:
+    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+
+    def fake(model: Any, target: Any, **kwargs: Any) -> api.BuildResult:
+        calls.append({"model": model, "target": target, **kwargs})
+        cand = Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.0, "p99_ms": 2.0}, speedup=1.0)
+        report = BuildReport(model=str(model), target=str(target), precision=kwargs["precision"], candidates=[cand],
+                             chosen=cand, why="only candidate", baseline={"p50_ms": 1.0, "p99_ms": 2.0})
+        return api.BuildResult(tmp_path / "out.edgepkg", report)
+
+    monkeypatch.setattr(api, "compile", fake)
+    return calls
+
+
+def test_build_turns_flags_into_one_compile_call(fake_compile, tmp_path: Path) -> None:
+    res = _run("build", "m.onnx", "--target", "intel-npu", "--precision", "int8", "--calibration", "cal.npz",
+               "--eval", "ev.npz", "--labels", "l.npy", "--key", "team", "--input-shape", "input=1x3x224x224",
+               "--input-shape", "mask=1X1", "--fallback", "--exclude-node", "conv1", "--exclude-op-type", "Softmax",
+               "--min-agreement", "0.99", "--max-drop", "0.005", "--min-snr-db", "20", "--version", "2.0.0",
+               "--name", "det", "--preprocess", '{"size": [224, 224]}', "--no-cache", "-o", "out.edgepkg")
+    assert res.exit_code == 0, res.output
+    (call,) = fake_compile
+    assert call["model"] == "m.onnx" and call["target"] == "intel-npu"
+    assert call["precision"] == "int8" and call["calibration"] == "cal.npz" and call["evaluation"] == "ev.npz"
+    assert call["labels"] == "l.npy" and call["key"] == "team" and call["output"] == "out.edgepkg"
+    assert call["input_shapes"] == {"input": [1, 3, 224, 224], "mask": [1, 1]}
+    assert call["fallback"] is True and call["exclude_nodes"] == ["conv1"] and call["exclude_op_types"] == ["Softmax"]
+    assert call["min_agreement"] == 0.99 and call["max_drop"] == 0.005 and call["min_snr_db"] == 20.0
+    assert call["min_cosine"] == 0.98 and call["max_abs_error"] is None
+    assert call["version"] == "2.0.0" and call["name"] == "det" and call["preprocess"] == {"size": [224, 224]}
+    assert call["use_cache"] is False
+    assert "onnxruntime/fp32" in res.output and "bundle:" in res.output
+
+
+def test_build_defaults_and_json_output(fake_compile) -> None:
+    res = _run("build", "m.onnx", "-t", "x86-cpu", "--json")
+    assert res.exit_code == 0
+    assert fake_compile[0]["precision"] == "auto" and fake_compile[0]["input_shapes"] is None
+    assert fake_compile[0]["progress"] is False
+    data = json.loads(res.output)
+    assert data["chosen"] == "onnxruntime/fp32" and data["bundle"].endswith("out.edgepkg")
+
+
+@pytest.mark.parametrize("value", ["input", "input=", "=1x2", "input=1xa"])
+def test_bad_input_shape_is_a_usage_error(fake_compile, value: str) -> None:
+    res = _run("build", "m.onnx", "-t", "x86-cpu", "--input-shape", value)
+    assert res.exit_code == 2 and "NAME=1x3x224x224" in res.output and not fake_compile
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (FidelityError("int8 fails the gate: agreement 0.91"), 1),
+    (ModelCheckError(["opset 22 is above", "input 'x' is dynamic"]), 1),
+])
+def test_build_errors_print_the_message_without_traceback(monkeypatch, error: Exception, code: int) -> None:
+    def fail(*a: Any, **k: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(api, "compile", fail)
+    res = CliRunner().invoke(cli.main, ["build", "m.onnx", "-t", "x86-cpu"])
+    assert res.exit_code == code
+    assert "Traceback" not in res.output and str(error).splitlines()[0] in res.output
+
+
+def test_unknown_target_is_exit_2_with_the_known_ones(tmp_path: Path) -> None:
+    model = tiny_mlp(tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli.main, ["build", str(model), "-t", "toaster"])
+    assert res.exit_code == 2 and "unknown target 'toaster'" in res.output and "x86-cpu" in res.output
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> tuple[Path, SigningKey]:
+    key = SigningKey.generate()
+    path = make_bundle(tmp_path / "b.edgepkg", key, model=tiny_mlp(tmp_path / "m.onnx"))
+    return path, key
+
+
+def test_verify_exit_codes(bundle, tmp_path: Path) -> None:
+    path, key = bundle
+    (tmp_path / "good.pub").write_bytes(key.public_pem())
+    (tmp_path / "other.pub").write_bytes(SigningKey.generate().public_pem())
+    ok = _run("verify", str(path), "--trust", str(tmp_path / "good.pub"))
+    assert ok.exit_code == 0 and ok.output.startswith("OK:")
+    wrong = CliRunner().invoke(cli.main, ["verify", str(path), "--trust", str(tmp_path / "other.pub")])
+    assert wrong.exit_code == 3 and "error:" in wrong.output
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.edgepkg").write_bytes(bytes(data))
+    bad = CliRunner().invoke(cli.main, ["verify", str(tmp_path / "bad.edgepkg"), "--trust", str(tmp_path / "good.pub")])
+    assert bad.exit_code == 3
+    none = CliRunner().invoke(cli.main, ["verify", str(path)])
+    assert none.exit_code == 3 and "no trusted keys" in none.output
+    missing = CliRunner().invoke(cli.main, ["verify", str(path), "--trust", str(tmp_path / "nope.pub")])
+    assert missing.exit_code == 2
+
+
+def test_inspect_shows_the_manifest_and_whether_the_key_is_trusted(bundle, tmp_path: Path) -> None:
+    path, key = bundle
+    res = _run("inspect", str(path), "--json")
+    data = json.loads(res.output)
+    assert data["key_id"] == key.key_id and data["key_trusted_here"] is False
+    assert data["manifest"]["format"] == 1
+    (tmp_path / "k.pub").write_bytes(key.public_pem())
+    _run("keys", "trust", str(tmp_path / "k.pub"))
+    text = _run("inspect", str(path)).output
+    assert "trusted here" in text and "NOT" not in text and "tensors" in text
+
+
+def test_bench_runs_the_bundle_with_its_smoke_input(bundle, tmp_path: Path) -> None:
+    path, key = bundle
+    (tmp_path / "k.pub").write_bytes(key.public_pem())
+    res = _run("bench", str(path), "--trust", str(tmp_path / "k.pub"), "--seconds", "0.05", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["p50_ms"] > 0 and data["iterations"] >= 10 and data["runtime"] == "onnxruntime"
+    assert "peak_rss_mb" in data and data["host"]["machine"]
+
+
+def test_keys_generate_list_trust(tmp_path: Path) -> None:
+    res = _run("keys", "generate")
+    assert res.exit_code == 0 and "generated key 'default'" in res.output
+    again = CliRunner().invoke(cli.main, ["keys", "generate"])
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert _run("keys", "generate", "--force").exit_code == 0
+    other = generate_key("other", tmp_path / "elsewhere")
+    kid = _run("keys", "trust", str(tmp_path / "elsewhere" / "other.pub")).output.split()[-1]
+    assert kid == other.key_id
+    listed = json.loads(_run("keys", "list", "--json").output)
+    assert {(r["kind"], r["name"]) for r in listed} == {("signing", "default"), ("trusted", other.key_id)}
+
+
+def test_targets_list_and_show(tmp_path: Path) -> None:
+    data = json.loads(_run("targets", "list", "--json").output)
+    assert {t["id"] for t in data} >= {"x86-cpu", "arm64-cpu", "jetson-orin", "intel-npu"}
+    shown = json.loads(_run("targets", "show", "intel-npu", "--json").output)
+    assert shown["static_shapes"] is True and shown["runtimes"] == ["openvino"]
+    assert "openvino" in _run("targets", "show", "x86-cpu").output
+    res = CliRunner().invoke(cli.main, ["targets", "show", "nope"])
+    assert res.exit_code == 2 and "unknown target 'nope'" in res.output
+
+
+def test_build_then_verify_then_inspect_for_real(tmp_path: Path) -> None:
+    """No patching: the CLI builds a jetson bundle of a tiny CNN with a dynamic batch, end to end."""
+    import numpy as np
+
+    from tests.support.tiny_models import tiny_cnn
+
+    model = tiny_cnn(tmp_path / "cnn.onnx", batch="N")
+    np.savez(tmp_path / "cal.npz", input=np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32))
+    out = tmp_path / "cnn.edgepkg"
+    base = ["build", str(model), "-t", "jetson-orin", "-p", "fp32", "-c", str(tmp_path / "cal.npz"),
+            "--bench-seconds", "0.05", "-o", str(out)]
+    no_key = CliRunner().invoke(cli.main, base)
+    assert no_key.exit_code == 1 and "edgeml keys generate" in no_key.output
+    _run("keys", "generate")
+    dynamic = CliRunner().invoke(cli.main, base)
+    assert dynamic.exit_code == 1 and "--input-shape input=1x3x16x16" in dynamic.output and not out.exists()
+    res = CliRunner().invoke(cli.main, [*base, "--input-shape", "input=1x3x16x16", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["chosen"] == "onnxruntime/fp32" and Path(report["bundle"]) == out
+    assert _run("verify", str(out)).exit_code == 0
+    manifest = json.loads(_run("inspect", str(out), "--json").output)["manifest"]
+    assert manifest["target"]["id"] == "jetson-orin" and manifest["inputs"][0]["shape"] == [1, 3, 16, 16]
