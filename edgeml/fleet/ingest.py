@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 SHARE_GROUP = "edgeml-ingest"
 
 
+@dataclass(frozen=True)
+class _Tapped:
+    """A message handed over in-process by the embedded broker (nothing to acknowledge)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    mid: int = 0
+
+
 @dataclass
 class IngestStats:
     received: int = 0
@@ -66,6 +76,18 @@ class IngestService:
         prefix = f"$share/{SHARE_GROUP}/" if self.shared else ""
         # status is retained state, not a stream: every server process reads all of it
         return [f"{prefix}{ROOT}/+/telemetry", f"{prefix}{ROOT}/+/events", f"{ROOT}/+/status"]
+
+    def start_tapped(self) -> None:
+        """Run without an MQTT session: the embedded broker hands messages over through :meth:`offer`."""
+        self._writer = threading.Thread(target=self._run, name="edgeml-ingest", daemon=True)
+        self._writer.start()
+        self.connected.set()
+
+    def offer(self, topic: str, payload: bytes) -> None:
+        """Take one message the embedded broker accepted (called on the broker's thread: only queues)."""
+        parsed = device_from_topic(topic)
+        if parsed is not None and parsed[1] in ("telemetry", "events", "status"):
+            self._queue.put(_Tapped(topic, payload))
 
     def start(self) -> None:
         import paho.mqtt.client as mqtt
@@ -171,7 +193,7 @@ class IngestService:
         for e in envelopes:
             self.stats.by_kind[e.kind] = self.stats.by_kind.get(e.kind, 0) + 1
         for msg in messages:
-            if msg.qos > 0:
+            if msg.qos > 0 and self._client is not None:
                 self._client.ack(msg.mid, msg.qos)
 
     def _prune(self) -> None:

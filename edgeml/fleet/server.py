@@ -75,6 +75,12 @@ class FleetServer:
                               pid_file=self.config.mosquitto_pid_file)
 
     def start(self) -> None:
+        self.ingest: IngestService | None = None
+        if isinstance(self.broker, EmbeddedBroker):
+            self.ingest = IngestService(self.store, "", 0, "", "", shared=False,
+                                        raw_retention=timedelta(days=self.config.telemetry_retention_days))
+            self.ingest.start_tapped()
+            self.broker.tap = self.ingest.offer
         self.broker.start()
         # A wildcard bind tells devices nothing: they then use the host name they reached the API with.
         wildcard = self.config.host in ("0.0.0.0", "::")
@@ -86,8 +92,13 @@ class FleetServer:
         self.rollouts = self._start_rollouts()
 
     def _start_ingest(self) -> IngestService:
-        """Telemetry ingest as the service account; shared subscriptions only on an external broker
-        (several server processes split the stream there; the embedded broker serves one process)."""
+        """Telemetry ingest. On an external broker: a persistent MQTT session of the service account with a
+        shared subscription (several server processes split the stream). With the embedded broker: fed
+        in-process by the broker itself (see FleetIngestTap), already running when this is called."""
+        if isinstance(self.broker, EmbeddedBroker):
+            assert self.ingest is not None
+            self.context.ingest = self.ingest
+            return self.ingest
         creds = service_credentials(self.store)
         host = self.broker.host if self.config.broker else "127.0.0.1"
         ingest = IngestService(self.store, host or "127.0.0.1", self.broker.port, creds.username, creds.password,

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from edgeml.errors import ConfigError, FleetError
@@ -89,6 +90,7 @@ class EmbeddedBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker: object | None = None
+        self.tap: Callable[[str, bytes], None] | None = None  # receives every accepted publish (set before start)
 
     def _config(self) -> dict[str, object]:
         return {
@@ -96,6 +98,7 @@ class EmbeddedBroker:
             "plugins": {
                 "edgeml.fleet.broker.plugins.FleetAuthPlugin": {"accounts": self._key},
                 "edgeml.fleet.broker.plugins.FleetTopicPlugin": {"accounts": self._key},
+                "edgeml.fleet.broker.plugins.FleetIngestTap": {"accounts": self._key},
             },
         }
 
@@ -109,6 +112,8 @@ class EmbeddedBroker:
             self.port = _any_free_port(self.host)
             log.warning("MQTT port %d is taken; the embedded broker listens on %d instead", DEFAULT_PORT, self.port)
         plugins.ACCOUNTS[self._key] = self._accounts
+        if self.tap is not None:
+            plugins.TAPS[self._key] = self.tap
         ready = threading.Event()
         failure: list[BaseException] = []
         self._loop = asyncio.new_event_loop()
@@ -148,6 +153,11 @@ class EmbeddedBroker:
         loop, thread, broker = self._loop, self._thread, self._broker
         if loop is not None and thread is not None and thread.is_alive():
             if broker is not None:
+                drained = asyncio.run_coroutine_threadsafe(_quiesce(broker), loop)
+                try:
+                    drained.result(timeout=10)
+                except Exception:
+                    log.warning("the embedded broker did not finish its accepted messages in time", exc_info=True)
                 future = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)  # type: ignore[attr-defined]
                 try:
                     future.result(timeout=10)
@@ -159,3 +169,31 @@ class EmbeddedBroker:
             loop.close()
         self._loop = self._thread = self._broker = None
         plugins.ACCOUNTS.pop(self._key, None)
+        plugins.TAPS.pop(self._key, None)
+
+
+async def _quiesce(broker: Any, timeout_s: float = 5.0) -> None:
+    """Stop reading from clients, then let the broker deliver what it already acknowledged.
+
+    amqtt answers a QoS 1 PUBLISH with PUBACK as soon as it is queued for delivery; shutting down with
+    messages still queued would lose messages their senders consider delivered. So: pause every
+    connection's socket reads (nothing new arrives, nothing new is acknowledged), then wait until every
+    session's delivery queue is empty.
+    """
+    sessions = list(getattr(broker, "_sessions", {}).values())
+    for _, handler in sessions:
+        stream_writer = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(stream_writer, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    quiet_since = None
+    while loop.time() < deadline:
+        if all(session.delivered_message_queue.qsize() == 0 for session, _ in sessions):
+            quiet_since = quiet_since or loop.time()
+            if loop.time() - quiet_since >= 0.2:  # bytes already buffered have been parsed too
+                return
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.01)

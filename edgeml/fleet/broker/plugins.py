@@ -6,10 +6,12 @@ handed over through a registry keyed by a name the broker config carries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from amqtt.contexts import Action, BaseContext
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from edgeml.fleet.broker.accounts import BrokerAccounts
@@ -21,6 +23,8 @@ from edgeml.fleet.topics import (
 )
 
 ACCOUNTS: dict[str, BrokerAccounts] = {}
+# registry key -> sink(topic, payload) for every publish the broker accepted (the in-process telemetry ingest)
+TAPS: dict[str, Callable[[str, bytes], None]] = {}
 # username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
 _KINDS: dict[tuple[str, str], str] = {}
 
@@ -81,3 +85,25 @@ class FleetTopicPlugin(BaseTopicPlugin):
                 return device_may_subscribe(session.username, topic)
             return device_may_subscribe(session.username, topic)  # RECEIVE: the message's concrete topic
         return False
+
+
+class FleetIngestTap(BasePlugin[BaseContext]):
+    """Hands every publish the broker accepted (after the topic rules) to the fleet's ingest in-process.
+
+    With the embedded broker the ingest needs no MQTT session of its own: nothing is lost between the
+    broker and the store when the server stops, because amqtt finishes the plugin calls it fired
+    before it shuts down, and the ingest then writes everything it was handed.
+    """
+
+    @dataclass
+    class Config:
+        accounts: str = ""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._registry_key = str(self._get_config_option("accounts", ""))
+
+    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
+        sink = TAPS.get(self._registry_key)
+        if sink is not None and message.topic:
+            sink(str(message.topic), bytes(message.data or b""))
