@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 
 from edgeml import __version__ as edgeml_version
 from edgeml.fleet.context import FleetContext
@@ -48,6 +50,13 @@ def create_app(ctx: FleetContext) -> FastAPI:
     # loads its scripts from a CDN, which an air-gapped site cannot reach.
     app = FastAPI(title="edgeml fleet", version=edgeml_version, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.fleet = ctx
+
+    @app.exception_handler(DataError)
+    def unstorable_value(request: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL byte in a string (PostgreSQL refuses it): the caller's data, not a server fault
+        return JSONResponse(status_code=400, content={"detail": "a value in the request cannot be stored "
+                                                                 f"(text with a NUL byte?): {exc.orig}"})
+
     app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, devices, broker, telemetry)]
     app.state.routers.append(telemetry.metrics_router)
     app.state.routers += [desired.router, rollouts.router]

@@ -155,3 +155,12 @@ def test_trusting_a_private_key_is_refused(sqlite_fleet, bundles) -> None:
     assert r.status_code == 400 and "private key" in r.json()["detail"]
     r = sqlite_fleet.call("POST", "/v1/keys", json={"name": "junk", "public_pem": "-----BEGIN PUBLIC KEY-----"})
     assert r.status_code == 400
+
+
+def test_nul_bytes_in_references_are_a_client_error_on_every_database(fleet) -> None:  # type: ignore[no-untyped-def]
+    # PostgreSQL refuses NUL in text; found by the schema-driven test as a 500 before.
+    assert fleet.call("GET", "/v1/bundles/a%00b").status_code == 404
+    r = fleet.call("POST", "/v1/rollouts", json={"bundle": "m\u0000@1.0.0", "waves": [100]})
+    assert 400 <= r.status_code < 500, r.text
+    r = fleet.call("POST", "/v1/enrollment-tokens", json={"group": "g\u0000", "tags": []})
+    assert 400 <= r.status_code < 500, r.text

@@ -50,6 +50,8 @@ def bundle_out(row: Bundle) -> BundleOut:
 
 
 def find_bundle(session: Session, ref: str) -> Bundle:
+    if "\x00" in ref:  # no bundle has one, and PostgreSQL refuses NUL in text parameters
+        raise HTTPException(status_code=404, detail="no bundle with a NUL byte in its name")
     if "@" in ref:
         name, _, version = ref.partition("@")
         row = session.scalars(select(Bundle).where(Bundle.name == name, Bundle.version == version)).first()
