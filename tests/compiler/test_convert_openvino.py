@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from edgeml.bundle import sha256_file
+from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, get_pass
-from edgeml.compiler.passes.convert_openvino import files_digest
 from edgeml.errors import ConfigError, ConversionError
 from edgeml.runtimes.openvino_backend import import_openvino
 from edgeml.targets import get_target
@@ -51,7 +51,7 @@ def test_dynamic_model_reshaped_to_static_ir_for_the_npu(tmp_path: Path) -> None
     assert out.format == "openvino" and out.runtime == "openvino" and out.precision == "fp32"
     assert out.path.suffix == ".xml" and out.extra_files == (out.path.with_suffix(".bin"),)
     assert out.extra_files[0].stat().st_size > 0
-    assert out.digest == files_digest([out.path, *out.extra_files])
+    assert out.digest == digest_files([out.path, *out.extra_files])
     assert input_shapes(out.path) == {"input": "[1,3,16,16]"}
     assert out.metadata["input_shapes_before"] == {"input": "[?,3,16,16]"}
     np.testing.assert_allclose(run_ir(out.path, feed), run_onnx(model, feed), rtol=1e-4, atol=1e-5)

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from edgeml.bundle import sha256_file
+from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, get_pass
-from edgeml.compiler.passes.convert_openvino import files_digest
 from edgeml.errors import ConfigError, QuantizationError
 from edgeml.runtimes.openvino_backend import import_openvino
 from edgeml.targets import get_target
@@ -84,7 +84,7 @@ def test_quantizes_ir_to_int8_close_to_fp32(tmp_path: Path, cnn_ir: Artifact) ->
 
     assert out.format == "openvino" and out.runtime == "openvino" and out.precision == "int8"
     assert out.extra_files == (out.path.with_suffix(".bin"),)
-    assert out.digest == files_digest([out.path, *out.extra_files])
+    assert out.digest == digest_files([out.path, *out.extra_files])
     assert "FakeQuantize" in op_types(out.path)
     assert int8_constants(out.path) >= 2                   # both convolutions' weights stored as int8
     assert out.metadata["calibration_samples"] == 10 and out.metadata["target_device"] == "CPU"

@@ -6,13 +6,8 @@ Then: two server processes sharing one PostgreSQL and one broker split the strea
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,13 +19,11 @@ from edgeml.fleet.server import FleetServer, ServerConfig
 from edgeml.fleet.store import Store, sqlite_url
 from edgeml.fleet.store.telemetry_models import DeviceMessage
 from tests.fleet.server_process import fleet_server
+from tests.support.emitter_process import running_emitter, start_emitter
 from tests.support.postgres import temporary_database
 from tests.support.restartable_mosquitto import RestartableMosquitto
 from tests.support.services import free_port
 from tests.support.tls import make_pki
-
-ROOT = Path(__file__).resolve().parents[2]
-EMITTER = ROOT / "tests" / "telemetry" / "emitter.py"
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -44,19 +37,6 @@ def _enroll(http: httpx.Client | TestClient, admin: str) -> dict:
                   json={"name": "cam", "hardware": {"arch": "x86_64"}, "installed": {}})
     assert r.status_code == 201, r.text
     return dict(r.json())
-
-
-@contextmanager
-def _emitter(cfg: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'agent'}"}
-    proc = subprocess.Popen([sys.executable, str(EMITTER), str(cfg)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _emitter_config(path: Path, device: dict, broker_url: str, total: int, rate: float, ca: Path | None = None) -> Path:
@@ -100,13 +80,13 @@ def test_mosquitto_outage_and_device_sigkill_lose_nothing(tmp_path: Path) -> Non
         total = 500
         cfg = _emitter_config(tmp_path / "emitter.json", device, f"mqtts://127.0.0.1:{broker.port}", total, 150,
                               pki.ca_file)
-        with _emitter(cfg) as first:
+        with running_emitter(cfg) as first:
             time.sleep(1.0)
             broker.stop()                     # outage
             time.sleep(1.0)
             first.send_signal(signal.SIGKILL)  # the device dies in the middle of it
             first.wait(10)
-        with _emitter(cfg) as second:
+        with running_emitter(cfg) as second:
             time.sleep(1.5)
             broker.start()                    # back after several seconds
             out, _ = second.communicate(timeout=120)
@@ -134,16 +114,14 @@ def test_embedded_broker_restart_and_device_sigkill_lose_nothing(tmp_path: Path)
         with httpx.Client(base_url=server.url, timeout=10) as http:
             device = _enroll(http, admin)
         cfg = _emitter_config(tmp_path / "emitter.json", device, f"mqtt://127.0.0.1:{broker_port}", total, 120)
-        first = subprocess.Popen([sys.executable, str(EMITTER), str(cfg)],
-                                 env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'agent'}"},
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        first = start_emitter(cfg)
         time.sleep(1.2)
     # the server (and its embedded broker) is stopped now: the device spools
     try:
         time.sleep(1.0)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        with _emitter(cfg) as second:
+        with running_emitter(cfg) as second:
             time.sleep(1.0)
             with fleet_server(data, port=port, broker_port=broker_port):
                 out, _ = second.communicate(timeout=120)
@@ -177,7 +155,7 @@ def test_two_servers_on_one_postgres_split_one_stream(tmp_path: Path) -> None:
             assert first.ingest.connected.wait(15) and second.ingest.connected.wait(15)
             total = 1500
             cfg = _emitter_config(tmp_path / "emitter.json", device, f"mqtt://127.0.0.1:{broker.port}", total, 1000)
-            with _emitter(cfg) as proc:
+            with running_emitter(cfg) as proc:
                 out, _ = proc.communicate(timeout=120)
                 assert proc.returncode == 0, out.decode()
             seqs = _stored(db, device["device_id"], total)

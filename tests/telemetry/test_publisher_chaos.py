@@ -4,24 +4,18 @@ SIGKILLed device lose nothing, and every sequence number arrives (duplicates are
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.support.emitter_process import running_emitter
 from tests.support.restartable_mosquitto import RestartableMosquitto
 from tests.support.tls import PKI, make_pki
-
-ROOT = Path(__file__).resolve().parents[2]
-EMITTER = Path(__file__).with_name("emitter.py")
 
 
 def Broker(directory: Path, pki: PKI, users: dict[str, str]) -> RestartableMosquitto:
@@ -60,19 +54,6 @@ class Collector:
         self.client.disconnect()
 
 
-@contextmanager
-def _emitter(cfg_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'agent'}"}
-    proc = subprocess.Popen([sys.executable, str(EMITTER), str(cfg_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_outage_and_sigkill_lose_no_sequence_number(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
@@ -86,13 +67,13 @@ def test_outage_and_sigkill_lose_no_sequence_number(tmp_path: Path) -> None:
         "username": "dev-a", "password": "dev-a-secret", "ca_file": str(pki.ca_file), "total": total, "rate": 150,
     }))
     try:
-        with _emitter(cfg) as first:
+        with running_emitter(cfg) as first:
             time.sleep(1.0)                        # some messages flow normally
             broker.stop()                          # outage: the device keeps emitting into its spool
             time.sleep(1.0)
             first.send_signal(signal.SIGKILL)      # ...and dies in the middle of the outage
             first.wait(10)
-        with _emitter(cfg) as second:              # restarted device resumes from its spool
+        with running_emitter(cfg) as second:              # restarted device resumes from its spool
             time.sleep(1.5)
             broker.start()                         # broker back after several seconds
             out, _ = second.communicate(timeout=120)
@@ -119,7 +100,7 @@ def test_device_credentials_only_reach_their_own_topics(tmp_path: Path) -> None:
             "spool": str(tmp_path / "spool.db"), "device": "dev-b", "broker": f"mqtts://127.0.0.1:{broker.port}",
             "username": "dev-a", "password": "a-secret", "ca_file": str(pki.ca_file), "total": 5, "rate": 50,
         }))
-        with _emitter(cfg) as proc:
+        with running_emitter(cfg) as proc:
             proc.communicate(timeout=60)
         time.sleep(0.5)
         assert store.seqs == []

@@ -7,25 +7,14 @@ that stays dynamic fails the build naming the inputs, instead of failing later o
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import ConfigError, ConversionError
 from edgeml.runtimes.openvino_backend import import_openvino
-
-
-def files_digest(paths: Iterable[Path]) -> str:
-    """sha256 over the bytes of every file in order (IR ``.xml`` then ``.bin``): one digest per artifact."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def input_shapes_of(model: Any) -> dict[str, str]:
@@ -123,6 +112,6 @@ class ConvertOpenVino(Pass):
         }
         precision = "fp16" if compress and artifact.precision == "fp32" else artifact.precision
         return artifact.evolve(
-            path=xml, format="openvino", precision=precision, digest=files_digest([xml, bin_file]),
+            path=xml, format="openvino", precision=precision, digest=digest_files([xml, bin_file]),
             extra_files=(bin_file,), runtime="openvino", metadata=metadata,
         )

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
-from edgeml.compiler.passes.convert_openvino import files_digest
 from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, validate_config
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.runtimes.openvino_backend import import_openvino
@@ -139,7 +139,7 @@ class QuantizeNncf(Pass):
         }
         return artifact.evolve(
             path=xml, format="openvino", precision="mixed" if excluded else "int8",
-            digest=files_digest([xml, bin_file]), extra_files=(bin_file,), runtime="openvino", metadata=metadata,
+            digest=digest_files([xml, bin_file]), extra_files=(bin_file,), runtime="openvino", metadata=metadata,
         )
 
     def _ignored_names(self, model: Any, artifact: Artifact) -> list[str]:

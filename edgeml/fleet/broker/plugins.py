@@ -35,12 +35,15 @@ def forget(registry_key: str, username: str) -> None:
     _KINDS.pop((registry_key, username), None)
 
 
+@dataclass
+class _FleetConfig:
+    accounts: str = ""  # the registry key of this broker's accounts (and ingest tap)
+
+
 class FleetAuthPlugin(BaseAuthPlugin):
     """Accept the service account and enrolled, unrevoked devices; refuse everyone else (no anonymous)."""
 
-    @dataclass
-    class Config:
-        accounts: str = ""
+    Config = _FleetConfig
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
@@ -60,9 +63,7 @@ class FleetAuthPlugin(BaseAuthPlugin):
 class FleetTopicPlugin(BaseTopicPlugin):
     """Per-topic rules: devices only their own topics, the service account reads all and writes desired."""
 
-    @dataclass
-    class Config:
-        accounts: str = ""
+    Config = _FleetConfig
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
@@ -95,9 +96,7 @@ class FleetIngestTap(BasePlugin[BaseContext]):
     before it shuts down, and the ingest then writes everything it was handed.
     """
 
-    @dataclass
-    class Config:
-        accounts: str = ""
+    Config = _FleetConfig
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
