@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidSignature
 
-from edgeml.bundle import SigningKey, TrustStore, generate_key, key_id, load_public_key, load_signing_key, trust_key
+from edgeml.bundle import (
+    SigningKey,
+    TrustStore,
+    generate_key,
+    key_id,
+    load_public_key,
+    load_signing_key,
+    trust_key,
+)
 from edgeml.errors import KeyStoreError
 
 

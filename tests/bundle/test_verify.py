@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from edgeml.bundle import SigningKey, TrustStore, load_unpacked, pack_bundle, read_header, unpack_bundle, verify_bundle
+from edgeml.bundle import (
+    SigningKey,
+    TrustStore,
+    load_unpacked,
+    pack_bundle,
+    read_header,
+    unpack_bundle,
+    verify_bundle,
+)
 from edgeml.bundle.manifest import canonical_json
 from edgeml.bundle.pack import signature_document
 from edgeml.errors import (

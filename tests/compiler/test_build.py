@@ -151,13 +151,23 @@ def test_a_candidate_over_the_threshold_fails_the_build_with_the_numbers(cnn, cn
     assert not (tmp_path / "x.edgepkg").exists()
 
 
-def test_fallback_keeps_the_most_sensitive_nodes_in_float(cnn, cnn_data, default_key, tmp_path) -> None:
-    # INT8 of this model reaches cosine ~0.99990; with its two most sensitive layers in float ~0.99993
-    result = edgeml.compile(cnn, "x86-cpu", precision="int8", runtime="onnxruntime", calibration=cnn_data,
-                            min_cosine=0.99992, fallback=True, output=tmp_path / "fb.edgepkg", **FAST)
+def test_fallback_keeps_the_most_sensitive_nodes_in_float(cnn, default_key, tmp_path) -> None:
+    # Calibration data with one outlier pixel per image: per-tensor INT8 scales get ~40x coarser, an
+    # error that keeping the sensitive layers in float repairs on any CPU (the INT8 kernels' own rounding
+    # differs between AVX2 and VNNI machines, so the threshold is set from the plain INT8 build).
+    x = np.random.default_rng(1).random((24, 3, 16, 16), dtype=np.float32)
+    x[:, 0, 0, 0] = 40.0
+    np.savez(tmp_path / "outliers.npz", input=x)
+    common = {"precision": "int8", "runtime": "onnxruntime", "calibration": tmp_path / "outliers.npz", **FAST}
+    plain = edgeml.compile(cnn, "x86-cpu", min_cosine=0.0, output=tmp_path / "plain.edgepkg", **common)
+    assert plain.report.chosen is not None and plain.report.chosen.fidelity is not None
+    int8_cosine = plain.report.chosen.fidelity["cosine"]
+    needed = int8_cosine + (1.0 - int8_cosine) * 0.25      # a quarter of INT8's error repaired
+    result = edgeml.compile(cnn, "x86-cpu", min_cosine=needed, fallback=True, output=tmp_path / "fb.edgepkg",
+                            **common)
     chosen = result.report.chosen
     assert chosen is not None and chosen.precision == "mixed" and chosen.excluded_nodes
-    assert chosen.fidelity and chosen.fidelity["passed"] and chosen.fidelity["cosine"] >= 0.99992
+    assert chosen.fidelity and chosen.fidelity["passed"] and chosen.fidelity["cosine"] >= needed > int8_cosine
     assert any(s["name"] == "quantize_ort" and s["config"].get("exclude_nodes") == chosen.excluded_nodes
                for s in chosen.steps)
     assert verify_bundle(result.bundle_path, TrustStore.default()).manifest.precision == "mixed"

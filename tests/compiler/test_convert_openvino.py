@@ -28,7 +28,7 @@ def make_ctx(tmp_path: Path, target: str = "x86-cpu") -> BuildContext:
 
 def run_ir(xml: Path, feed: dict) -> np.ndarray:
     ov = import_openvino()
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return np.asarray(compiled(feed)[compiled.outputs[0]])
 
 

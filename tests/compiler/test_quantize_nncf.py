@@ -64,7 +64,7 @@ def int8_constants(xml: Path) -> int:
 
 
 def run_ir(xml: Path, feed: dict) -> np.ndarray:
-    compiled = import_openvino().Core().compile_model(str(xml), "CPU")
+    compiled = import_openvino().Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return np.asarray(compiled(feed)[compiled.outputs[0]])
 
 

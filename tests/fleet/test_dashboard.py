@@ -142,6 +142,7 @@ def test_dashboard_shows_the_fleet_in_a_real_browser(live_fleet: LiveFleet, tmp_
 
             # a viewer token sees the fleet but is told the audit log needs an admin
             page.click("#logout")
+            assert page.inner_text("#audit") == "" and page.get_attribute("#audit", "data-loaded") is None
             page.fill("#token", viewer)
             page.click("#login-form button")
             page.wait_for_selector("#audit[data-loaded=true]")

@@ -20,7 +20,6 @@ def tiny_cnn(path: Path, *, batch: int | str = 1, size: int = 16, classes: int =
              seed: int = 0) -> Path:
     """Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm → Softmax; input 'input'
     [batch,3,size,size] float32, output 'probs' [batch,classes]. A string ``batch`` makes it dynamic."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)

@@ -265,7 +265,13 @@ function showLogin(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   apiPaths = null;
   document.getElementById("nav").hidden = true;
-  for (const p of PAGES) document.getElementById(p).hidden = true;
+  // Forget what the last token could see: nothing of it stays in the page for the next user.
+  for (const p of PAGES) {
+    const section = document.getElementById(p);
+    section.hidden = true;
+    section.replaceChildren();
+    delete section.dataset.loaded;
+  }
   document.getElementById("login").hidden = false;
   document.getElementById("login-error").textContent = message || "";
 }
