@@ -38,6 +38,8 @@ class Model:
         # Non-thread-safe runtimes (OpenVINO infer request, LiteRT interpreter) run one call at a time.
         self._lock: threading.Lock | None = None if backend.thread_safe else threading.Lock()
         self._single_input = backend.inputs[0].name if len(backend.inputs) == 1 else None
+        plan = backend.feed_plan()
+        self._single_check = plan[0] if len(plan) == 1 else None
 
     # -- description ---------------------------------------------------------------------------------
     @property
@@ -108,6 +110,22 @@ class Model:
 
         Returns a dict of output arrays by output name.
         """
+        # The common case checked inline: one contiguous array of the right dtype and rank for a
+        # one-input model. Right after a model run has flushed the CPU caches, every Python object
+        # touched costs a cache miss, so fewer calls here make predict measurably closer to the raw call.
+        check = self._single_check
+        if check is not None and type(data) is np.ndarray and not named and data.dtype == check.dtype \
+                and data.ndim == check.ndim and data.flags.c_contiguous:
+            shape = data.shape
+            for axis, size in check.fixed:
+                if shape[axis] != size:
+                    break
+            else:
+                feeds = {check.name: data}
+                if self._lock is None:
+                    return self._run(feeds)
+                with self._lock:
+                    return self._run(feeds)
         return self.run_checked(self.feeds(data, **named))
 
     def smoke_test(self) -> None:

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,9 +44,13 @@ from tests.support.bundles import make_bundle  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
 from tests.support.tiny_models import tiny_mlp  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from http_load import RawHttpClient, closed_loop_throughput  # noqa: E402
+
 FEATURES, HIDDEN, OUTPUTS = 1024, 4096, 1024
 THREADS = 1          # one intra-op thread per run: the agent serves concurrent requests on 2 cores
 CLIENTS = 16
+NPY_HEADERS = {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -94,44 +97,22 @@ class Agent:
 
 
 def infer(conn: http.client.HTTPConnection, model: str, body: bytes) -> bytes:
-    return infer_timed(conn, model, body)[0]
-
-
-def infer_timed(conn: http.client.HTTPConnection, model: str, body: bytes) -> tuple[bytes, float, float]:
-    """Response body, the model's run time and the agent's whole time, in seconds (Server-Timing)."""
-    conn.request("POST", f"/v1/models/{model}/infer", body=body,
-                 headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    """One request through the standard library's client (the answer check and the reference row)."""
+    conn.request("POST", f"/v1/models/{model}/infer", body=body, headers=NPY_HEADERS)
     resp = conn.getresponse()
     data = resp.read()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
-    timing = dict(part.strip().split(";dur=") for part in resp.getheader("Server-Timing", "").split(","))
+    return data
+
+
+def infer_timed(client: RawHttpClient) -> tuple[bytes, float, float]:
+    """Response body, the model's run time and the agent's whole time, in seconds (Server-Timing)."""
+    status, headers, data = client.call()
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {data[:200]!r}")
+    timing = dict(part.strip().split(";dur=") for part in headers.get("server-timing", "").split(","))
     return data, float(timing["model"]) / 1e3, float(timing["agent"]) / 1e3
-
-
-def throughput(port: int, model: str, body: bytes, seconds: float) -> float:
-    counts = [0] * CLIENTS
-    start = threading.Barrier(CLIENTS + 1)
-    stop_at = [0.0]
-
-    def client(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        infer(conn, model, body)
-        start.wait()
-        while time.perf_counter() < stop_at[0]:
-            infer(conn, model, body)
-            counts[i] += 1
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    begin = time.perf_counter()
-    stop_at[0] = begin + seconds
-    start.wait()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - begin)
 
 
 BARE = r"""
@@ -201,25 +182,34 @@ def main() -> None:
             want = session.run(None, {"x": x})[0]
             got = np.load(io.BytesIO(infer(conn, "mlp", body)))
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            client = RawHttpClient(port, "POST", "/v1/models/mlp/infer", body, NPY_HEADERS)
             for _ in range(20):
                 infer(conn, "mlp", body)
+                infer_timed(client)
             raw2: list[float] = []
             http_t: list[float] = []
             added_t: list[float] = []
             inside_t: list[float] = []
+            stdlib_t: list[float] = []
             for _ in range(args.iters):
                 t0 = time.perf_counter()
                 session.run(None, {"x": x})
                 t1 = time.perf_counter()
-                _, model_s, agent_s = infer_timed(conn, "mlp", body)
+                _, model_s, agent_s = infer_timed(client)
                 t2 = time.perf_counter()
+                infer(conn, "mlp", body)
+                t3 = time.perf_counter()
                 raw2.append(t1 - t0)
                 http_t.append(t2 - t1)
                 added_t.append((t2 - t1) - model_s)    # this request's time outside the runtime call
                 inside_t.append(agent_s - model_s)      # ... of which the agent's own code
+                stdlib_t.append(t3 - t2)
             conn.close()
-            tput_off = throughput(port, "mlp", body, args.seconds)
-            tput_on = throughput(port, "mlp-batched", body, args.seconds)
+            client.close()
+            path = "/v1/models/{}/infer"
+            tput_off = closed_loop_throughput(port, path.format("mlp"), body, NPY_HEADERS, CLIENTS, args.seconds)
+            tput_on = closed_loop_throughput(port, path.format("mlp-batched"), body, NPY_HEADERS, CLIENTS,
+                                             args.seconds)
         finally:
             agent.stop()
         model.close()
@@ -264,6 +254,7 @@ def main() -> None:
         ("(2) HTTP p50 - raw p50 (2 processes)", f"{naive_added:.3f} ms", "", ""),
         ("(2) HTTP added over the run, p50", f"{added:.3f} ms", "<= 0.3 ms", "yes" if added <= 0.3 else "NO"),
         ("(2) ... of it inside the agent, p50", f"{pct(inside_t, 50) * 1e3:.3f} ms", "", ""),
+        ("(2) same request via Python http.client, p50", f"{pct(stdlib_t, 50) * 1e3:.3f} ms", "", ""),
         (f"(3) {CLIENTS} clients, no batching", f"{tput_off:.0f} req/s", "", ""),
         (f"(3) {CLIENTS} clients, micro-batching", f"{tput_on:.0f} req/s", "", ""),
         ("(3) batching speed-up", f"{speedup:.2f}x", ">= 2x", "yes" if speedup >= 2 else "NO"),

@@ -76,6 +76,23 @@ def test_predict_rejects_bad_inputs_with_clear_messages(mlp_bundle, trust):
             model.predict({"nope": np.zeros((1, 4), np.float32)})
 
 
+def test_predict_takes_the_same_inputs_whichever_path_checks_them(mlp_bundle, trust):
+    # one contiguous float32 array goes through predict's inline check; anything else through the full
+    # one, which converts what it safely can and names the problem otherwise
+    with edgeml.load(mlp_bundle, trust) as model:
+        x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
+        want = model.predict({"x": x})["y"]
+        np.testing.assert_array_equal(model.predict(x)["y"], want)
+        np.testing.assert_array_equal(model.predict(np.asfortranarray(x))["y"], want)
+        np.testing.assert_allclose(model.predict(x.astype(np.float16))["y"], want, atol=1e-2)
+        wide = np.zeros((3, 8), np.float32)
+        np.testing.assert_array_equal(model.predict(wide[:, ::2])["y"], model.predict(np.zeros((3, 4), np.float32))["y"])
+        with pytest.raises(InferenceInputError, match=r"input 'x' has shape \[3, 5\]"):
+            model.predict(np.zeros((3, 5), np.float32))
+        with pytest.raises(InferenceInputError, match="dtype complex64"):
+            model.predict(np.zeros((3, 4), np.complex64))
+
+
 def test_jetson_bundle_on_this_host_is_refused_or_falls_back_by_config(tmp_path, signing_key, trust):
     bundle = make_bundle(tmp_path / "j.edgepkg", signing_key, tiny_mlp(tmp_path / "m.onnx"), name="j",
                          target="jetson-orin")

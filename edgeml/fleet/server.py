@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -164,6 +165,15 @@ def serve(config: ServerConfig) -> None:
               f"{server.broker.host}:{server.broker.port}  data in {config.data_dir}", flush=True)
         uv = uvicorn.Server(uvicorn.Config(server.app(), host=config.host, port=config.port, log_level="warning",
                                            access_log=False))
+        # uvicorn catches SIGTERM, shuts down, then raises it again against the handler it found. With
+        # the default one that kills the process before the `finally` below: the embedded broker would
+        # never finish the messages it acknowledged, nor the ingest write them. So the handler it finds
+        # is this one, which lets the shutdown go on.
+        signal.signal(signal.SIGTERM, _shutdown_in_progress)
         uv.run()
     finally:
         server.stop()
+
+
+def _shutdown_in_progress(signum: int, frame: object) -> None:
+    log.info("signal %d: stopping the broker and writing what it accepted", signum)

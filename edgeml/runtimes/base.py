@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,14 @@ class BackendOptions:
     properties: Mapping[str, Any] = field(default_factory=dict)
     num_threads: int = 0                             # 0 = the runtime's default
     cache_dir: Path | None = None                    # engine/model caches (TensorRT, OpenVINO)
+
+
+class FeedCheck(NamedTuple):
+    name: str
+    dtype: np.dtype
+    ndim: int
+    fixed: tuple[tuple[int, int], ...]     # (axis, size) for every dimension the model fixes
+    spec: TensorSpec
 
 
 class Backend(abc.ABC):
@@ -69,19 +77,24 @@ class Backend(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def feed_plan(self) -> list[FeedCheck]:
+        """Per input, what ``check_feeds`` compares: name, dtype, rank and the fixed dimensions."""
+        plan = self.__dict__.get("_feed_plan")
+        if plan is None:
+            plan = self.__dict__["_feed_plan"] = [
+                FeedCheck(s.name, np.dtype(s.dtype), len(s.shape),
+                          tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int) and d >= 0), s)
+                for s in self.inputs
+            ]
+        return plan
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Validate names, dtypes and shapes against the model; a clear error instead of a runtime crash.
 
         Runs on every request, so the checks are precompiled once per backend (``_feed_plan``) and the
         common case (right names, right dtype, contiguous) costs a few microseconds.
         """
-        plan = self.__dict__.get("_feed_plan")
-        if plan is None:
-            plan = self.__dict__["_feed_plan"] = [
-                (s.name, np.dtype(s.dtype), len(s.shape),
-                 tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int) and d >= 0), s)
-                for s in self.inputs
-            ]
+        plan = self.feed_plan()
         if len(feeds) != len(plan) or any(name not in feeds for name, *_ in plan):
             self._names_error(feeds)
         out: dict[str, np.ndarray] = {}

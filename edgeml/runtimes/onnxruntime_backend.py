@@ -120,8 +120,9 @@ class OnnxRuntimeBackend(Backend):
         return list(self._providers)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self._output_names, dict(feeds))
-        return dict(zip(self._output_names, results, strict=True))
+        names = self._output_names
+        results = self.session.run(names, feeds if type(feeds) is dict else dict(feeds))
+        return dict(zip(names, results, strict=True))
 
     def close(self) -> None:
         # ORT frees the session with the last reference; drop ours so close() really releases it.

@@ -100,9 +100,6 @@ def test_mosquitto_outage_and_device_sigkill_lose_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap (issue 5, open): across a restart of the server process with the embedded amqtt broker a few "
-    "messages the broker acknowledged just before the stop can be lost; Mosquitto (test above) loses none"))
 def test_embedded_broker_restart_and_device_sigkill_lose_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -1,29 +1,49 @@
 """Turns inference observations into periodic telemetry bodies.
 
-``observe`` runs in request threads, so it only appends to a deque (atomic, no lock, no numpy work).
-Everything else — counting, latency buckets, the running input/output summaries used for drift —
-happens in the publisher thread when it builds a message. Input/output summaries cost CPU, so they
-are computed on a sample of requests, bounded to ``stats_budget`` (default 0.5 %) of the inference
-time observed: telemetry must not cost more than about 1 % of inference throughput.
+``observe`` runs in request threads, so it only appends a small tuple to a deque (atomic, no lock, no
+numpy). Everything else — counting, latency buckets, the running input/output summaries used for
+drift — happens in the publisher thread, in batches, once per publisher tick (at most a second apart,
+so the queue stays short whatever the telemetry interval).
+
+Input/output summaries cost CPU, so they are computed on a sample of requests, bounded to
+``stats_budget`` (default 0.5 %) of the inference time observed: telemetry must not cost more than
+about 1 % of inference throughput. The sampling decision is made in ``observe``: a request that is not
+sampled leaves its arrays behind, so a busy agent never holds more than the sampled requests' tensors.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from edgeml.telemetry.drift import RunningSummary
-from edgeml.telemetry.latency import bucket_index, empty_histogram
+from edgeml.telemetry.latency import LATENCY_BUCKETS_MS, empty_histogram
 
 # (model name) -> (reference_stats of the version being served, or None)
 ReferenceLookup = Callable[[str, str], Mapping[str, Any] | None]
+
+_BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS_MS, dtype=np.float64)
+
+
+class _Seen(NamedTuple):
+    """What the collector keeps of one request; the tensors only when the request was sampled."""
+
+    model: str
+    version: str
+    seconds: float
+    status: int
+    error: str | None
+    batch: str | None                                  # leading dimension of the first input
+    inputs: Mapping[str, np.ndarray] | None = None
+    outputs: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -42,47 +62,94 @@ class _Window:
 class TelemetryCollector:
     def __init__(self, references: ReferenceLookup | None = None, *, stats_budget: float = 0.005,
                  max_pending: int = 100_000, data_dir: Path | None = None) -> None:
-        self._pending: collections.deque[Any] = collections.deque(maxlen=max_pending)
+        self._pending: collections.deque[_Seen] = collections.deque(maxlen=max_pending)
         self._references = references or (lambda name, version: None)
         self._windows: dict[tuple[str, str], _Window] = {}
         self._stats_budget = stats_budget
         self._inference_s = 0.0
         self._stats_s = 0.0
+        self._summaries = 0
+        self._requests = 0
         self._window_start = time.time()
         self._data_dir = data_dir
         self.overflowed = 0
+        # Keep the tensors of one request in `_sample_every` (0: none); re-estimated from the measured
+        # cost of a summary and the mean request time, so the budget is met without holding arrays that
+        # would be dropped later. Until the first summary is measured, only the first request is kept.
+        # A budget of 1 or more means every request.
+        self._sample_every = 0 if stats_budget <= 0 else 1 if stats_budget >= 1 else 1 << 30
+        self._countdown = 1
 
     # called from request threads: O(1), no lock, no numpy
     def observe(self, observation: Any) -> None:
+        inputs = observation.inputs
+        batch = None
+        if inputs:
+            first = next(iter(inputs.values()))
+            batch = str(first.shape[0]) if getattr(first, "ndim", 0) else "1"
+        self._countdown -= 1   # a race between request threads only shifts the sample by one request
+        if self._countdown <= 0 and self._sample_every and observation.error is None and inputs is not None:
+            self._countdown = self._sample_every
+            seen = _Seen(observation.model, observation.version, observation.seconds, observation.status,
+                         observation.error, batch, inputs, observation.outputs)
+        else:
+            seen = _Seen(observation.model, observation.version, observation.seconds, observation.status,
+                         observation.error, batch)
         if len(self._pending) == self._pending.maxlen:
             self.overflowed += 1
-        self._pending.append(observation)
+        self._pending.append(seen)
 
-    def _process(self) -> None:
-        while self._pending:
-            obs = self._pending.popleft()
-            key = (obs.model, obs.version)
+    def process(self) -> None:
+        """Fold the observations queued so far into the current window (publisher thread)."""
+        pending = self._pending
+        by_model: dict[tuple[str, str], list[_Seen]] = {}
+        for _ in range(len(pending)):
+            seen = pending.popleft()
+            group = by_model.get((seen.model, seen.version))
+            if group is None:
+                group = by_model[(seen.model, seen.version)] = []
+            group.append(seen)
+        for key, group in by_model.items():
             w = self._windows.get(key)
             if w is None:
                 w = self._windows[key] = _Window()
-            w.requests += 1
-            w.statuses[str(obs.status)] = w.statuses.get(str(obs.status), 0) + 1
-            if obs.error:
-                w.errors[obs.error] = w.errors.get(obs.error, 0) + 1
-            ms = obs.seconds * 1000.0
-            w.latency[bucket_index(ms)] += 1
-            w.latency_sum_ms += ms
-            self._inference_s += obs.seconds
-            if obs.inputs:
-                first = next(iter(obs.inputs.values()))
-                size = str(first.shape[0]) if getattr(first, "ndim", 0) else "1"
-                w.batch_sizes[size] = w.batch_sizes.get(size, 0) + 1
-            if obs.error is None and obs.inputs is not None and self._stats_s <= self._stats_budget * self._inference_s:
-                started = time.perf_counter()
-                self._summarise(w, obs)
-                self._stats_s += time.perf_counter() - started
+            self._count(w, group)
+            for seen in group:
+                if seen.inputs is not None and self._stats_s <= self._stats_budget * self._inference_s:
+                    started = time.perf_counter()
+                    self._summarise(w, seen)
+                    self._stats_s += time.perf_counter() - started
+                    self._summaries += 1
+        self._resample()
 
-    def _summarise(self, w: _Window, obs: Any) -> None:
+    def _count(self, w: _Window, group: list[_Seen]) -> None:
+        ms = np.fromiter((s.seconds for s in group), dtype=np.float64, count=len(group)) * 1000.0
+        buckets = np.bincount(np.searchsorted(_BUCKET_BOUNDS, ms, side="left"), minlength=len(w.latency))
+        for i, count in enumerate(buckets.tolist()):
+            w.latency[i] += count
+        total_ms = float(ms.sum())
+        w.requests += len(group)
+        self._requests += len(group)
+        w.latency_sum_ms += total_ms
+        self._inference_s += total_ms / 1000.0
+        for status, count in collections.Counter(s.status for s in group).items():
+            w.statuses[str(status)] = w.statuses.get(str(status), 0) + count
+        for error, count in collections.Counter(s.error for s in group if s.error).items():
+            assert error is not None
+            w.errors[error] = w.errors.get(error, 0) + count
+        for size, count in collections.Counter(s.batch for s in group if s.batch is not None).items():
+            assert size is not None
+            w.batch_sizes[size] = w.batch_sizes.get(size, 0) + count
+
+    def _resample(self) -> None:
+        if not 0 < self._stats_budget < 1 or not self._summaries or not self._inference_s:
+            return
+        per_summary = self._stats_s / self._summaries
+        per_request = self._inference_s / self._requests
+        self._sample_every = max(1, math.ceil(per_summary / (self._stats_budget * per_request)))
+        self._countdown = min(self._countdown, self._sample_every)
+
+    def _summarise(self, w: _Window, obs: _Seen) -> None:
         reference = self._references(obs.model, obs.version) or {}
         for side, arrays, summaries in (("inputs", obs.inputs, w.inputs), ("outputs", obs.outputs, w.outputs)):
             for name, value in (arrays or {}).items():
@@ -95,7 +162,7 @@ class TelemetryCollector:
 
     def snapshot(self, extra_models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """The telemetry body for the window since the last snapshot; starts a new window."""
-        self._process()
+        self.process()
         now = time.time()
         models = []
         for (name, version), w in sorted(self._windows.items()):

@@ -148,6 +148,8 @@ class TelemetryComponent:
 
     # -- runs in the publisher thread --------------------------------------------------------------------
     def _tick(self, publisher: TelemetryPublisher) -> None:
+        if self.collector is not None:
+            self.collector.process()   # every tick, not every interval: the queue of observations stays short
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_s
