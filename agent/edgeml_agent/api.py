@@ -44,6 +44,9 @@ class Response:
     body: bytes
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+    # Bookkeeping the server runs once the answer is on the wire (observers: metrics, telemetry,
+    # an update's health watch), so the client does not wait for it.
+    after: Callable[[], None] | None = None
 
 
 class HttpError(Exception):
@@ -137,7 +140,8 @@ class Api:
                 seconds = time.perf_counter() - start
         except UnknownModelError as exc:
             raise HttpError(404, str(exc), "unknown_model") from None
-        self.registry.notify(Observation(loaded.name, loaded.version, seconds, resp.status, error, feeds, outputs))
+        observation = Observation(loaded.name, loaded.version, seconds, resp.status, error, feeds, outputs)
+        resp.after = lambda: self.registry.notify(observation)
         return resp
 
     @staticmethod

@@ -170,8 +170,10 @@ class Handler(socketserver.StreamRequestHandler):
             self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
         except OSError:  # the client went away; nothing to answer to
             self.close_connection = True
-            return
-        self.server.answered_one()
+        else:
+            self.server.answered_one()
+        if resp.after is not None:
+            resp.after()   # observers run even when the client left: the request still happened
 
 
 def _reason(status: int) -> str:
