@@ -7,7 +7,7 @@ import pytest
 
 from edgeml.telemetry.latency import bucket_index, empty_histogram
 from edgeml_agent.registry import Observation
-from edgeml_agent.telemetry.collector import TelemetryCollector
+from edgeml_agent.telemetry.collector import _INPUTS, TelemetryCollector
 
 
 def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int = 1,
@@ -61,7 +61,7 @@ def test_the_sample_follows_the_budget_and_unsampled_requests_leave_their_tensor
     for i in range(requests):
         collector.observe(_obs(request_s))
         if i % 500 == 499:    # the publisher's tick
-            held = max(held, sum(1 for seen in collector._pending if seen.inputs is not None))
+            held = max(held, sum(1 for seen in collector._pending if seen[_INPUTS] is not None))
             collector.process()
     samples = collector.snapshot()["models"][0]["stats"]["samples"]
     # The first request is always sampled; after that the rate is set from the measured cost of a
@@ -75,7 +75,7 @@ def test_no_budget_keeps_no_tensors() -> None:
     collector = TelemetryCollector(stats_budget=0.0)
     for _ in range(20):
         collector.observe(_obs(0.001))
-    assert all(seen.inputs is None and seen.outputs is None for seen in collector._pending)
+    assert all(seen[_INPUTS] is None and seen[_INPUTS + 1] is None for seen in collector._pending)
     assert collector.snapshot()["models"][0]["stats"]["samples"] == 0
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -33,17 +33,12 @@ ReferenceLookup = Callable[[str, str], Mapping[str, Any] | None]
 _BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS_MS, dtype=np.float64)
 
 
-class _Seen(NamedTuple):
-    """What the collector keeps of one request; the tensors only when the request was sampled."""
-
-    model: str
-    version: str
-    seconds: float
-    status: int
-    error: str | None
-    batch: str | None                                  # leading dimension of the first input
-    inputs: Mapping[str, np.ndarray] | None = None
-    outputs: Mapping[str, np.ndarray] | None = None
+# One queued request: (model, version, seconds, status, error, shape of the first input, inputs,
+# outputs), the tensors only when the request was sampled. A plain tuple: building it is most of what
+# telemetry costs a request thread, and a NamedTuple's constructor is Python code (~3x slower).
+_Seen = tuple[str, str, float, int, "str | None", "tuple[int, ...] | None",
+              "Mapping[str, np.ndarray] | None", "Mapping[str, np.ndarray] | None"]
+_INPUTS = 6
 
 
 @dataclass
@@ -83,21 +78,17 @@ class TelemetryCollector:
     # called from request threads: O(1), no lock, no numpy
     def observe(self, observation: Any) -> None:
         inputs = observation.inputs
-        batch = None
-        if inputs:
-            first = next(iter(inputs.values()))
-            batch = str(first.shape[0]) if getattr(first, "ndim", 0) else "1"
+        shape = next(iter(inputs.values())).shape if inputs else None
         self._countdown -= 1   # a race between request threads only shifts the sample by one request
         if self._countdown <= 0 and self._sample_every and observation.error is None and inputs is not None:
             self._countdown = self._sample_every
-            seen = _Seen(observation.model, observation.version, observation.seconds, observation.status,
-                         observation.error, batch, inputs, observation.outputs)
+            outputs = observation.outputs
         else:
-            seen = _Seen(observation.model, observation.version, observation.seconds, observation.status,
-                         observation.error, batch)
+            inputs = outputs = None
         if len(self._pending) == self._pending.maxlen:
             self.overflowed += 1
-        self._pending.append(seen)
+        self._pending.append((observation.model, observation.version, observation.seconds, observation.status,
+                              observation.error, shape, inputs, outputs))
 
     def process(self) -> None:
         """Fold the observations queued so far into the current window (publisher thread)."""
@@ -105,25 +96,25 @@ class TelemetryCollector:
         by_model: dict[tuple[str, str], list[_Seen]] = {}
         for _ in range(len(pending)):
             seen = pending.popleft()
-            group = by_model.get((seen.model, seen.version))
+            group = by_model.get(seen[:2])
             if group is None:
-                group = by_model[(seen.model, seen.version)] = []
+                group = by_model[seen[:2]] = []
             group.append(seen)
-        for key, group in by_model.items():
-            w = self._windows.get(key)
+        for (model, version), group in by_model.items():
+            w = self._windows.get((model, version))
             if w is None:
-                w = self._windows[key] = _Window()
+                w = self._windows[(model, version)] = _Window()
             self._count(w, group)
-            for seen in group:
-                if seen.inputs is not None and self._stats_s <= self._stats_budget * self._inference_s:
+            for *_, inputs, outputs in group:
+                if inputs is not None and self._stats_s <= self._stats_budget * self._inference_s:
                     started = time.perf_counter()
-                    self._summarise(w, seen)
+                    self._summarise(w, model, version, inputs, outputs)
                     self._stats_s += time.perf_counter() - started
                     self._summaries += 1
         self._resample()
 
     def _count(self, w: _Window, group: list[_Seen]) -> None:
-        ms = np.fromiter((s.seconds for s in group), dtype=np.float64, count=len(group)) * 1000.0
+        ms = np.fromiter((s[2] for s in group), dtype=np.float64, count=len(group)) * 1000.0
         buckets = np.bincount(np.searchsorted(_BUCKET_BOUNDS, ms, side="left"), minlength=len(w.latency))
         for i, count in enumerate(buckets.tolist()):
             w.latency[i] += count
@@ -132,13 +123,12 @@ class TelemetryCollector:
         self._requests += len(group)
         w.latency_sum_ms += total_ms
         self._inference_s += total_ms / 1000.0
-        for status, count in collections.Counter(s.status for s in group).items():
+        for status, count in collections.Counter(s[3] for s in group).items():
             w.statuses[str(status)] = w.statuses.get(str(status), 0) + count
-        for error, count in collections.Counter(s.error for s in group if s.error).items():
-            assert error is not None
-            w.errors[error] = w.errors.get(error, 0) + count
-        for size, count in collections.Counter(s.batch for s in group if s.batch is not None).items():
-            assert size is not None
+        for error, count in collections.Counter(s[4] for s in group if s[4]).items():
+            w.errors[str(error)] = w.errors.get(str(error), 0) + count
+        for shape, count in collections.Counter(s[5] for s in group if s[5] is not None).items():
+            size = str(shape[0]) if shape else "1"
             w.batch_sizes[size] = w.batch_sizes.get(size, 0) + count
 
     def _resample(self) -> None:
@@ -149,9 +139,10 @@ class TelemetryCollector:
         self._sample_every = max(1, math.ceil(per_summary / (self._stats_budget * per_request)))
         self._countdown = min(self._countdown, self._sample_every)
 
-    def _summarise(self, w: _Window, obs: _Seen) -> None:
-        reference = self._references(obs.model, obs.version) or {}
-        for side, arrays, summaries in (("inputs", obs.inputs, w.inputs), ("outputs", obs.outputs, w.outputs)):
+    def _summarise(self, w: _Window, model: str, version: str, inputs: Mapping[str, np.ndarray],
+                   outputs: Mapping[str, np.ndarray] | None) -> None:
+        reference = self._references(model, version) or {}
+        for side, arrays, summaries in (("inputs", inputs, w.inputs), ("outputs", outputs, w.outputs)):
             for name, value in (arrays or {}).items():
                 summary = summaries.get(name)
                 if summary is None:

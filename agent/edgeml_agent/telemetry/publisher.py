@@ -10,9 +10,12 @@ this same thread (we drive ``client.loop`` ourselves), so no user code ever runs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -80,11 +83,23 @@ class TelemetryPublisher:
         self._pending_subscriptions: list[str] = []
         self.acked = 0                            # messages acknowledged by the broker (for stats/tests)
         self.connects = 0
+        # Wakes the I/O thread's wait when another thread emits or stops it. The thread otherwise sleeps
+        # until the broker sends something or the next tick: every wake-up of a Python thread on a busy
+        # device costs the inference threads a GIL hand-over (measured: waking every 50 ms cost ~5 % of
+        # a saturated agent's throughput).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # -- producer side ---------------------------------------------------------------------------------
     def emit(self, kind: str, body: dict[str, Any]) -> None:
         """Queue a message; it gets its sequence number when the I/O thread spools it."""
         self._queue.put((kind, body, time.time()))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):   # full (a wake-up is already pending) or closed
+            self._wake_w.send(b"\0")
 
     def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
         """Receive ``topic`` (QoS 1) on every connection. ``callback`` runs in the I/O thread: it must
@@ -102,6 +117,7 @@ class TelemetryPublisher:
         """Spool everything queued, try to deliver it for a short while, then say offline and leave."""
         self._flush_deadline = time.monotonic() + flush_timeout_s
         self._stop.set()
+        self._wake()
         if self._thread:
             self._thread.join(flush_timeout_s + 5)
 
@@ -200,10 +216,12 @@ class TelemetryPublisher:
                         self._client.subscribe(self._pending_subscriptions.pop(), qos=1)
                     self._fill_window()
                 try:
-                    # Busy while there is something to send or acknowledge, otherwise wake every 50 ms:
-                    # an idle publisher must cost the inference threads nothing.
-                    busy = bool(self._inflight) or not self._caught_up
-                    self._client.loop(timeout=(0.005 if busy else 0.05) if self._connected else 0.0)
+                    if self._connected:
+                        # Busy while there is something to send or acknowledge; otherwise sleep until
+                        # the broker writes, another thread emits, or the next tick is due.
+                        busy = bool(self._inflight) or not self._caught_up or stopping
+                        self._wait(0.005 if busy else min(max(next_tick - time.monotonic(), 0.0), 1.0))
+                    self._client.loop(timeout=0.0)   # read (CONNACK too), write, keep-alive: whatever is ready
                 except Exception:  # paho raises on sockets dying mid-loop; treat as a disconnect
                     self._connected = False
                 self._commit_acks()
@@ -213,6 +231,19 @@ class TelemetryPublisher:
                     break
         finally:
             self._goodbye()
+
+    def _wait(self, timeout: float) -> None:
+        sock = self._client.socket()
+        if sock is None:
+            return
+        pending = getattr(sock, "pending", None)   # TLS: bytes already decrypted need no wait
+        if pending is not None and pending():
+            return
+        writable = [sock] if self._client.want_write() else []
+        readable, _, _ = select.select([sock, self._wake_r], writable, [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
 
     def _try_connect(self) -> None:
         try:
@@ -267,3 +298,5 @@ class TelemetryPublisher:
                 log.debug("clean telemetry disconnect failed", exc_info=True)
         self._connected = False
         self.spool.close()
+        self._wake_r.close()
+        self._wake_w.close()
