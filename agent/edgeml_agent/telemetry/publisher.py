@@ -1,7 +1,8 @@
 """The MQTT publisher: one I/O thread, one queue, the spool in between.
 
-Producers (request threads, the update machine) only ``emit`` — a non-blocking queue put; they never
-touch the network, the spool or a lock held by paho. The publisher thread owns everything else:
+Producers (the telemetry tick, the update machine) only ``emit`` — a non-blocking queue put and a
+one-byte wake-up of the publisher thread; they never touch the network, the spool or a lock held by
+paho. The publisher thread owns everything else:
 it moves queued messages into the spool (which numbers them), sends spooled messages with QoS 1
 within a bounded in-flight window, deletes each from the spool when the broker acknowledges it, and
 after any reconnect sends again, in order, whatever was not acknowledged. paho's callbacks run in
