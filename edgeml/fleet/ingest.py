@@ -180,8 +180,8 @@ class IngestService:
                         record_status(session, device_id, state)
                 break
             except (IntegrityError, OperationalError) as exc:
-                # another server process stored some of these first, or the DB is busy: try again;
-                # the dedup query of the next attempt sees the rows that won the race.
+                # another server process created a derived row (hourly roll-up, drift score) first, or
+                # the DB is busy: try again; the next attempt sees the rows that won the race.
                 log.debug("ingest batch retry %d: %s", attempt + 1, exc)
                 time.sleep(0.05 * (attempt + 1))
         else:

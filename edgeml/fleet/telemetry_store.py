@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from edgeml.errors import FleetError
 from edgeml.fleet.store.models import Bundle, Device
 from edgeml.fleet.store.telemetry_models import (
     DeviceEvent,
@@ -55,18 +56,19 @@ def store_messages(session: Session, batch: Sequence[Envelope]) -> int:
     if not batch:
         return 0
     unique = {(e.device_id, e.seq): e for e in batch}   # a batch may itself hold a redelivery
-    existing = {(str(d), int(q)) for d, q in session.execute(
-        select(DeviceMessage.device_id, DeviceMessage.seq).where(
-            tuple_(DeviceMessage.device_id, DeviceMessage.seq).in_(list(unique))))}
-    fresh = [e for key, e in sorted(unique.items()) if key not in existing]
+    now = datetime.now(UTC)
+    # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch (SQLAlchemy sends it as
+    # multi-row VALUES statements): the keys it returns are the new messages. No look-up first, one
+    # round trip, and a concurrent server storing the same message is not an error: its copy wins.
+    table = DeviceMessage.__table__
+    stmt = _dialect_insert(session)(table).on_conflict_do_nothing(
+        index_elements=[table.c.device_id, table.c.seq]).returning(table.c.device_id, table.c.seq)
+    inserted = {(str(d), int(q)) for d, q in session.execute(stmt, [
+        {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "ts": e.ts, "received_at": now, "body": e.body}
+        for e in unique.values()])}
+    fresh = [e for key, e in sorted(unique.items()) if key in inserted]
     if not fresh:
         return 0
-    now = datetime.now(UTC)
-    # Core bulk inserts: one statement per table and batch (the ORM's per-row path halves ingest speed).
-    # A concurrent insert of the same key fails here and the caller retries the batch.
-    session.execute(insert(DeviceMessage), [
-        {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "ts": e.ts, "received_at": now, "body": e.body}
-        for e in fresh])
     events = [e for e in fresh if e.kind == "event"]
     if events:
         session.execute(insert(DeviceEvent), [
@@ -80,6 +82,19 @@ def store_messages(session: Session, batch: Sequence[Envelope]) -> int:
             _store_telemetry(session, e, references)
     _touch_devices(session, {e.device_id: e.ts for e in fresh})
     return len(fresh)
+
+
+def _dialect_insert(session: Session) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise FleetError(f"the fleet store supports SQLite and PostgreSQL, not {name}")
 
 
 def _store_telemetry(session: Session, e: Envelope, references: dict[tuple[str, str], dict[str, Any]]) -> None:
