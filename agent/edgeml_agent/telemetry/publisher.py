@@ -221,7 +221,8 @@ class TelemetryPublisher:
                         # Busy while there is something to send or acknowledge; otherwise sleep until
                         # the broker writes, another thread emits, or the next tick is due.
                         busy = bool(self._inflight) or not self._caught_up or stopping
-                        self._wait(0.005 if busy else min(max(next_tick - time.monotonic(), 0.0), 1.0))
+                        idle = min(max(next_tick - time.monotonic(), 0.0), 1.0) if self._tick else 1.0
+                        self._wait(0.005 if busy else idle)
                     self._client.loop(timeout=0.0)   # read (CONNACK too), write, keep-alive: whatever is ready
                 except Exception:  # paho raises on sockets dying mid-loop; treat as a disconnect
                     self._connected = False
