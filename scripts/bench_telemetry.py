@@ -146,7 +146,7 @@ def thread_cpu_s(name: str) -> float:
     return 0.0
 
 
-def agent_round(tmp: Path, broker_port: int | None, seconds: float, clients: int) -> Round:
+def agent_round(tmp: Path, broker_port: int | None, seconds: float, clients: int, size: int = 32) -> Round:
     """One agent (in this process) under a closed-loop load from another process."""
     import numpy as np
 
@@ -162,7 +162,7 @@ def agent_round(tmp: Path, broker_port: int | None, seconds: float, clients: int
     data = Path(tempfile.mkdtemp(dir=tmp))
     (data / "trusted").mkdir()
     (data / "trusted" / "k.pub").write_bytes(key.public_pem())
-    bundle = make_bundle(data, key, tiny_cnn(data / "cnn.onnx", batch="N", size=32))
+    bundle = make_bundle(data, key, tiny_cnn(data / "cnn.onnx", batch="N", size=size))
     telemetry = ({"broker": f"mqtt://127.0.0.1:{broker_port}", "device_id": "bench-agent", "interval_s": 1.0}
                  if broker_port else {"enabled": False})
     config = parse_config({"data_dir": str(data), "server": {"port": 0}, "telemetry": telemetry,
@@ -173,7 +173,7 @@ def agent_round(tmp: Path, broker_port: int | None, seconds: float, clients: int
     try:
         assert agent.server is not None
         body = data / "x.npy"
-        body.write_bytes(dumps(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)))
+        body.write_bytes(dumps(np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)))
         load = [sys.executable, str(ROOT / "scripts" / "http_load.py"), "--port", str(agent.server.port),
                 "--path", "/v1/models/m/infer", "--body-file", str(body), "--clients", str(clients),
                 "--seconds", str(seconds), "--headers", json.dumps({"Content-Type": "application/x-npy"})]
@@ -196,18 +196,18 @@ def agent_round(tmp: Path, broker_port: int | None, seconds: float, clients: int
         agent.stop()
 
 
-def agent_round_in_own_process(broker_port: int | None, seconds: float, clients: int) -> Round:
+def agent_round_in_own_process(broker_port: int | None, seconds: float, clients: int, size: int) -> Round:
     """Each agent runs in a fresh process, as on a device: in this one, the heap the ingest measurement
     left behind makes every garbage collection slower, which taxes the telemetry side's extra
     allocations (measured: a 5-7 % "cost" that disappears in a fresh process)."""
     out = subprocess.run([sys.executable, __file__, "--agent-round", str(broker_port or 0), "--seconds", str(seconds),
-                          "--clients", str(clients)], capture_output=True, text=True, timeout=seconds + 120)
+                          "--clients", str(clients), "--size", str(size)], capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode != 0:
         raise RuntimeError(f"agent round failed:\n{out.stderr[-2000:]}")
     return Round(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def observe_cost_s() -> float:
+def observe_cost_s(size: int) -> float:
     """What the collector's ``observe`` costs a request thread, timed on the bench model's tensors."""
     import numpy as np
 
@@ -215,7 +215,7 @@ def observe_cost_s() -> float:
     from edgeml_agent.telemetry.collector import TelemetryCollector
 
     collector = TelemetryCollector()
-    x = {"input": np.zeros((1, 3, 32, 32), np.float32)}
+    x = {"input": np.zeros((1, 3, size, size), np.float32)}
     y = {"probs": np.zeros((1, 10), np.float32)}
     observation = Observation("m", "1.0.0", 1e-4, 200, None, x, y)
     runs = []
@@ -235,15 +235,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one throughput round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=2, help="load generator connections")
+    parser.add_argument("--size", type=int, default=32, help="image side of the CNN (32: ~0.2 ms a request)")
     parser.add_argument("--agent-round", type=int, metavar="BROKER_PORT", default=None,
                         help=argparse.SUPPRESS)   # internal: one round in this (fresh) process, JSON out
     args = parser.parse_args()
     if args.agent_round is not None:
         with tempfile.TemporaryDirectory() as tmpdir:
-            result = agent_round(Path(tmpdir), args.agent_round or None, args.seconds, args.clients)
+            result = agent_round(Path(tmpdir), args.agent_round or None, args.seconds, args.clients, args.size)
         print(json.dumps(asdict(result)))
         return
-    observe_s = observe_cost_s()
+    observe_s = observe_cost_s(args.size)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         broker, port = start_mosquitto(tmp)
@@ -255,7 +256,7 @@ def main() -> None:
             for i in range(args.rounds):  # interleaved, alternating which goes first: drift hits both alike
                 pair = [(off, None), (on, port)]
                 for results, broker_port in pair if i % 2 == 0 else pair[::-1]:
-                    results.append(agent_round_in_own_process(broker_port, args.seconds, args.clients))
+                    results.append(agent_round_in_own_process(broker_port, args.seconds, args.clients, args.size))
         finally:
             broker.terminate()
             broker.wait()
@@ -272,7 +273,8 @@ def main() -> None:
     print(f"| bare paho subscriber (Mosquitto, QoS 1, {args.messages} msgs from another process) | {bare:,.0f} msg/s | | |")
     print(f"| fleet ingest into {db_name} (same broker, same publisher) | {ingest:,.0f} msg/s | | |")
     print(f"| ingest / bare ratio | {ingest / bare:.2f} | >= 0.8 | {'yes' if ingest / bare >= 0.8 else 'NO'} |")
-    print(f"| agent CPU per request under load (tiny CNN, 2 clients) | {per_request_us:.0f} us | | |")
+    print(f"| agent CPU per request under load (CNN {args.size}x{args.size}, {args.clients} clients) | "
+          f"{per_request_us:.0f} us | | |")
     print(f"| ... in the telemetry thread (collector, spool, MQTT; 1 s interval) | {thread_share:.2f} % | | |")
     print(f"| ... in the request threads' observe() ({observe_s * 1e6:.2f} us per request) | {observe_share:.2f} % | | |")
     print(f"| telemetry's share of the agent's CPU = its cost to a CPU-bound device's throughput | {share:.2f} % | "
