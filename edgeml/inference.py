@@ -37,7 +37,6 @@ class Model:
         self._run = backend.run
         # Non-thread-safe runtimes (OpenVINO infer request, LiteRT interpreter) run one call at a time.
         self._lock: threading.Lock | None = None if backend.thread_safe else threading.Lock()
-        self._single_input = backend.inputs[0].name if len(backend.inputs) == 1 else None
         plan = backend.feed_plan()
         self._single_check = plan[0] if len(plan) == 1 else None
 
@@ -85,14 +84,13 @@ class Model:
     # -- inference -----------------------------------------------------------------------------------
     def feeds(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Normalise ``predict``'s arguments into checked feeds (names, dtypes, shapes)."""
+        single = self._single_check
         if data is None:
             raw: Mapping[str, Any] = named
-        elif type(data) is np.ndarray and self._single_input is not None and not named:
-            raw = {self._single_input: data}   # the common case first: one array for a one-input model
         elif isinstance(data, Mapping):
             raw = {**data, **named}
-        elif self._single_input is not None and not named:
-            raw = {self._single_input: data}
+        elif single is not None and not named:
+            raw = {single.name: data}
         else:
             names = ", ".join(s.name for s in self.backend.inputs)
             raise InferenceInputError(f"this model takes several inputs ({names}): pass a dict of arrays by name")
@@ -122,11 +120,7 @@ class Model:
                 if shape[axis] != size:
                     break
             else:
-                feeds = {check.name: data}
-                if self._lock is None:
-                    return self._run(feeds)
-                with self._lock:
-                    return self._run(feeds)
+                return self.run_checked({check.name: data})
         return self.run_checked(self.feeds(data, **named))
 
     def smoke_test(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.services import free_port
+from tests.support.services import free_port, stop_process
 
 AGENT_CLI = [sys.executable, "-m", "edgeml_agent.cli"]
 
@@ -80,15 +80,9 @@ class AgentProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        returncode = stop_process(self.proc, 30)
         self._log.close()
-        return self.proc.returncode
+        return returncode
 
     def log(self) -> str:
         self._log.flush()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.services import free_port
+from tests.support.services import free_port, stop_process
 
 
 @dataclass
@@ -53,9 +53,4 @@ def fleet_server(data_dir: Path, *, db: str | None = None, port: int | None = No
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)

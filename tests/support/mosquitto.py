@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.services import free_port, port_open, require
+from tests.support.services import free_port, port_open, require, stop_process
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -97,9 +97,4 @@ def running_mosquitto(directory: Path, *, password_file: Path | None = None, acl
             time.sleep(0.05)
         yield broker
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 5)

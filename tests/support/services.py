@@ -7,7 +7,10 @@ a skip, because a green CI that skipped its broker tests proves nothing.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+from typing import Any
 
 import pytest
 
@@ -37,3 +40,15 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Ask a process to stop (SIGTERM: its graceful path), kill it if it has not within ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -22,7 +22,7 @@ from edgeml_agent.store import Store
 from tests.agent.agent_process import AGENT_CLI
 from tests.support.bundle_server import BundleServer
 from tests.support.bundles import make_bundle
-from tests.support.services import free_port
+from tests.support.services import free_port, stop_process
 from tests.support.tiny_models import tiny_mlp
 from tests.updates.helpers import desired, failing_on_batches, write_credentials
 
@@ -125,12 +125,8 @@ class Device:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
         self.server.__exit__()
 
     def log(self) -> str:
