@@ -120,7 +120,11 @@ class Model:
                 if shape[axis] != size:
                     break
             else:
-                return self.run_checked({check.name: data})
+                # run_checked inlined: one Python frame fewer is ~5 us after a cache-flushing run
+                if self._lock is None:
+                    return self._run({check.name: data})
+                with self._lock:
+                    return self._run({check.name: data})
         return self.run_checked(self.feeds(data, **named))
 
     def smoke_test(self) -> None:
