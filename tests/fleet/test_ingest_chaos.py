@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgeml.fleet.bootstrap import create_first_admin
+from edgeml.fleet.ingest import IngestService
 from edgeml.fleet.server import FleetServer, ServerConfig
 from edgeml.fleet.store import Store, sqlite_url
 from edgeml.fleet.store.telemetry_models import DeviceMessage
@@ -62,6 +63,17 @@ def _stored(db: str, device_id: str, total: int, timeout: float = 60) -> list[in
         store.close()
 
 
+def _stored_counts(*ingests: IngestService, total: int, timeout: float = 10) -> list[int]:
+    """The ingests' own counts of stored messages once they add up to ``total`` (or the timeout passes).
+
+    A batch is committed before its writer thread adds it to the stats, so a reader that has just seen the
+    last rows in the database may still be a moment ahead of the counters."""
+    deadline = time.monotonic() + timeout
+    while sum(i.stats.stored for i in ingests) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [i.stats.stored for i in ingests]
+
+
 @pytest.mark.slow
 def test_mosquitto_outage_and_device_sigkill_lose_nothing(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
@@ -93,7 +105,7 @@ def test_mosquitto_outage_and_device_sigkill_lose_nothing(tmp_path: Path) -> Non
             assert second.returncode == 0, out.decode()
         seqs = _stored(db, device["device_id"], total)
         assert seqs == list(range(1, total + 1))   # every one, exactly once (the key forbids twice)
-        assert server.ingest.stats.stored == total
+        assert _stored_counts(server.ingest, total=total) == [total]
     finally:
         server.stop()
         broker.stop()
@@ -157,7 +169,7 @@ def test_two_servers_on_one_postgres_split_one_stream(tmp_path: Path) -> None:
                 assert proc.returncode == 0, out.decode()
             seqs = _stored(db, device["device_id"], total)
             assert seqs == list(range(1, total + 1))
-            a, b = first.ingest.stats.stored, second.ingest.stats.stored
+            a, b = _stored_counts(first.ingest, second.ingest, total=total)
             assert a + b == total and a > 0 and b > 0, (a, b)   # both processes took part, none stored twice
         finally:
             first.stop()
