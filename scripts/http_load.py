@@ -9,6 +9,7 @@ measures is the server and the loopback, not the client.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -111,7 +112,10 @@ def main() -> None:
     parser.add_argument("--headers", default="{}", help="JSON object of extra request headers")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--cpu", type=int, default=None, help="run on this CPU only")
     args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     rate = closed_loop_throughput(args.port, args.path, args.body_file.read_bytes(), json.loads(args.headers),
                                   args.clients, args.seconds)
     print(f"{rate:.3f}")

@@ -1,6 +1,9 @@
-"""Prometheus text exposition of request counts, errors and latency per model and version.
+"""Request counts, errors and latency per model and version: the agent's one per-request tally.
 
-An observer of the model registry; counters live under one lock and are rendered on scrape.
+An observer of the model registry; counters live under one lock. They are rendered on scrape as
+Prometheus text, and the telemetry collector reads them (``totals``) once per tick rather than
+counting every request a second time. The latency buckets are the fleet's fixed ones, so both views
+agree and histograms from many devices add up.
 """
 
 from __future__ import annotations
@@ -8,10 +11,26 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 
+from edgeml.telemetry.latency import LATENCY_BUCKETS_MS
 from edgeml_agent.registry import ModelRegistry, Observation
 
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BUCKETS = tuple(ms / 1000.0 for ms in LATENCY_BUCKETS_MS)   # seconds, as Prometheus has it
+
+
+@dataclass(frozen=True)
+class ModelTotals:
+    """Everything counted for one model version since the agent started."""
+
+    statuses: dict[str, int]     # requests by HTTP status
+    errors: dict[str, int]       # failed requests by kind
+    latency: list[int]           # per bucket of LATENCY_BUCKETS_MS (not cumulative), the last one overflow
+    seconds: float               # the requests' time in the agent, summed
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
 
 
 def _escape(value: str) -> str:
@@ -41,6 +60,18 @@ class Metrics:
             counts = self._hist.setdefault(key, [0] * (len(BUCKETS) + 1))
             counts[bisect.bisect_left(BUCKETS, obs.seconds)] += 1
             self._sum[key] += obs.seconds
+
+    def totals(self) -> dict[tuple[str, str], ModelTotals]:
+        """A copy of the counters per (model, version)."""
+        out: dict[tuple[str, str], ModelTotals] = {}
+        with self._lock:
+            for (m, v), counts in self._hist.items():
+                out[(m, v)] = ModelTotals({}, {}, list(counts), self._sum[(m, v)])
+            for (m, v, code), n in self._requests.items():
+                out[(m, v)].statuses[code] = n
+            for (m, v, kind), n in self._errors.items():
+                out[(m, v)].errors[kind] = n
+        return out
 
     def count_http(self, status: int) -> None:
         with self._lock:

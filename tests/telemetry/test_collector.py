@@ -1,13 +1,18 @@
-"""The agent's telemetry collector: counting in batches, and sampling tensors within the CPU budget."""
+"""The agent's telemetry collector: windows of the agent's request counters, and a sample of requests
+for the drift summaries, within the CPU budget."""
 
 from __future__ import annotations
+
+import sys
+import threading
 
 import numpy as np
 import pytest
 
 from edgeml.telemetry.latency import bucket_index, empty_histogram
+from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import Observation
-from edgeml_agent.telemetry.collector import _INPUTS, TelemetryCollector
+from edgeml_agent.telemetry.collector import TelemetryCollector
 
 
 def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int = 1,
@@ -16,73 +21,144 @@ def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int
     return Observation(model, version, seconds, status, error, {"x": x}, {"y": x[:, :2] * 2})
 
 
-def test_counts_latency_buckets_statuses_errors_and_batch_sizes_match_the_requests() -> None:
-    collector = TelemetryCollector(stats_budget=0.0)
+class _Agent:
+    """The two observers the agent registers, fed the same requests."""
+
+    def __init__(self, **collector_options: float) -> None:
+        self.metrics = Metrics()
+        self.collector = TelemetryCollector(self.metrics.totals, **collector_options)  # type: ignore[arg-type]
+
+    def serve(self, observation: Observation) -> None:
+        self.metrics.observe(observation)
+        self.collector.observe(observation)
+
+
+def test_a_window_reports_counts_latency_buckets_statuses_and_errors_of_its_requests_only() -> None:
+    agent = _Agent(stats_budget=0.0)
+    agent.serve(_obs(0.003))
+    first = agent.collector.snapshot()["models"]
+    assert [m["requests"] for m in first] == [1]
     rng = np.random.default_rng(0)
     seconds = [*rng.exponential(0.01, 500).tolist(), 0.00025, 0.0005, 7.0]   # bucket edges and overflow
     want = empty_histogram()
     for i, s in enumerate(seconds):
         want[bucket_index(s * 1000.0)] += 1
         error = "bad_input" if i % 10 == 0 else None
-        collector.observe(_obs(s, 400 if error else 200, error, batch=1 + i % 3))
-    collector.observe(_obs(0.001, model="other"))
-    body = collector.snapshot()
+        agent.serve(_obs(s, 400 if error else 200, error, batch=1 + i % 3))
+    agent.serve(_obs(0.001, model="other"))
+    agent.serve(_obs(0.001, version="2.0.0"))   # a swap in the middle of a window
+    body = agent.collector.snapshot()
 
     models = {(m["model"], m["version"]): m for m in body["models"]}
     m = models[("m", "1.0.0")]
-    assert m["requests"] == len(seconds)
+    assert m["requests"] == len(seconds)      # this window's only, not the one before
     assert m["latency_ms"]["buckets"] == want
     assert m["latency_ms"]["sum"] == pytest.approx(sum(seconds) * 1000.0, abs=1e-3)
     errors = sum(1 for i in range(len(seconds)) if i % 10 == 0)
     assert m["statuses"] == {"200": len(seconds) - errors, "400": errors}
     assert m["errors"] == {"bad_input": errors}
-    assert m["batch_sizes"] == {str(b): sum(1 for i in range(len(seconds)) if 1 + i % 3 == b) for b in (1, 2, 3)}
-    assert m["stats"]["samples"] == 0
+    assert m["stats"]["samples"] == 0 and m["batch_sizes"] == {}
     assert models[("other", "1.0.0")]["requests"] == 1
+    assert models[("m", "2.0.0")]["requests"] == 1 and models[("m", "2.0.0")]["statuses"] == {"200": 1}
     # the next window starts empty
-    assert collector.snapshot()["models"] == []
+    assert agent.collector.snapshot()["models"] == []
 
 
-def test_a_budget_of_one_summarises_every_good_request() -> None:
-    collector = TelemetryCollector(stats_budget=1.0)
+def test_requests_served_before_telemetry_started_are_not_in_its_first_window() -> None:
+    metrics = Metrics()
+    for _ in range(5):
+        metrics.observe(_obs(0.001))
+    collector = TelemetryCollector(metrics.totals, stats_budget=0.0)
+    metrics.observe(_obs(0.001))
+    assert [m["requests"] for m in collector.snapshot()["models"]] == [1]
+
+
+def test_a_budget_of_one_summarises_every_good_request_and_their_batch_sizes() -> None:
+    agent = _Agent(stats_budget=1.0)
     for i in range(50):
-        collector.observe(_obs(0.001, 500 if i < 5 else 200, "runtime" if i < 5 else None))
-    stats = collector.snapshot()["models"][0]["stats"]
+        agent.serve(_obs(0.001, 400 if i % 10 == 0 else 200, "bad_input" if i % 10 == 0 else None, batch=1 + i % 2))
+    m = agent.collector.snapshot()["models"][0]
+    stats = m["stats"]
     assert stats["samples"] == 45
-    assert stats["inputs"]["x"]["count"] == 45 * 8
-    assert stats["outputs"]["y"]["count"] == 45 * 2
+    assert stats["inputs"]["x"]["count"] == sum((1 + i % 2) * 8 for i in range(50) if i % 10)
+    assert m["batch_sizes"] == {"1": 20, "2": 25}
+    assert stats["outputs"]["y"]["count"] == sum((1 + i % 2) * 2 for i in range(50) if i % 10)
 
 
-def test_the_sample_follows_the_budget_and_unsampled_requests_leave_their_tensors_behind() -> None:
+def test_the_sample_follows_the_budget_and_unsampled_requests_leave_nothing_behind() -> None:
     budget = 0.01
-    collector = TelemetryCollector(stats_budget=budget)
+    agent = _Agent(stats_budget=budget)
+    collector = agent.collector
     requests, request_s = 4000, 0.0002
     held = 0
     for i in range(requests):
-        collector.observe(_obs(request_s))
+        agent.serve(_obs(request_s))
         if i % 500 == 499:    # the publisher's tick
-            held = max(held, sum(1 for seen in collector._pending if seen[_INPUTS] is not None))
+            held = max(held, len(collector._queue))
             collector.process()
     samples = collector.snapshot()["models"][0]["stats"]["samples"]
     # The first request is always sampled; after that the rate is set from the measured cost of a
     # summary, so the summaries' CPU time stays within the budget of the inference time (plus one).
     assert 1 <= samples < requests / 4
     assert collector._stats_s <= budget * requests * request_s + collector._stats_s / samples
-    assert held < 500 / 4   # the queue between ticks holds the sampled requests' tensors, not all of them
+    assert held < 500 / 4   # between ticks only the sampled requests are kept, not all of them
 
 
-def test_no_budget_keeps_no_tensors() -> None:
-    collector = TelemetryCollector(stats_budget=0.0)
+def test_no_budget_keeps_no_requests() -> None:
+    agent = _Agent(stats_budget=0.0)
     for _ in range(20):
-        collector.observe(_obs(0.001))
-    assert all(seen[_INPUTS] is None and seen[_INPUTS + 1] is None for seen in collector._pending)
-    assert collector.snapshot()["models"][0]["stats"]["samples"] == 0
+        agent.serve(_obs(0.001))
+    assert not agent.collector._queue
+    m = agent.collector.snapshot()["models"][0]
+    assert m["requests"] == 20 and m["stats"]["samples"] == 0
 
 
-def test_a_full_queue_drops_the_oldest_and_says_how_many() -> None:
-    collector = TelemetryCollector(stats_budget=0.0, max_pending=10)
+def test_sampled_requests_past_the_queue_bound_are_dropped_and_counted() -> None:
+    agent = _Agent(stats_budget=1.0, max_samples=10)
     for _ in range(25):
-        collector.observe(_obs(0.001))
-    body = collector.snapshot()
+        agent.serve(_obs(0.001))
+    body = agent.collector.snapshot()
     assert body["observations_dropped"] == 15
-    assert body["models"][0]["requests"] == 10
+    assert body["models"][0]["requests"] == 25 and body["models"][0]["stats"]["samples"] == 10
+    agent.serve(_obs(0.001))   # the next window has room again
+    body = agent.collector.snapshot()
+    assert body["observations_dropped"] == 0 and body["models"][0]["stats"]["samples"] == 1
+
+
+def test_snapshots_from_another_thread_while_the_publisher_summarises_lose_and_double_nothing() -> None:
+    """The component's stop takes the last snapshot on the stopping thread while the publisher thread
+    may be in the middle of a tick: both drain the same queue."""
+    agent = _Agent(stats_budget=1.0)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def publisher_ticks() -> None:
+        while not done.is_set():
+            try:
+                agent.collector.process()
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+                return
+
+    ticker = threading.Thread(target=publisher_ticks)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # hand the GIL over often, so the two really interleave
+    ticker.start()
+    counted = sampled = 0
+    try:
+        for round_ in range(200):
+            for _ in range(20):
+                agent.serve(_obs(0.001))
+            if round_ % 10 == 9:
+                for m in agent.collector.snapshot()["models"]:
+                    counted += m["requests"]
+                    sampled += m["stats"]["samples"]
+    finally:
+        done.set()
+        ticker.join()
+        sys.setswitchinterval(switch_interval)
+    for m in agent.collector.snapshot()["models"]:
+        counted += m["requests"]
+        sampled += m["stats"]["samples"]
+    assert not failures, failures
+    assert counted == sampled == 200 * 20

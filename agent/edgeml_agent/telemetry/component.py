@@ -11,7 +11,7 @@ ca_file = "/etc/edgeml/ca.pem" # CA for mqtts:// (system CAs when absent)
 interval_s = 10                # one telemetry message per interval
 heartbeat_s = 30
 spool_max_messages = 100000    # bound of the on-disk spool; oldest dropped first, counted, reported
-stats_budget = 0.005           # share of inference time the input/output summaries may cost
+stats_budget = 0.002           # share of inference time the input/output summaries may cost
 ```
 """
 
@@ -47,7 +47,7 @@ class TelemetryConfig:
     interval_s: float = 10.0
     heartbeat_s: float = 30.0
     spool_max_messages: int = 100_000
-    stats_budget: float = 0.005
+    stats_budget: float = 0.002
 
 
 def parse_telemetry(s: Section) -> TelemetryConfig:
@@ -67,7 +67,7 @@ def parse_telemetry(s: Section) -> TelemetryConfig:
         interval_s=float(s.number("interval_s", 10.0, minimum=0.01)),
         heartbeat_s=float(s.number("heartbeat_s", 30.0, minimum=0.01)),
         spool_max_messages=s.number("spool_max_messages", 100_000, minimum=10, integer=True),
-        stats_budget=float(s.number("stats_budget", 0.005, minimum=0.0, maximum=1.0)),
+        stats_budget=float(s.number("stats_budget", 0.002, minimum=0.0, maximum=1.0)),
     )
 
 
@@ -117,7 +117,8 @@ class TelemetryComponent:
             log.info("telemetry off (device not enrolled and no [telemetry] broker configured)")
             return
         self._agent = agent
-        self.collector = TelemetryCollector(self._reference_stats, stats_budget=self.config.stats_budget,
+        self.collector = TelemetryCollector(agent.metrics.totals, self._reference_stats,
+                                            stats_budget=self.config.stats_budget,
                                             data_dir=agent.config.data_dir)
         spool = Spool(agent.config.data_dir / "telemetry" / "spool.db", settings.device_id,
                       self.config.spool_max_messages)
