@@ -24,9 +24,9 @@ def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int
 class _Agent:
     """The two observers the agent registers, fed the same requests."""
 
-    def __init__(self, **collector_options: float) -> None:
+    def __init__(self, stats_budget: float, max_samples: int = 1000) -> None:
         self.metrics = Metrics()
-        self.collector = TelemetryCollector(self.metrics.totals, **collector_options)  # type: ignore[arg-type]
+        self.collector = TelemetryCollector(self.metrics.totals, stats_budget=stats_budget, max_samples=max_samples)
 
     def serve(self, observation: Observation) -> None:
         self.metrics.observe(observation)

@@ -82,11 +82,11 @@ class TelemetryCollector:
     def process(self) -> None:
         """Summarise the requests sampled so far (publisher thread, every tick)."""
         with self._folding:
-            self._summarise_queue()
+            self._summarise_queue(self._totals())
 
-    def _summarise_queue(self) -> None:
+    def _summarise_queue(self, totals: Mapping[tuple[str, str], ModelTotals]) -> None:
         inference_s = requests = 0.0
-        for t in self._totals().values():
+        for t in totals.values():
             inference_s += t.seconds
             requests += t.requests
         queue = self._queue
@@ -126,8 +126,8 @@ class TelemetryCollector:
         """The telemetry body for the window since the last snapshot; starts a new window."""
         system = system_metrics(self._data_dir)
         with self._folding:
-            self._summarise_queue()
             totals = self._totals()
+            self._summarise_queue(totals)
             reported, self._reported = self._reported, totals
             sampled, self._sampled = self._sampled, {}
             dropped, self.overflowed = self.overflowed, 0
@@ -135,7 +135,8 @@ class TelemetryCollector:
             started, self._window_start = self._window_start, now
         models = []
         for key in sorted(set(totals) | set(sampled)):
-            entry = _window_entry(key, totals.get(key), reported.get(key), sampled.get(key) or _Sampled())
+            entry = _window_entry(key, totals.get(key, _NOTHING), reported.get(key, _NOTHING),
+                                  sampled.get(key) or _Sampled())
             if entry is not None:
                 entry.update((extra_models or {}).get(key, {}))
                 models.append(entry)
@@ -143,19 +144,19 @@ class TelemetryCollector:
                 "observations_dropped": dropped}
 
 
-def _window_entry(key: tuple[str, str], now: ModelTotals | None, before: ModelTotals | None,
-                  sampled: _Sampled) -> dict[str, Any] | None:
+_NOTHING = ModelTotals({}, {}, empty_histogram(), 0.0)   # a model version not counted (yet)
+
+
+def _window_entry(key: tuple[str, str], now: ModelTotals, before: ModelTotals, sampled: _Sampled) -> dict[str, Any] | None:
     """One model version's part of a telemetry body: the counters' growth since ``before``."""
-    statuses = _growth(now.statuses if now else {}, before.statuses if before else {})
+    statuses = _growth(now.statuses, before.statuses)
     if not statuses and not sampled.samples:
         return None   # nothing served in this window
-    latency = [a - b for a, b in zip(now.latency, before.latency if before else empty_histogram(), strict=True)] \
-        if now else empty_histogram()
     return {
         "model": key[0], "version": key[1], "requests": sum(statuses.values()),
-        "errors": _growth(now.errors if now else {}, before.errors if before else {}), "statuses": statuses,
-        "latency_ms": {"buckets": latency,
-                       "sum": round(((now.seconds if now else 0.0) - (before.seconds if before else 0.0)) * 1000.0, 3)},
+        "errors": _growth(now.errors, before.errors), "statuses": statuses,
+        "latency_ms": {"buckets": [a - b for a, b in zip(now.latency, before.latency, strict=True)],
+                       "sum": round((now.seconds - before.seconds) * 1000.0, 3)},
         "batch_sizes": sampled.batch_sizes,
         "stats": {"samples": sampled.samples,
                   "inputs": {n: s.to_json() for n, s in sampled.inputs.items()},
