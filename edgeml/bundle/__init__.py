@@ -10,7 +10,7 @@ from edgeml.bundle.keys import (
     trust_key,
 )
 from edgeml.bundle.manifest import FORMAT_VERSION, Manifest, TensorSpec, parse_semver
-from edgeml.bundle.pack import pack_bundle, sha256_file
+from edgeml.bundle.pack import pack_bundle
 from edgeml.bundle.verify import (
     BundleHeader,
     VerifiedBundle,
@@ -19,6 +19,7 @@ from edgeml.bundle.verify import (
     unpack_bundle,
     verify_bundle,
 )
+from edgeml.fileio import sha256_file
 
 __all__ = [
     "FORMAT_VERSION",

@@ -7,7 +7,6 @@ other byte. Archives are reproducible (fixed mtimes, owners and order) and writt
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -20,16 +19,9 @@ from typing import Any
 from edgeml.bundle.keys import SigningKey
 from edgeml.bundle.manifest import FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Manifest, canonical_json
 from edgeml.errors import ManifestError
+from edgeml.fileio import sha256_file
 
 _MTIME = 0  # reproducible archives: the manifest's `created` carries the real time
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def signature_document(key: SigningKey, manifest_bytes: bytes) -> bytes:

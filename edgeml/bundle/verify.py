@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeml.bundle.archive import iter_chunks, open_tar_stream, read_member, safe_member_name
 from edgeml.bundle.keys import verify_signature
 from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, check_format
-from edgeml.bundle.pack import sha256_file
 from edgeml.errors import (
     IntegrityError,
     ManifestError,
@@ -36,6 +35,7 @@ from edgeml.errors import (
     TruncatedBundleError,
     UnsafeArchiveError,
 )
+from edgeml.fileio import sha256_file
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_SIGNATURE_BYTES = 64 << 10

@@ -69,7 +69,7 @@ def provider_arguments(model_path: Path, options: BackendOptions,
 
 
 def engine_cache_dir(model_path: Path, cache_root: Path) -> Path:
-    from edgeml.bundle.pack import sha256_file
+    from edgeml.fileio import sha256_file
     from edgeml.runtimes.probe import probe_host
     from edgeml.runtimes.trt_cache import tensorrt_cache_dir
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeml.bundle.pack import sha256_file
 from edgeml.errors import UpdateError
+from edgeml.fileio import sha256_file
 
 
 class TransientDownloadError(UpdateError):

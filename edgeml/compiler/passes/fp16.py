@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from edgeml.bundle import sha256_file
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import MissingExtraError, QuantizationError
+from edgeml.fileio import sha256_file
 
 # Kept in float32 on top of the converter's own block list (ML ops, NMS, RoiAlign, ...): ops that
 # compute indices or random values, where half precision changes the result rather than rounding it.

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.bundle import sha256_file
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+from edgeml.fileio import sha256_file
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_HINT = (
