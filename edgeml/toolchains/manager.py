@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeml.errors import ToolchainError
+from edgeml.fileio import write_atomic
 from edgeml.paths import cache_dir
 from edgeml.toolchains.recipes import RECIPES, Recipe
 
@@ -231,9 +232,7 @@ def install(name: str, *, force: bool = False, python: str | None = None,
             "size_bytes": _dir_size(root),
         }
         # Written last and atomically: its presence is what makes the directory a usable toolchain.
-        tmp = root / (MARKER + ".tmp")
-        tmp.write_text(json.dumps(marker, indent=2))
-        tmp.replace(root / MARKER)
+        write_atomic(root / MARKER, json.dumps(marker, indent=2))
         log(f"installed toolchain '{name}' in {root} ({marker['install_seconds']} s)")
         return Toolchain(name, root, marker)
 

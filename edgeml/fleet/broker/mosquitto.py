@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeml.errors import FleetError
+from edgeml.fileio import write_atomic
 from edgeml.fleet.topics import ROOT, SERVICE_USERNAME
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,6 @@ def mosquitto_conf(password_path: Path | str, acl_path: Path | str, *, port: int
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def write_mosquitto_files(directory: Path, files: MosquittoFiles, *, pid_file: Path | None = None,
                           port: int = 1883, bind: str = "127.0.0.1") -> dict[str, Path]:
     """Write password_file (0600), acl_file and a mosquitto.conf that uses them; SIGHUP the broker if
@@ -95,11 +87,11 @@ def write_mosquitto_files(directory: Path, files: MosquittoFiles, *, pid_file: P
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"password_file": directory / "passwords", "acl_file": directory / "acl",
              "config": directory / "mosquitto.conf"}
-    _write_atomic(paths["password_file"], files.password_file, 0o600)
-    _write_atomic(paths["acl_file"], files.acl_file, 0o644)
+    write_atomic(paths["password_file"], files.password_file, mode=0o600)
+    write_atomic(paths["acl_file"], files.acl_file, mode=0o644)
     if not paths["config"].exists():  # the operator may have edited it (listeners, TLS): keep theirs
-        _write_atomic(paths["config"], mosquitto_conf(paths["password_file"], paths["acl_file"], port=port, bind=bind),
-                      0o644)
+        conf = mosquitto_conf(paths["password_file"], paths["acl_file"], port=port, bind=bind)
+        write_atomic(paths["config"], conf, mode=0o644)
     if pid_file is not None:
         reload_mosquitto(pid_file)
     return paths
