@@ -50,6 +50,9 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.exit(code)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of text.")
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -169,7 +172,7 @@ def _trust_store(trust: tuple[str, ...]) -> Any:
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def inspect(bundle: str, as_json: bool) -> None:
     """Show what a bundle claims about itself (signature not checked: use `edgeml verify`)."""
     from edgeml.bundle import TrustStore, read_header
@@ -200,7 +203,7 @@ def inspect(bundle: str, as_json: bool) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
     """Check a bundle's signature and every file hash. Exit code 3 when it cannot be trusted."""
     from edgeml.bundle import verify_bundle
@@ -227,7 +230,7 @@ def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
 @click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key or directory (default: your trusted keys).")
 @click.option("--seconds", type=float, default=3.0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def bench(bundle: str, trust: tuple[str, ...], seconds: float, threads: int, as_json: bool) -> None:
     """Verify, unpack and benchmark a bundle on this host (with its smoke input)."""
     import numpy as np
@@ -282,7 +285,7 @@ def keys_generate(name: str, force: bool) -> None:
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def keys_list(as_json: bool) -> None:
     from edgeml.bundle import key_id, load_public_key
     from edgeml.paths import keys_dir, trusted_keys_dir
@@ -320,7 +323,7 @@ def targets() -> None:
 
 
 @targets.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def targets_list(as_json: bool) -> None:
     from edgeml.targets import list_targets
 
@@ -335,7 +338,7 @@ def targets_list(as_json: bool) -> None:
 
 @targets.command("show")
 @click.argument("target_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def targets_show(target_id: str, as_json: bool) -> None:
     from edgeml.targets import get_target
 

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from edgeml.bundle import SigningKey
 from edgeml.fleet.cli import main as fleet_cli
-from tests.fleet.server_process import ServerProcess, fleet_server
+from tests.fleet.server_process import fleet_server
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
 
@@ -46,8 +47,9 @@ def one_line_with(text: str, values: list[str]) -> str:
 
 
 @pytest.fixture
-def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ServerProcess, str]]:
-    """A fleet server process with a trusted key, a bundle, a device in a group, a second token and a rollout."""
+def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fleet server process with a trusted key, a bundle, a device in a group, a second token and a rollout;
+    the CLI pointed at it. Yields the device's id."""
     monkeypatch.setenv("COLUMNS", "80")
     data = tmp_path / "fleet"
     admin = fleet("admin", "init", "--data-dir", str(data)).strip()
@@ -61,13 +63,11 @@ def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Se
         fleet("bundles", "push", str(bundle))
         fleet("tokens", "create", "grafana-dashboard-reader", "--role", "viewer")
         enrol = json.loads(fleet("enroll-token", "create", "--group", "lobby-east", "--tag", "cam", "--json"))
-        import httpx
-
         device = httpx.post(f"{server.url}/v1/enroll", headers={"Authorization": f"Bearer {enrol['token']}"},
                             json={"name": "lobby-east-cam-01"}, timeout=30)
         assert device.status_code == 201, device.text
         fleet("rollout", "create", f"{LONG_NAME}@2.1.0", "--select", "group=lobby-east", "--waves", "50,100")
-        yield server, device.json()["device_id"]
+        yield device.json()["device_id"]
 
 
 # (command, the keys of each JSON record whose values its table line must hold, in column order)
@@ -89,8 +89,8 @@ def text_of(value: Any) -> str:
 
 
 @pytest.mark.slow
-def test_tables_keep_each_record_on_one_line_and_match_the_json(seeded: tuple[ServerProcess, str]) -> None:
-    server, device_id = seeded
+def test_tables_keep_each_record_on_one_line_and_match_the_json(seeded: str) -> None:
+    device_id = seeded
     for command, keys in LISTS:
         records = json.loads(fleet(*command, "--json"))
         assert records, f"{command}: nothing to show"
