@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from edgeml.errors import AuthError, ConfigError, FleetError
+from edgeml.fileio import write_atomic
 from edgeml.paths import edgeml_home
 
 
@@ -27,13 +28,7 @@ class ClientConfig:
     def save(self, path: Path | None = None) -> Path:
         path = path or config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "token": self.token}, f)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, json.dumps({"url": self.url, "token": self.token}), mode=0o600)
 
     @classmethod
     def load(cls, path: Path | None = None) -> ClientConfig:
