@@ -202,7 +202,8 @@ def inspect(bundle: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
+@click.option("--trust", multiple=True, type=click.Path(),
+              help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
 @json_option
 def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
     """Check a bundle's signature and every file hash. Exit code 3 when it cannot be trusted."""
@@ -227,7 +228,8 @@ def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key or directory (default: your trusted keys).")
+@click.option("--trust", multiple=True, type=click.Path(),
+              help="Trusted public key or directory (default: your trusted keys).")
 @click.option("--seconds", type=float, default=3.0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @json_option
@@ -281,7 +283,8 @@ def keys_generate(name: str, force: bool) -> None:
     from edgeml.paths import keys_dir
 
     key = generate_key(name, overwrite=force)
-    click.echo(f"generated key '{name}' (id {key.key_id}): {keys_dir() / (name + '.key')}, public {keys_dir() / (name + '.pub')}")
+    click.echo(f"generated key '{name}' (id {key.key_id}): {keys_dir() / (name + '.key')}, "
+               f"public {keys_dir() / (name + '.pub')}")
 
 
 @keys.command("list")

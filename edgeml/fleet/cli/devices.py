@@ -23,9 +23,11 @@ def devices() -> None:
 @click.option("--online/--offline", default=None)
 @click.option("--include-revoked", is_flag=True)
 @json_option
-def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool, as_json: bool) -> None:
+def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool,
+                 as_json: bool) -> None:
     with client() as fleet:
-        rows = fleet.get("/v1/devices", group=group, tag=tag, online=online, include_revoked=include_revoked or None)
+        rows = fleet.get("/v1/devices", group=group, tag=tag, online=online,
+                         include_revoked=include_revoked or None)
     table(rows, DEVICE_COLUMNS, "devices", as_json)
 
 
@@ -43,7 +45,8 @@ def devices_show(device_id: str, as_json: bool) -> None:
 @click.option("--remove", "remove", multiple=True, help="tag to remove (repeatable)")
 @click.option("--group", default=None, help="move to this group ('' removes it from its group)")
 @json_option
-def devices_tag(device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None, as_json: bool) -> None:
+def devices_tag(device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None,
+                as_json: bool) -> None:
     body: dict[str, Any] = {"add_tags": list(add), "remove_tags": list(remove)}
     if group is not None:
         body["group"] = group
