@@ -64,7 +64,8 @@ def plain(table: Table) -> str:
     widths = table.widths()
 
     def line(values: Sequence[str]) -> str:
-        return GAP.join(" ".join(v.splitlines()).ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+        cells = (" ".join(v.splitlines()).ljust(w) for v, w in zip(values, widths, strict=True))
+        return GAP.join(cells).rstrip()
 
     lines = [table.title] if table.title else []
     lines += [line(table.headers), line(["-" * w for w in widths]), *(line(row) for row in table.rows)]

@@ -208,14 +208,15 @@ def _line_with(text: str, *values: str) -> str:
 
 def test_build_report_piped_to_a_log_keeps_each_candidate_on_one_line(monkeypatch: pytest.MonkeyPatch,
                                                                       tmp_path: Path) -> None:
-    # given a build with three candidates, one rejected with a long reason, reported into a pipe 80 columns wide
+    # given a build with three candidates, one rejected with a long reason, reported into an 80-column pipe
     reason = "agreement 0.9132 is below 0.97 on output 'logits' (128 samples); retry with --fallback"
     candidates = [
-        Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.25, "p99_ms": 2.5}, speedup=1.0,
-                  size_bytes=4_200_000, fidelity={"agreement": 1.0, "cosine": 1.0}),
-        Candidate("onnxruntime", "int8", status="failed", reason=reason, benchmark={"p50_ms": 0.61, "p99_ms": 0.9},
-                  speedup=2.05, fidelity={"agreement": 0.9132, "cosine": 0.97001}),
-        Candidate("openvino", "fp16", status="passed", benchmark={"p50_ms": 0.98, "p99_ms": 1.7}, speedup=1.28),
+        Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.25, "p99_ms": 2.5},
+                  speedup=1.0, size_bytes=4_200_000, fidelity={"agreement": 1.0, "cosine": 1.0}),
+        Candidate("onnxruntime", "int8", status="failed", reason=reason, speedup=2.05,
+                  benchmark={"p50_ms": 0.61, "p99_ms": 0.9}, fidelity={"agreement": 0.9132, "cosine": 0.97001}),
+        Candidate("openvino", "fp16", status="passed", benchmark={"p50_ms": 0.98, "p99_ms": 1.7},
+                  speedup=1.28),
     ]
     report = BuildReport(model="models/resnet50-v1.5-imagenet.onnx", target="x86-cpu", precision="auto",
                          candidates=candidates, chosen=candidates[2], why="openvino/fp16 is the fastest",
@@ -225,7 +226,7 @@ def test_build_report_piped_to_a_log_keeps_each_candidate_on_one_line(monkeypatc
     # when the report is printed as a table and as JSON
     text = _run("build", "m.onnx", "-t", "x86-cpu").stdout
     data = json.loads(_run("build", "m.onnx", "-t", "x86-cpu", "--json").stdout)
-    # then every candidate of the JSON is one table line with its label, status, p50, speed-up and whole reason
+    # then every candidate of the JSON is one table line: label, status, p50, speed-up and the whole reason
     assert len(data["candidates"]) == 3
     for cand in data["candidates"]:
         _line_with(text, f"{cand['runtime']}/{cand['precision']}", cand["status"],
@@ -274,6 +275,6 @@ def test_every_program_prints_the_same_version() -> None:
     from edgeml_agent.cli import main as agent_main
 
     expected = version("edgeml")
-    outputs = {name: CliRunner().invoke(group, ["--version"]).output.strip()
-               for name, group in (("edgeml", cli.main), ("edgeml-agent", agent_main), ("edgeml-fleet", fleet_main))}
+    programs = {"edgeml": cli.main, "edgeml-agent": agent_main, "edgeml-fleet": fleet_main}
+    outputs = {name: CliRunner().invoke(group, ["--version"]).output.strip() for name, group in programs.items()}
     assert outputs == {name: f"{name}, version {expected}" for name in outputs}

@@ -1,4 +1,4 @@
-"""The table helper all three programs print with: rich on a terminal that fits the table, plain rows elsewhere."""
+"""The table helper of all three programs: rich on a terminal that fits the table, plain rows elsewhere."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from edgeml.cli_tables import Table, cell, plain, print_table, rich_width
 
 LONG = "onnxruntime/fp32 with a note far too long for any eighty-column terminal to hold in one narrow cell"
 TABLE = Table("build m.onnx for x86-cpu", ("candidate", "status", "note"),
-              [["* onnxruntime/fp32", "passed", LONG], ["  onnxruntime/int8", "failed (fidelity)", "agreement 0.91"]])
+              [["* onnxruntime/fp32", "passed", LONG],
+               ["  onnxruntime/int8", "failed (fidelity)", "agreement 0.91"]])
 
 
 class Terminal(io.StringIO):

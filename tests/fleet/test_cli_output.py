@@ -55,7 +55,8 @@ def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     admin = fleet("admin", "init", "--data-dir", str(data)).strip()
     key = SigningKey.generate()
     (tmp_path / "ci.pub").write_bytes(key.public_pem())
-    bundle = make_bundle(tmp_path / "b.edgepkg", key, tiny_mlp(tmp_path / "m.onnx"), name=LONG_NAME, version="2.1.0")
+    bundle = make_bundle(tmp_path / "b.edgepkg", key, tiny_mlp(tmp_path / "m.onnx"), name=LONG_NAME,
+                         version="2.1.0")
     with fleet_server(data) as server:
         monkeypatch.setenv("EDGEML_FLEET_URL", server.url)
         monkeypatch.setenv("EDGEML_FLEET_TOKEN", admin)
@@ -114,8 +115,8 @@ def test_tables_keep_each_record_on_one_line_and_match_the_json(seeded: str) -> 
     assert f"telemetry of {device_id} (newest first)" in fleet("telemetry", device_id)
 
     # a real pipe (`edgeml-fleet bundles list > file`) reads the same as the captured output
-    out = subprocess.run([sys.executable, "-m", "edgeml.fleet.cli", "bundles", "list"], capture_output=True, text=True,
-                         timeout=60, env=dict(os.environ))
+    out = subprocess.run([sys.executable, "-m", "edgeml.fleet.cli", "bundles", "list"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     (bundle,) = json.loads(fleet("bundles", "list", "--json"))
     one_line_with(out.stdout, [bundle["name"], bundle["version"], bundle["id"]])

@@ -40,9 +40,9 @@ def main() -> None:
     """edgeml fleet server: devices, bundles, tokens, audit."""
 
 
-for _command in (server.serve, server.admin, server.login, server.broker_config, tokens.tokens, tokens.enroll_token,
-                 keys.keys, bundles.bundles, devices.devices, observe.audit, observe.telemetry, observe.health,
-                 rollouts.rollout):
+for _command in (server.serve, server.admin, server.login, server.broker_config,
+                 tokens.tokens, tokens.enroll_token, keys.keys, bundles.bundles, devices.devices,
+                 observe.audit, observe.telemetry, observe.health, rollouts.rollout):
     main.add_command(_command)
 
 __all__ = ["FleetGroup", "main"]

@@ -1,4 +1,4 @@
-"""``edgeml-fleet audit``, ``telemetry`` and ``health``: what changed, and how devices and models are doing."""
+"""``edgeml-fleet audit``, ``telemetry`` and ``health``: what changed, how devices and models are doing."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import click
 
 from edgeml.fleet.cli.output import client, echo_json, json_option, table
 
-AUDIT_COLUMNS = [("at", "when"), ("actor", "who"), ("action", "action"), ("target", "target"), ("source", "from"),
-                 ("details", "details")]
+AUDIT_COLUMNS = [("at", "when"), ("actor", "who"), ("action", "action"), ("target", "target"),
+                 ("source", "from"), ("details", "details")]
 WINDOW_COLUMNS = [("ts", "time"), ("model", "model"), ("version", "version"), ("requests", "requests"),
                   ("errors", "errors"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("runtime", "runtime"),
                   ("device", "device"), ("fallback", "fallback")]
-HEALTH_COLUMNS = [("model", "model"), ("version", "version"), ("devices", "devices"), ("requests_per_s", "req/s"),
-                  ("error_rate", "error rate"), ("p95_ms", "p95 ms"), ("drift", "drift (PSI)")]
+HEALTH_COLUMNS = [("model", "model"), ("version", "version"), ("devices", "devices"),
+                  ("requests_per_s", "req/s"), ("error_rate", "error rate"), ("p95_ms", "p95 ms"),
+                  ("drift", "drift (PSI)")]
+DRIFT_COLUMNS = [("model", "model"), ("version", "version"), ("score", "drift (PSI)")]
 
 
 @click.command()
@@ -44,9 +46,9 @@ def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
         echo_json(doc)
         return
     table(doc["windows"][:30], WINDOW_COLUMNS, f"telemetry of {device_id} (newest first)", False)
-    table(doc["drift"], [("model", "model"), ("version", "version"), ("score", "drift (PSI)")], "drift", False)
-    events = [{"ts": e["ts"], "kind": e["kind"], "detail": {k: v for k, v in e["body"].items() if k != "event"}}
-              for e in doc["events"][:20]]
+    table(doc["drift"], DRIFT_COLUMNS, "drift", False)
+    events = [{"ts": e["ts"], "kind": e["kind"],
+               "detail": {k: v for k, v in e["body"].items() if k != "event"}} for e in doc["events"][:20]]
     table(events, [("ts", "time"), ("kind", "event"), ("detail", "detail")], "events", False)
 
 

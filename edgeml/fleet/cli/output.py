@@ -44,4 +44,5 @@ def show(doc: Mapping[str, Any], as_json: bool) -> None:
         return
     width = max(len(k) for k in doc) if doc else 0
     for key, value in doc.items():
-        click.echo(f"{key:<{width}}  {json.dumps(value, indent=2) if isinstance(value, dict) else cell(value)}")
+        text = json.dumps(value, indent=2) if isinstance(value, dict) else cell(value)
+        click.echo(f"{key:<{width}}  {text}")
