@@ -23,6 +23,23 @@ def _run(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 
 
+def _in_order(line: str, values: tuple[str, ...]) -> bool:
+    pos = 0
+    for value in values:
+        pos = line.find(value, pos)
+        if pos < 0:
+            return False
+        pos += len(value)
+    return True
+
+
+def _line_with(text: str, *values: str) -> str:
+    """The one output line holding every value, in order (fails when a value is split across lines)."""
+    found = [line for line in text.splitlines() if _in_order(line, values)]
+    assert len(found) == 1, f"expected one line with {values}, got {found} in:\n{text}"
+    return found[0]
+
+
 @pytest.fixture
 def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
@@ -131,6 +148,18 @@ def test_inspect_shows_the_manifest_and_whether_the_key_is_trusted(bundle, tmp_p
     assert "trusted here" in text and "NOT" not in text and "tensors" in text
 
 
+def test_inspect_tables_piped_match_the_manifest(bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = bundle
+    monkeypatch.setenv("COLUMNS", "40")
+    manifest = json.loads(_run("inspect", str(path), "--json").stdout)["manifest"]
+    text = _run("inspect", str(path)).stdout
+    for kind in ("inputs", "outputs"):
+        for spec in manifest[kind]:
+            _line_with(text, kind[:-1], spec["name"], spec["dtype"], str(spec["shape"]))
+    for f in manifest["files"]:
+        _line_with(text, f["path"], str(f["size"]), f["sha256"][:16])
+
+
 def test_bench_runs_the_bundle_with_its_smoke_input(bundle, tmp_path: Path) -> None:
     path, key = bundle
     (tmp_path / "k.pub").write_bytes(key.public_pem())
@@ -187,23 +216,6 @@ def test_build_then_verify_then_inspect_for_real(tmp_path: Path) -> None:
     assert _run("verify", str(out)).exit_code == 0
     manifest = json.loads(_run("inspect", str(out), "--json").output)["manifest"]
     assert manifest["target"]["id"] == "jetson-orin" and manifest["inputs"][0]["shape"] == [1, 3, 16, 16]
-
-
-def _in_order(line: str, values: tuple[str, ...]) -> bool:
-    pos = 0
-    for value in values:
-        pos = line.find(value, pos)
-        if pos < 0:
-            return False
-        pos += len(value)
-    return True
-
-
-def _line_with(text: str, *values: str) -> str:
-    """The one output line holding every value, in order (fails when a value is split across lines)."""
-    found = [line for line in text.splitlines() if _in_order(line, values)]
-    assert len(found) == 1, f"expected one line with {values}, got {found} in:\n{text}"
-    return found[0]
 
 
 def test_build_report_piped_to_a_log_keeps_each_candidate_on_one_line(monkeypatch: pytest.MonkeyPatch,
