@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
+from edgeml.cli_tables import Table, print_table
 from edgeml.cli_toolchain import toolchain
 from edgeml.errors import BundleError, ConfigError, EdgeMLError, KeyStoreError
 
@@ -49,10 +50,7 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.exit(code)
 
 
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, soft_wrap=True)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of text.")
 
 
 def _print_json(data: Any) -> None:
@@ -60,7 +58,7 @@ def _print_json(data: Any) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edgeml")
+@click.version_option(package_name="edgeml", prog_name="edgeml")
 def main() -> None:
     """edgeml: build signed model bundles for edge devices, and check them."""
 
@@ -159,22 +157,9 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
 
 
 def _render_report(report: Any) -> None:
-    from rich.table import Table
+    from edgeml.compiler.report import print_report
 
-    console = _console()
-    table = Table(title=f"build {Path(report.model).name} for {report.target} (precision {report.precision})")
-    for col in report.TABLE_HEADER:
-        table.add_column(col, overflow="fold")
-    if report.baseline:
-        b = report.baseline
-        table.add_row("  baseline (ort fp32)", "-", f"{b['p50_ms']:.3f}", f"{b['p99_ms']:.3f}", "1.00x",
-                      "-", "-", "-", "-", "source model, plain onnxruntime")
-    for row in report.table_rows():
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"chosen: {report.chosen.label if report.chosen else '-'} — {report.why}")
-    for note in report.notes:
-        console.print(f"note: {note}")
+    print_report(report)
 
 
 # -- inspect / verify / bench -----------------------------------------------------------------------
@@ -187,7 +172,7 @@ def _trust_store(trust: tuple[str, ...]) -> Any:
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def inspect(bundle: str, as_json: bool) -> None:
     """Show what a bundle claims about itself (signature not checked: use `edgeml verify`)."""
     from edgeml.bundle import TrustStore, read_header
@@ -198,39 +183,28 @@ def inspect(bundle: str, as_json: bool) -> None:
     if as_json:
         _print_json({"manifest": m.raw, "key_id": header.key_id, "key_trusted_here": trusted})
         return
-    from rich.table import Table
-
-    console = _console()
-    console.print(f"[bold]{m.name}[/bold] {m.version}  target={m.target_id}  runtime={m.runtime} "
-                  f"({', '.join(m.runtime_preferences) or '-'})  precision={m.precision}")
-    console.print(f"signed by key {header.key_id} ({'trusted here' if trusted else 'NOT trusted here'}); "
-                  f"created {m.raw.get('created')}")
-    io = Table(title="tensors")
-    for col in ("", "name", "dtype", "shape"):
-        io.add_column(col)
-    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
-        for s in specs:
-            io.add_row(kind, s.name, s.dtype, str(list(s.shape)))
-    console.print(io)
-    files = Table(title="files")
-    for col in ("path", "bytes", "sha256"):
-        files.add_column(col)
-    for f in m.files:
-        files.add_row(f.path, str(f.size), f.sha256[:16])
-    console.print(files)
+    click.echo(f"{m.name} {m.version}  target={m.target_id}  runtime={m.runtime} "
+               f"({', '.join(m.runtime_preferences) or '-'})  precision={m.precision}")
+    click.echo(f"signed by key {header.key_id} ({'trusted here' if trusted else 'NOT trusted here'}); "
+               f"created {m.raw.get('created')}")
+    print_table(Table("tensors", ("", "name", "dtype", "shape"),
+                      [[kind, s.name, s.dtype, str(list(s.shape))]
+                       for kind, specs in (("input", m.inputs), ("output", m.outputs)) for s in specs]))
+    print_table(Table("files", ("path", "bytes", "sha256"), [[f.path, str(f.size), f.sha256[:16]] for f in m.files]))
     fid, bench = m.raw.get("fidelity") or {}, m.raw.get("benchmark") or {}
     if fid:
-        console.print(f"fidelity: agreement={fid.get('agreement')} cosine={fid.get('cosine')} "
-                      f"accuracy={fid.get('accuracy')} passed={fid.get('passed')} ({fid.get('samples')} samples)")
+        click.echo(f"fidelity: agreement={fid.get('agreement')} cosine={fid.get('cosine')} "
+                   f"accuracy={fid.get('accuracy')} passed={fid.get('passed')} ({fid.get('samples')} samples)")
     if bench:
-        console.print(f"benchmark: p50={bench.get('p50_ms')} ms p99={bench.get('p99_ms')} ms "
-                      f"peak RSS +{bench.get('peak_rss_mb')} MB on {bench.get('host', {}).get('cpu', '?')}")
+        click.echo(f"benchmark: p50={bench.get('p50_ms')} ms p99={bench.get('p99_ms')} ms "
+                   f"peak RSS +{bench.get('peak_rss_mb')} MB on {bench.get('host', {}).get('cpu', '?')}")
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--trust", multiple=True, type=click.Path(),
+              help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
+@json_option
 def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
     """Check a bundle's signature and every file hash. Exit code 3 when it cannot be trusted."""
     from edgeml.bundle import verify_bundle
@@ -254,10 +228,11 @@ def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(), help="Trusted public key or directory (default: your trusted keys).")
+@click.option("--trust", multiple=True, type=click.Path(),
+              help="Trusted public key or directory (default: your trusted keys).")
 @click.option("--seconds", type=float, default=3.0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def bench(bundle: str, trust: tuple[str, ...], seconds: float, threads: int, as_json: bool) -> None:
     """Verify, unpack and benchmark a bundle on this host (with its smoke input)."""
     import numpy as np
@@ -285,14 +260,10 @@ def bench(bundle: str, trust: tuple[str, ...], seconds: float, threads: int, as_
     if as_json:
         _print_json(result)
         return
-    from rich.table import Table
-
-    table = Table(title=f"{m.name} {m.version} ({m.runtime}/{m.precision}) on {result['device']}")
-    for col in ("p50 ms", "p90 ms", "p99 ms", "throughput/s", "iterations", "peak RSS +MB", "bytes"):
-        table.add_column(col)
-    table.add_row(*(str(result[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips", "iterations",
-                                             "peak_rss_mb", "size_bytes")))
-    _console().print(table)
+    columns = ("p50_ms", "p90_ms", "p99_ms", "throughput_ips", "iterations", "peak_rss_mb", "size_bytes")
+    print_table(Table(f"{m.name} {m.version} ({m.runtime}/{m.precision}) on {result['device']}",
+                      ("p50 ms", "p90 ms", "p99 ms", "throughput/s", "iterations", "peak RSS +MB", "bytes"),
+                      [[str(result[k]) for k in columns]]))
     for note in notes:
         click.echo(f"note: {note}")
 
@@ -312,11 +283,12 @@ def keys_generate(name: str, force: bool) -> None:
     from edgeml.paths import keys_dir
 
     key = generate_key(name, overwrite=force)
-    click.echo(f"generated key '{name}' (id {key.key_id}): {keys_dir() / (name + '.key')}, public {keys_dir() / (name + '.pub')}")
+    click.echo(f"generated key '{name}' (id {key.key_id}): {keys_dir() / (name + '.key')}, "
+               f"public {keys_dir() / (name + '.pub')}")
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def keys_list(as_json: bool) -> None:
     from edgeml.bundle import key_id, load_public_key
     from edgeml.paths import keys_dir, trusted_keys_dir
@@ -331,8 +303,9 @@ def keys_list(as_json: bool) -> None:
         return
     if not rows:
         click.echo("no keys; create one with: edgeml keys generate")
-    for r in rows:
-        click.echo(f"{r['kind']:8} {r['name']:20} {r['key_id']}  {r['path']}")
+        return
+    print_table(Table.from_records("keys", rows, [("kind", "kind"), ("name", "name"), ("key_id", "key id"),
+                                                  ("path", "path")]))
 
 
 @keys.command("trust")
@@ -353,7 +326,7 @@ def targets() -> None:
 
 
 @targets.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def targets_list(as_json: bool) -> None:
     from edgeml.targets import list_targets
 
@@ -361,20 +334,14 @@ def targets_list(as_json: bool) -> None:
     if as_json:
         _print_json([{**p.to_json(), "description": p.description, "source": p.source} for p in profiles])
         return
-    from rich.table import Table
-
-    table = Table(title="targets")
-    for col in ("id", "runtimes", "precisions", "static shapes", "max opset", "description"):
-        table.add_column(col)
-    for p in profiles:
-        table.add_row(p.id, ", ".join(p.runtimes), ", ".join(p.precisions), "yes" if p.static_shapes else "no",
-                      str(p.max_opset), p.description)
-    _console().print(table)
+    print_table(Table("targets", ("id", "runtimes", "precisions", "static shapes", "max opset", "description"),
+                      [[p.id, ", ".join(p.runtimes), ", ".join(p.precisions), "yes" if p.static_shapes else "no",
+                        str(p.max_opset), p.description] for p in profiles]))
 
 
 @targets.command("show")
 @click.argument("target_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def targets_show(target_id: str, as_json: bool) -> None:
     from edgeml.targets import get_target
 

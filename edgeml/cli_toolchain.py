@@ -43,7 +43,7 @@ def toolchain_install(name: str, force: bool, quiet: bool) -> None:
 
 
 @toolchain.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of text.")
 def toolchain_list(as_json: bool) -> None:
     """Installed toolchains with their size, versions and whether they match the current recipe."""
     rows: list[dict[str, Any]] = [

@@ -23,6 +23,23 @@ def _run(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 
 
+def _in_order(line: str, values: tuple[str, ...]) -> bool:
+    pos = 0
+    for value in values:
+        pos = line.find(value, pos)
+        if pos < 0:
+            return False
+        pos += len(value)
+    return True
+
+
+def _line_with(text: str, *values: str) -> str:
+    """The one output line holding every value, in order (fails when a value is split across lines)."""
+    found = [line for line in text.splitlines() if _in_order(line, values)]
+    assert len(found) == 1, f"expected one line with {values}, got {found} in:\n{text}"
+    return found[0]
+
+
 @pytest.fixture
 def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
@@ -131,6 +148,18 @@ def test_inspect_shows_the_manifest_and_whether_the_key_is_trusted(bundle, tmp_p
     assert "trusted here" in text and "NOT" not in text and "tensors" in text
 
 
+def test_inspect_tables_piped_match_the_manifest(bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = bundle
+    monkeypatch.setenv("COLUMNS", "40")
+    manifest = json.loads(_run("inspect", str(path), "--json").stdout)["manifest"]
+    text = _run("inspect", str(path)).stdout
+    for kind in ("inputs", "outputs"):
+        for spec in manifest[kind]:
+            _line_with(text, kind[:-1], spec["name"], spec["dtype"], str(spec["shape"]))
+    for f in manifest["files"]:
+        _line_with(text, f["path"], str(f["size"]), f["sha256"][:16])
+
+
 def test_bench_runs_the_bundle_with_its_smoke_input(bundle, tmp_path: Path) -> None:
     path, key = bundle
     (tmp_path / "k.pub").write_bytes(key.public_pem())
@@ -187,3 +216,77 @@ def test_build_then_verify_then_inspect_for_real(tmp_path: Path) -> None:
     assert _run("verify", str(out)).exit_code == 0
     manifest = json.loads(_run("inspect", str(out), "--json").output)["manifest"]
     assert manifest["target"]["id"] == "jetson-orin" and manifest["inputs"][0]["shape"] == [1, 3, 16, 16]
+
+
+def test_build_report_piped_to_a_log_keeps_each_candidate_on_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    # given a build with three candidates, one rejected with a long reason, reported into an 80-column pipe
+    reason = "agreement 0.9132 is below 0.97 on output 'logits' (128 samples); retry with --fallback"
+    candidates = [
+        Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.25, "p99_ms": 2.5},
+                  speedup=1.0, size_bytes=4_200_000, fidelity={"agreement": 1.0, "cosine": 1.0}),
+        Candidate("onnxruntime", "int8", status="failed", reason=reason, speedup=2.05,
+                  benchmark={"p50_ms": 0.61, "p99_ms": 0.9}, fidelity={"agreement": 0.9132, "cosine": 0.97001}),
+        Candidate("openvino", "fp16", status="passed", benchmark={"p50_ms": 0.98, "p99_ms": 1.7},
+                  speedup=1.28),
+    ]
+    report = BuildReport(model="models/resnet50-v1.5-imagenet.onnx", target="x86-cpu", precision="auto",
+                         candidates=candidates, chosen=candidates[2], why="openvino/fp16 is the fastest",
+                         baseline={"p50_ms": 1.25, "p99_ms": 2.5})
+    monkeypatch.setattr(api, "compile", lambda *a, **k: api.BuildResult(tmp_path / "out.edgepkg", report))
+    monkeypatch.setenv("COLUMNS", "80")
+    # when the report is printed as a table and as JSON
+    text = _run("build", "m.onnx", "-t", "x86-cpu").stdout
+    data = json.loads(_run("build", "m.onnx", "-t", "x86-cpu", "--json").stdout)
+    # then every candidate of the JSON is one table line: label, status, p50, speed-up and the whole reason
+    assert len(data["candidates"]) == 3
+    for cand in data["candidates"]:
+        _line_with(text, f"{cand['runtime']}/{cand['precision']}", cand["status"],
+                   f"{cand['benchmark']['p50_ms']:.3f}", f"{cand['speedup_vs_baseline']:.2f}x", cand["reason"])
+    assert _line_with(text, "* openvino/fp16", "passed").startswith("* ")  # the chosen one is marked
+    _line_with(text, "baseline (ort fp32)", "1.250", "source model, plain onnxruntime")
+    assert f"chosen: {data['chosen']}" in text
+
+
+def test_targets_list_piped_is_one_line_per_target_and_matches_its_json(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # a real pipe, as in `edgeml targets list > file` or a CI log
+    env = {**os.environ, "COLUMNS": "80", "EDGEML_HOME": str(tmp_path)}
+    env.pop("EDGEML_TARGETS_PATH", None)
+
+    def edgeml(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "edgeml.cli", "targets", "list", *args], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    text, targets = edgeml(), json.loads(edgeml("--json"))
+    assert len(targets) >= 4
+    for t in targets:
+        line = _line_with(text, t["id"], ", ".join(t["runtimes"]), t["description"])
+        assert line.startswith(t["id"] + " ")
+    assert len(text.splitlines()) == 3 + len(targets)  # title, header, rule, one line per target
+
+
+def test_keys_list_table_matches_its_json(tmp_path: Path) -> None:
+    _run("keys", "generate", "--name", "release-signing-key-for-the-camera-fleet")
+    rows = json.loads(_run("keys", "list", "--json").stdout)
+    text = _run("keys", "list").stdout
+    assert rows
+    for row in rows:
+        _line_with(text, row["kind"], row["name"], row["key_id"], row["path"])
+
+
+def test_every_program_prints_the_same_version() -> None:
+    from importlib.metadata import version
+
+    from edgeml.fleet.cli import main as fleet_main
+    from edgeml_agent.cli import main as agent_main
+
+    expected = version("edgeml")
+    programs = {"edgeml": cli.main, "edgeml-agent": agent_main, "edgeml-fleet": fleet_main}
+    outputs = {name: CliRunner().invoke(group, ["--version"]).output.strip() for name, group in programs.items()}
+    assert outputs == {name: f"{name}, version {expected}" for name in outputs}

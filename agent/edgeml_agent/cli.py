@@ -22,6 +22,7 @@ def _fail(exc: EdgeMLError) -> NoReturn:
 
 
 @click.group()
+@click.version_option(package_name="edgeml", prog_name="edgeml-agent")
 def main() -> None:
     """edgeml device agent: serves signed model bundles behind a local HTTP API."""
 

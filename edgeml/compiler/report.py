@@ -7,8 +7,12 @@ A quantized candidate slower than float on this host gets a note saying so.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
+
+from edgeml.cli_tables import Table, print_table
 
 
 @dataclass
@@ -77,6 +81,25 @@ class BuildReport:
 
     TABLE_HEADER = ("candidate", "status", "p50 ms", "p99 ms", "vs fp32", "MB", "agreement", "cosine",
                     "accuracy", "note")
+
+    def table(self) -> Table:
+        """Every candidate, after the FP32 baseline they are compared with."""
+        rows = self.table_rows()
+        if self.baseline:
+            b = self.baseline
+            rows.insert(0, ["  baseline (ort fp32)", "-", f"{b['p50_ms']:.3f}", f"{b['p99_ms']:.3f}", "1.00x",
+                            "-", "-", "-", "-", "source model, plain onnxruntime"])
+        return Table(f"build {Path(self.model).name} for {self.target} (precision {self.precision})",
+                     self.TABLE_HEADER, rows)
+
+
+def print_report(report: BuildReport, stream: IO[str] | None = None) -> None:
+    """The candidates' table, then the choice and its reason, then the notes."""
+    out = stream if stream is not None else sys.stdout
+    print_table(report.table(), out)
+    out.write(f"chosen: {report.chosen.label if report.chosen else '-'} — {report.why}\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -15,5 +15,5 @@ Pieces (each replaceable on its own; later areas plug in the same way):
                  server's own MQTT account; ``mosquitto`` writes password/ACL files for a real Mosquitto.
 - ``topics``     topic layout and who may publish/subscribe what (shared by both brokers).
 - ``server``     ``FleetServer(ServerConfig)`` wires it all; ``serve(config)`` adds uvicorn.
-- ``cli``/``client``  ``edgeml-fleet`` over HTTP with a 0600 config file.
+- ``cli/``     ``edgeml-fleet``, one module per command group; ``client`` talks HTTP with a 0600 config file.
 """

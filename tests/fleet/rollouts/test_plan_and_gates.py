@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from edgeml.errors import ConfigError
-from edgeml.fleet.cli_rollouts import parse_duration
+from edgeml.fleet.cli.rollouts import parse_duration
 from edgeml.fleet.rollouts import Gates, Selector, assign_waves, judge, parse_waves, wave_sizes
 
 

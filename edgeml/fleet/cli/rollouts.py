@@ -1,11 +1,7 @@
-"""``edgeml-fleet rollout create|status|list|pause|resume|abort`` (registered on the main group in cli.py).
-
-The shared helpers of cli.py are imported inside the commands: cli.py imports this module at its end.
-"""
+"""``edgeml-fleet rollout create|status|list|pause|resume|abort``: staged rollouts gated on telemetry."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -13,22 +9,9 @@ from typing import Any
 import click
 
 from edgeml.errors import ConfigError
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 from edgeml.fleet.rollouts.plan import Selector, parse_waves
 
-
-def _client():  # type: ignore[no-untyped-def]
-    from edgeml.fleet.cli import _client as client
-
-    return client()
-
-
-def _table(*args: Any, **kwargs: Any) -> None:
-    from edgeml.fleet.cli import _table as table
-
-    table(*args, **kwargs)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -88,10 +71,10 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
             "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
             "max_drift": max_drift, "min_requests": min_requests, "observe_s": observe, "wave_timeout_s": wave_timeout,
             "on_failure": on_failure, "probation_s": probation}
-    with _client() as client:
-        row = client.post("/v1/rollouts", body)
+    with client() as fleet:
+        row = fleet.post("/v1/rollouts", body)
     if as_json:
-        click.echo(json.dumps(row, indent=2))
+        echo_json(row)
     else:
         click.echo(f"rollout {row['id']}: {row['bundle']} to {row['devices']} devices ({selector.describe()}) "
                    f"in {row['waves']} waves; follow it with 'edgeml-fleet rollout status {row['id']} --watch'")
@@ -102,28 +85,32 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
 @json_option
 def rollout_list(state: str | None, as_json: bool) -> None:
     """Rollouts, newest first."""
-    with _client() as client:
-        rows = client.get("/v1/rollouts", state=state)
-    _table(rows, SUMMARY_COLUMNS, "rollouts", as_json)
+    with client() as fleet:
+        rows = fleet.get("/v1/rollouts", state=state)
+    table(rows, SUMMARY_COLUMNS, "rollouts", as_json)
+
+
+WAVE_COLUMNS = [("wave", "wave"), ("percent", "%"), ("devices", "devices"), ("state", "state"),
+                ("counts", "device states")]
+# which live figure of the current wave each gate is judged on
+_GATE_FIGURE = {"max_error_rate": "error_rate", "max_drift": "drift", "max_latency_regression": "p50_ms",
+                "min_requests": "requests"}
+_DECISION_DETAILS = ("wave", "reasons", "devices", "outcome", "reverted", "installed", "reason")
 
 
 def _print_status(doc: dict[str, Any]) -> None:
-    _table([doc], SUMMARY_COLUMNS, f"rollout {doc['id']}", False)
-    _table(doc["wave_list"], [("wave", "wave"), ("percent", "%"), ("devices", "devices"), ("state", "state"),
-                              ("counts", "device states")], "waves", False)
-    gates = {k: v for k, v in doc["gates"].items() if v is not None}
+    table([doc], SUMMARY_COLUMNS, f"rollout {doc['id']}", False)
+    table(doc["wave_list"], WAVE_COLUMNS, "waves", False)
     live = doc.get("live") or {}
-    _table([{"gate": k, "limit": v, "live": live.get({"max_error_rate": "error_rate", "max_drift": "drift",
-                                                       "max_latency_regression": "p50_ms",
-                                                       "min_requests": "requests"}.get(k, ""))}
-            for k, v in gates.items()], [("gate", "gate"), ("limit", "limit"), ("live", "live (current wave)")],
-           f"gates (observe {doc['observe_s']:g} s, wave timeout {doc['wave_timeout_s']:g} s, "
-           f"on failure: {doc['on_failure']})", False)
-    _table([{"at": d["at"], "action": d["action"],
-             "details": {k: v for k, v in d["details"].items() if k in ("wave", "reasons", "devices", "outcome",
-                                                                       "reverted", "installed", "reason")}}
-            for d in doc["decisions"][-12:]], [("at", "time"), ("action", "decision"), ("details", "details")],
-           "decisions (audit log)", False)
+    gates = [{"gate": k, "limit": v, "live": live.get(_GATE_FIGURE.get(k, ""))}
+             for k, v in doc["gates"].items() if v is not None]
+    table(gates, [("gate", "gate"), ("limit", "limit"), ("live", "live (current wave)")],
+          f"gates (observe {doc['observe_s']:g} s, wave timeout {doc['wave_timeout_s']:g} s, "
+          f"on failure: {doc['on_failure']})", False)
+    decisions = [{"at": d["at"], "action": d["action"],
+                  "details": {k: v for k, v in d["details"].items() if k in _DECISION_DETAILS}}
+                 for d in doc["decisions"][-12:]]
+    table(decisions, [("at", "time"), ("action", "decision"), ("details", "details")], "decisions (audit log)", False)
 
 
 @rollout.command("status")
@@ -133,11 +120,11 @@ def _print_status(doc: dict[str, Any]) -> None:
 @json_option
 def rollout_status(rollout_id: str, watch: bool, interval: float, as_json: bool) -> None:
     """Waves, per-state device counts, the gate figures and the decisions taken."""
-    with _client() as client:
+    with client() as fleet:
         while True:
-            doc = client.get(f"/v1/rollouts/{rollout_id}")
+            doc = fleet.get(f"/v1/rollouts/{rollout_id}")
             if as_json:
-                click.echo(json.dumps(doc, indent=2))
+                echo_json(doc)
             else:
                 if watch:
                     click.clear()
@@ -148,10 +135,10 @@ def rollout_status(rollout_id: str, watch: bool, interval: float, as_json: bool)
 
 
 def _change(rollout_id: str, action: str, as_json: bool, body: dict[str, Any] | None = None) -> None:
-    with _client() as client:
-        row = client.post(f"/v1/rollouts/{rollout_id}/{action}", body)
+    with client() as fleet:
+        row = fleet.post(f"/v1/rollouts/{rollout_id}/{action}", body)
     if as_json:
-        click.echo(json.dumps(row, indent=2))
+        echo_json(row)
     else:
         click.echo(f"rollout {row['id']} is now {row['state']}")
 

@@ -1,0 +1,48 @@
+"""``edgeml-fleet``: run the server, and manage it over HTTP (tokens, bundles, devices, audit, rollouts).
+
+One module per command group; this root group only registers them::
+
+    server.py    serve, admin init, login, broker-config
+    tokens.py    tokens (people), enroll-token (devices)
+    keys.py      keys        bundles.py   bundles        devices.py   devices
+    observe.py   audit, telemetry, health
+    rollouts.py  rollout
+    output.py    the HTTP client, --json and table printing they all share
+
+The group modules import ``output`` and never this package's root or each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from edgeml.errors import EdgeMLError
+from edgeml.fleet.cli import bundles, devices, keys, observe, rollouts, server, tokens
+
+
+class FleetGroup(click.Group):
+    """Turns edgeml's own errors into one clear line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeMLError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=FleetGroup)
+@click.version_option(package_name="edgeml", prog_name="edgeml-fleet")
+def main() -> None:
+    """edgeml fleet server: devices, bundles, tokens, audit."""
+
+
+for _command in (server.serve, server.admin, server.login, server.broker_config,
+                 tokens.tokens, tokens.enroll_token, keys.keys, bundles.bundles, devices.devices,
+                 observe.audit, observe.telemetry, observe.health, rollouts.rollout):
+    main.add_command(_command)
+
+__all__ = ["FleetGroup", "main"]
