@@ -1,23 +1,32 @@
-"""The one small interface every runtime backend implements: load, describe, run, close.
+"""The one small interface every runtime backend implements: what it is, and load, describe, run, close.
 
 Backends live one per module (``onnxruntime_backend``, ``openvino_backend``, ``litert_backend``) and
-are imported lazily through :data:`BACKENDS`, so a device pays only for the runtime it uses and a
-missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
+are imported lazily through :data:`edgeml.runtimes.registry.BACKENDS`, so a device pays only for the
+runtime it uses and a missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
+
+A backend class is also the one home of its runtime's facts, read by the probe and the selection
+without loading a model: the packages that provide it and the extra that installs them, the device
+preference order, how to ask the runtime which devices it has here, and how a target profile's options
+for it become :class:`BackendOptions`.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import InferenceInputError, RuntimeBackendError
+from edgeml.runtimes.host import HostInfo
+from edgeml.runtimes.registry import BACKENDS
+
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "FeedCheck", "backend_class", "describe", "open_model"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +50,44 @@ class FeedCheck(NamedTuple):
 
 
 class Backend(abc.ABC):
-    """A model loaded in one runtime. ``run`` takes and returns numpy arrays by tensor name."""
+    """A model loaded in one runtime. ``run`` takes and returns numpy arrays by tensor name.
 
-    runtime: str = ""
+    The class attributes and class methods describe the runtime itself; the probe and the selection
+    use them without loading anything, and only :meth:`available_devices` imports the vendor SDK.
+    """
+
+    runtime: ClassVar[str] = ""
+    # (distribution, import name) pairs that provide the runtime, in the order they are tried
+    packages: ClassVar[tuple[tuple[str, str], ...]] = ()
+    extra: ClassVar[str] = ""                                    # pip install 'edgeml[<extra>]'
+    default_preferences: ClassVar[tuple[str, ...]] = ("CPU",)   # when neither bundle nor profile says
+    cpu_devices: ClassVar[frozenset[str]] = frozenset({"CPU"})  # devices that are "the CPU" (fallback)
+    device_kind: ClassVar[str] = "devices"                      # what the runtime calls them, for messages
     # May ``run`` be called from several threads at once? ORT sessions may; an OpenVINO infer request
     # or a LiteRT interpreter may not, so callers serialise runs on those (edgeml.inference does).
-    thread_safe: bool = False
+    thread_safe: ClassVar[bool] = False
+
+    # -- the runtime's facts (no model needed) -------------------------------------------------------
+    @classmethod
+    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """Devices in preference order from a target profile's options for this runtime; () if it says none."""
+        return ()
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        """The devices this runtime offers on this host (imports the runtime; the probe caches the answer)."""
+        return ("CPU",)
+
+    @classmethod
+    def device_unusable(cls, device: str, host: HostInfo) -> str | None:
+        """Why ``device`` cannot run here although the runtime may list it (a hardware fact), else None."""
+        return None
+
+    @classmethod
+    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        """How to run: ``base`` (threads, cache) plus the profile's ``options`` for the surviving ``devices``."""
+        return base
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         self.model_path = Path(model_path)
@@ -131,15 +172,8 @@ def describe(specs: list[TensorSpec]) -> str:
     return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
 
 
-# runtime name -> "module:Class", imported on first use
-BACKENDS: dict[str, str] = {
-    "onnxruntime": "edgeml.runtimes.onnxruntime_backend:OnnxRuntimeBackend",
-    "openvino": "edgeml.runtimes.openvino_backend:OpenVinoBackend",
-    "litert": "edgeml.runtimes.litert_backend:LiteRtBackend",
-}
-
-
 def backend_class(runtime: str) -> type[Backend]:
+    """The backend class registered for ``runtime`` (its module imported on first ask)."""
     try:
         module_name, cls_name = BACKENDS[runtime].split(":")
     except KeyError:

@@ -34,6 +34,8 @@ def import_interpreter() -> Any:
 
 class LiteRtBackend(Backend):
     runtime = "litert"
+    packages = (("ai-edge-litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
+    extra = "litert"
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)

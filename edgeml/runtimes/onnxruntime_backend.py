@@ -7,7 +7,8 @@ an engine takes minutes on a Jetson and an engine is only valid for the GPU and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import numpy as np
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import MissingExtraError, RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.runtimes.host import HostInfo
 
 TENSORRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
 
 # ONNX type strings -> numpy dtype names
 ORT_TYPES = {
@@ -33,9 +36,6 @@ def import_ort() -> Any:
     except ImportError as exc:
         raise MissingExtraError("onnxruntime", "onnxruntime", "running ONNX models") from exc
     return onnxruntime
-
-
-_import_ort = import_ort  # older name, kept for callers
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -82,7 +82,35 @@ def engine_cache_dir(model_path: Path, cache_root: Path) -> Path:
 
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
+    packages = (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"))
+    extra = "onnxruntime"
+    default_preferences = ("CPUExecutionProvider",)
+    cpu_devices = frozenset({"CPUExecutionProvider", "XnnpackExecutionProvider"})
+    device_kind = "execution providers"
     thread_safe = True
+
+    @classmethod
+    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(options.get("providers", ()))
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        return tuple(import_ort().get_available_providers())
+
+    @classmethod
+    def device_unusable(cls, device: str, host: HostInfo) -> str | None:
+        # onnxruntime-gpu lists the CUDA and TensorRT EPs whether or not the host can drive them.
+        if device == TENSORRT_EP and not host.tensorrt_version:
+            return "TensorRT is not installed on this host (no libnvinfer)"
+        if device in (TENSORRT_EP, CUDA_EP) and not host.cuda:
+            return "no NVIDIA GPU/CUDA on this host"
+        return None
+
+    @classmethod
+    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        provider_options = {p: dict(o) for p, o in options.get("provider_options", {}).items()}
+        return replace(base, providers=tuple(devices), provider_options=provider_options)
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,28 @@ def _spec(port: Any) -> TensorSpec:
 
 class OpenVinoBackend(Backend):
     runtime = "openvino"
+    packages = (("openvino", "openvino"),)
+    extra = "openvino"
+
+    @classmethod
+    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        if not (options.get("device") or options.get("fallback_devices")):
+            return ()
+        device = options.get("device") or "AUTO"
+        fallbacks = tuple(options.get("fallback_devices", ()))
+        # AUTO means "the runtime chooses among the fallback list", so the list is the candidates.
+        return fallbacks if device == "AUTO" else (device, *[d for d in fallbacks if d != device])
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        return tuple(import_openvino().Core().available_devices)
+
+    @classmethod
+    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        # Several surviving devices: let OpenVINO's AUTO plugin pick among them, in the bundle's order.
+        device = devices[0] if len(devices) == 1 else "AUTO:" + ",".join(devices)
+        return replace(base, device=device, properties=dict(options.get("properties", {})))
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
