@@ -2,9 +2,8 @@
 
 Candidates come from the bundle: its runtime and the provider/device preference order (the manifest's
 ``runtime_preferences``, else the target profile's options for that runtime, read by the runtime's
-backend class). Each filter discards the
-candidates it rules out and records why; if nothing survives, :class:`BackendUnavailableError` lists
-every reason. A CPU candidate that stands in for an accelerator the bundle preferred is a *fallback*:
+backend class). Each filter discards the candidates it rules out and records why; if nothing survives,
+:class:`BackendUnavailableError` lists every reason. A CPU candidate that stands in for an accelerator the bundle preferred is a *fallback*:
 it survives only where the agent config (or, by default, the profile's ``cpu_fallback``) allows it,
 and the result says so, so that ``/v1/models`` and telemetry can show it.
 
@@ -101,7 +100,7 @@ def preferences(manifest: Manifest) -> tuple[str, ...]:
         return tuple(manifest.runtime_preferences)
     cls = _backend(manifest.runtime)
     options: Mapping[str, Any] = manifest.target.get("runtime", {}).get(manifest.runtime, {})
-    return cls.preferences(options) or (cls.default_preferences if manifest.runtime in BACKENDS else ())
+    return cls.preferences(options) or cls.default_preferences
 
 
 # -- the filters, in order ------------------------------------------------------------------------------
