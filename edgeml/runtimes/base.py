@@ -1,7 +1,7 @@
 """The one small interface every runtime backend implements: what it is, and load, describe, run, close.
 
 Backends live one per module (``onnxruntime_backend``, ``openvino_backend``, ``litert_backend``) and
-are imported lazily through :data:`edgeml.runtimes.registry.BACKENDS`, so a device pays only for the
+are imported lazily through :data:`edgeml.runtimes.registry.RUNTIMES`, so a device pays only for the
 runtime it uses and a missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
 
 A backend class is also the one home of its runtime's facts, read by the probe and the selection
@@ -24,9 +24,9 @@ import numpy as np
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import InferenceInputError, RuntimeBackendError
 from edgeml.runtimes.host import HostInfo
-from edgeml.runtimes.registry import BACKENDS
+from edgeml.runtimes.registry import backends
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "FeedCheck", "backend_class", "describe", "open_model"]
+__all__ = ["Backend", "BackendOptions", "FeedCheck", "backend_class", "describe", "open_model"]
 
 
 @dataclass(frozen=True)
@@ -174,10 +174,10 @@ def describe(specs: list[TensorSpec]) -> str:
 
 def backend_class(runtime: str) -> type[Backend]:
     """The backend class registered for ``runtime`` (its module imported on first ask)."""
-    try:
-        module_name, cls_name = BACKENDS[runtime].split(":")
-    except KeyError:
-        raise RuntimeBackendError(f"unknown runtime '{runtime}'; known: {', '.join(BACKENDS)}") from None
+    known = backends()
+    if runtime not in known:
+        raise RuntimeBackendError(f"unknown runtime '{runtime}'; known: {', '.join(known)}")
+    module_name, cls_name = known[runtime].split(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), cls_name)
     return cls
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeml.runtimes.base import backend_class
 from edgeml.runtimes.host import HostInfo
-from edgeml.runtimes.registry import BACKENDS
+from edgeml.runtimes.registry import backends
 
 __all__ = ["HostInfo", "full_probe", "installed_runtimes", "parse_cpuinfo", "parse_l4t", "parse_meminfo",
            "probe_from", "probe_host", "runtime_devices"]
@@ -81,7 +81,7 @@ def _dist_version(name: str) -> str | None:
 def installed_runtimes() -> dict[str, str]:
     """Registered runtimes whose package is installed here, with the distribution found (first one wins)."""
     found: dict[str, str] = {}
-    for runtime in BACKENDS:
+    for runtime in backends():
         for dist, module in backend_class(runtime).packages:
             version = _dist_version(dist)
             if version and importlib.util.find_spec(module) is not None:

@@ -24,14 +24,14 @@ from edgeml.errors import BackendUnavailableError
 from edgeml.runtimes.base import Backend, BackendOptions, backend_class
 from edgeml.runtimes.host import HostInfo
 from edgeml.runtimes.probe import probe_host, runtime_devices
-from edgeml.runtimes.registry import BACKENDS
+from edgeml.runtimes.registry import RUNTIMES, backends
 
 log = logging.getLogger("edgeml.selection")
 
 
 def _backend(runtime: str) -> type[Backend]:
     """The runtime's backend class; the base class (CPU only, no options) for a runtime nobody registered."""
-    return backend_class(runtime) if runtime in BACKENDS else Backend
+    return backend_class(runtime) if runtime in backends() else Backend
 
 
 def is_cpu(runtime: str, device: str) -> bool:
@@ -106,8 +106,11 @@ def preferences(manifest: Manifest) -> tuple[str, ...]:
 # -- the filters, in order ------------------------------------------------------------------------------
 
 def runtime_supported(c: Candidate, ctx: _Context) -> str | None:
-    if c.runtime not in BACKENDS:
-        return f"{c}: the agent has no backend for runtime '{c.runtime}' (supported: {', '.join(BACKENDS)})"
+    if c.runtime not in backends():
+        entry = RUNTIMES.get(c.runtime)
+        hint = f"; build the bundle for runtime '{entry.alias_of}', which runs its models" if entry and entry.alias_of else ""
+        return (f"{c}: the agent has no backend for runtime '{c.runtime}' "
+                f"(supported: {', '.join(backends())}){hint}")
     target_runtimes = ctx.manifest.target.get("runtimes")
     if target_runtimes and c.runtime not in target_runtimes:
         return f"{c}: target '{ctx.manifest.target_id}' does not list runtime '{c.runtime}'"
