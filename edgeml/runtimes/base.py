@@ -93,13 +93,17 @@ class Backend(abc.ABC):
         self.model_path = Path(model_path)
         self.options = options
 
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
+    # What the runtime reports about the loaded model, set by the subclass's __init__.
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
 
     @property
-    @abc.abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
     @property
     def device(self) -> str:

@@ -59,14 +59,6 @@ class LiteRtBackend(Backend):
         shape = tuple(int(d) if d >= 0 else "?" for d in dims)
         return TensorSpec(detail["name"], str(np.dtype(detail["dtype"])), shape)
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for detail in self._in:
             arr = feeds[detail["name"]]

@@ -132,14 +132,6 @@ class OnnxRuntimeBackend(Backend):
         self._providers = [str(p) for p in self.session.get_providers()]
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def device(self) -> str:
         return self._providers[0]
 

@@ -84,14 +84,6 @@ class OpenVinoBackend(Backend):
         self.request = self.compiled.create_infer_request()
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def device(self) -> str:
         try:
             devices = self.compiled.get_property("EXECUTION_DEVICES")
