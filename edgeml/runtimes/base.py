@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -34,11 +34,27 @@ class BackendOptions:
     """How to run a model: providers/devices in preference order and their options."""
 
     providers: tuple[str, ...] = ()                  # onnxruntime execution providers, in order
-    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    provider_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     device: str | None = None                        # openvino device ("CPU", "NPU", "AUTO:NPU,CPU", ...)
-    properties: Mapping[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, object] = field(default_factory=dict)
     num_threads: int = 0                             # 0 = the runtime's default
     cache_dir: Path | None = None                    # engine/model caches (TensorRT, OpenVINO)
+
+
+# A target profile's [runtime.<name>] table as the bundle's manifest carries it (JSON).
+ProfileOptions = Mapping[str, object]
+
+
+def option_strings(options: ProfileOptions, key: str) -> tuple[str, ...]:
+    """A list of names in profile options; () when absent."""
+    value = options.get(key)
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def option_table(options: ProfileOptions, key: str) -> dict[str, object]:
+    """A table in profile options (provider options, compile properties); {} when absent."""
+    value = options.get(key)
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 class FeedCheck(NamedTuple):
@@ -69,7 +85,7 @@ class Backend(abc.ABC):
 
     # -- the runtime's facts (no model needed) -------------------------------------------------------
     @classmethod
-    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
         """Devices in preference order from a target profile's options for this runtime; () if it says none."""
         return ()
 
@@ -84,7 +100,7 @@ class Backend(abc.ABC):
         return None
 
     @classmethod
-    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
                         base: BackendOptions) -> BackendOptions:
         """How to run: ``base`` (threads, cache) plus the profile's ``options`` for the surviving ``devices``."""
         return base
@@ -189,7 +205,3 @@ def backend_class(runtime: str) -> type[Backend]:
 def open_model(model_path: str | Path, runtime: str, options: BackendOptions | None = None) -> Backend:
     """Load a model file in the named runtime."""
     return backend_class(runtime)(Path(model_path), options or BackendOptions())
-
-
-def numpy_dtype_name(dtype: Any) -> str:
-    return str(np.dtype(dtype))

@@ -7,7 +7,6 @@ without importing the probe, which imports the backends.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class HostInfo:
     tensorrt_version: str | None = None
     jetson_l4t: str | None = None               # e.g. "R36 (release), REVISION: 3.0"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["cpu_features"] = sorted(self.cpu_features)
         return data

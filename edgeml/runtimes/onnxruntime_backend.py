@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import MissingExtraError, RuntimeBackendError
-from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
 from edgeml.runtimes.host import HostInfo
 
 TENSORRT_EP = "TensorrtExecutionProvider"
@@ -30,7 +31,15 @@ ORT_TYPES = {
 }
 
 
-def import_ort() -> Any:
+class _NodeArg(Protocol):
+    """What onnxruntime reports about a model input or output."""
+
+    name: str
+    type: str
+    shape: Sequence[int | str | None]
+
+
+def import_ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -38,13 +47,13 @@ def import_ort() -> Any:
     return onnxruntime
 
 
-def _spec(arg: Any) -> TensorSpec:
+def _spec(arg: _NodeArg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
     return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
 
 
 def provider_arguments(model_path: Path, options: BackendOptions,
-                       available: set[str]) -> list[tuple[str, dict[str, Any]]]:
+                       available: set[str]) -> list[tuple[str, dict[str, object]]]:
     """(provider, options) pairs in the requested order, keeping only providers this ORT has.
 
     For TensorRT, an engine cache directory keyed by model, GPU and TensorRT version is filled in
@@ -90,8 +99,8 @@ class OnnxRuntimeBackend(Backend):
     thread_safe = True
 
     @classmethod
-    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(options.get("providers", ()))
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
+        return option_strings(options, "providers")
 
     @classmethod
     def available_devices(cls) -> tuple[str, ...]:
@@ -107,9 +116,10 @@ class OnnxRuntimeBackend(Backend):
         return None
 
     @classmethod
-    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
                         base: BackendOptions) -> BackendOptions:
-        provider_options = {p: dict(o) for p, o in options.get("provider_options", {}).items()}
+        tables = option_table(options, "provider_options")
+        provider_options = {p: option_table(tables, p) for p in tables}
         return replace(base, providers=tuple(devices), provider_options=provider_options)
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import MissingExtraError, RuntimeBackendError
-from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
 
 
-def import_openvino() -> Any:
+class _Dimension(Protocol):
+    is_static: bool
+
+    def get_length(self) -> int: ...
+
+
+class _ElementType(Protocol):
+    def to_dtype(self) -> np.dtype: ...
+
+
+class _Port(Protocol):
+    """What OpenVINO reports about a compiled model's input or output."""
+
+    def get_any_name(self) -> str: ...
+
+    def get_partial_shape(self) -> Iterable[_Dimension]: ...
+
+    def get_element_type(self) -> _ElementType: ...
+
+
+def import_openvino() -> ModuleType:
     """Import OpenVINO with its telemetry disabled: edge sites are air-gapped and must not phone home."""
     disable_vendor_telemetry()
     try:
@@ -25,7 +46,7 @@ def import_openvino() -> Any:
     return openvino
 
 
-def _spec(port: Any) -> TensorSpec:
+def _spec(port: _Port) -> TensorSpec:
     pshape = port.get_partial_shape()
     shape = tuple(d.get_length() if d.is_static else "?" for d in pshape)
     name = port.get_any_name()
@@ -39,11 +60,11 @@ class OpenVinoBackend(Backend):
     extra = "openvino"
 
     @classmethod
-    def preferences(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
-        if not (options.get("device") or options.get("fallback_devices")):
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
+        fallbacks = option_strings(options, "fallback_devices")
+        if not (options.get("device") or fallbacks):
             return ()
-        device = options.get("device") or "AUTO"
-        fallbacks = tuple(options.get("fallback_devices", ()))
+        device = str(options.get("device") or "AUTO")
         # AUTO means "the runtime chooses among the fallback list", so the list is the candidates.
         return fallbacks if device == "AUTO" else (device, *[d for d in fallbacks if d != device])
 
@@ -52,11 +73,11 @@ class OpenVinoBackend(Backend):
         return tuple(import_openvino().Core().available_devices)
 
     @classmethod
-    def backend_options(cls, options: Mapping[str, Any], devices: Sequence[str],
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
                         base: BackendOptions) -> BackendOptions:
         # Several surviving devices: let OpenVINO's AUTO plugin pick among them, in the bundle's order.
         device = devices[0] if len(devices) == 1 else "AUTO:" + ",".join(devices)
-        return replace(base, device=device, properties=dict(options.get("properties", {})))
+        return replace(base, device=device, properties=option_table(options, "properties"))
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)

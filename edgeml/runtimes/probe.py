@@ -20,7 +20,6 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from edgeml.runtimes.base import backend_class
 from edgeml.runtimes.host import HostInfo
@@ -159,7 +158,7 @@ def runtime_devices(runtime: str) -> tuple[str, ...]:
     return tuple(backend_class(runtime).available_devices())
 
 
-def full_probe() -> dict[str, Any]:
+def full_probe() -> dict[str, object]:
     """Everything, for ``edgeml-agent status``: imports every installed runtime."""
     data = probe_host().to_json()
     data["devices"] = {r: list(runtime_devices(r)) for r in probe_host().runtimes}

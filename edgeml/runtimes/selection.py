@@ -17,11 +17,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgeml.bundle.manifest import Manifest
 from edgeml.errors import BackendUnavailableError
-from edgeml.runtimes.base import Backend, BackendOptions, backend_class
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, backend_class
 from edgeml.runtimes.host import HostInfo
 from edgeml.runtimes.probe import probe_host, runtime_devices
 from edgeml.runtimes.registry import RUNTIMES, backends
@@ -76,7 +75,7 @@ class Selection:
     discarded: tuple[str, ...] = ()     # one line per discarded candidate
     preferred: tuple[str, ...] = field(default_factory=tuple)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"runtime": self.runtime, "device": self.device, "fallback": self.fallback,
                 "fallback_reason": self.fallback_reason, "discarded": list(self.discarded),
                 "preferred": list(self.preferred)}
@@ -99,8 +98,14 @@ def preferences(manifest: Manifest) -> tuple[str, ...]:
     if manifest.runtime_preferences:
         return tuple(manifest.runtime_preferences)
     cls = _backend(manifest.runtime)
-    options: Mapping[str, Any] = manifest.target.get("runtime", {}).get(manifest.runtime, {})
-    return cls.preferences(options) or cls.default_preferences
+    return cls.preferences(profile_options(manifest)) or cls.default_preferences
+
+
+def profile_options(manifest: Manifest) -> ProfileOptions:
+    """The target profile's table for the bundle's runtime, as the manifest carries it."""
+    tables = manifest.target.get("runtime")
+    options = tables.get(manifest.runtime) if isinstance(tables, Mapping) else None
+    return options if isinstance(options, Mapping) else {}
 
 
 # -- the filters, in order ------------------------------------------------------------------------------
@@ -208,7 +213,8 @@ def select_backend(
 
 
 def _options(manifest: Manifest, survivors: list[Candidate], policy: SelectionPolicy) -> BackendOptions:
-    runtime_opts: Mapping[str, Any] = manifest.target.get("runtime", {}).get(manifest.runtime, {})
-    threads = policy.num_threads or int(runtime_opts.get("num_threads", 0) or 0)
+    runtime_opts = profile_options(manifest)
+    profile_threads = runtime_opts.get("num_threads")
+    threads = policy.num_threads or (profile_threads if isinstance(profile_threads, int) else 0)
     base = BackendOptions(num_threads=threads, cache_dir=policy.cache_dir)
     return backend_class(manifest.runtime).backend_options(runtime_opts, [c.device for c in survivors], base)
