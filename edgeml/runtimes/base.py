@@ -17,12 +17,13 @@ import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import InferenceInputError, RuntimeBackendError
+from edgeml.errors import InferenceInputError, MissingExtraError, RuntimeBackendError
 from edgeml.runtimes.host import HostInfo
 from edgeml.runtimes.registry import backends
 
@@ -88,6 +89,18 @@ class Backend(abc.ABC):
     def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
         """Devices in preference order from a target profile's options for this runtime; () if it says none."""
         return ()
+
+    @classmethod
+    def import_sdk(cls) -> ModuleType:
+        """The runtime's Python package (the first of ``packages`` that imports); a missing one names the extra."""
+        error: ImportError | None = None
+        for _, module in cls.packages:
+            try:
+                return importlib.import_module(module)
+            except ImportError as exc:
+                error = exc
+        raise MissingExtraError(cls.packages[0][0] if cls.packages else cls.runtime, cls.extra,
+                                f"running {cls.runtime} models") from error
 
     @classmethod
     def available_devices(cls) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import MissingExtraError, RuntimeBackendError
+from edgeml.errors import RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
 from edgeml.runtimes.host import HostInfo
 
@@ -40,11 +40,7 @@ class _NodeArg(Protocol):
 
 
 def import_ort() -> ModuleType:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingExtraError("onnxruntime", "onnxruntime", "running ONNX models") from exc
-    return onnxruntime
+    return OnnxRuntimeBackend.import_sdk()
 
 
 def _spec(arg: _NodeArg) -> TensorSpec:

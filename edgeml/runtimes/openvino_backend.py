@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import MissingExtraError, RuntimeBackendError
+from edgeml.errors import RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
 
@@ -39,11 +39,7 @@ class _Port(Protocol):
 def import_openvino() -> ModuleType:
     """Import OpenVINO with its telemetry disabled: edge sites are air-gapped and must not phone home."""
     disable_vendor_telemetry()
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingExtraError("openvino", "openvino", "running OpenVINO models") from exc
-    return openvino
+    return OpenVinoBackend.import_sdk()
 
 
 def _spec(port: _Port) -> TensorSpec:

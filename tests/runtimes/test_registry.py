@@ -20,7 +20,7 @@ import pytest
 from edgeml import targets
 from edgeml.bundle import Manifest
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import BackendUnavailableError, ManifestError, TargetError
+from edgeml.errors import BackendUnavailableError, ManifestError, MissingExtraError, TargetError
 from edgeml.runtimes import RUNTIMES, Backend, BackendOptions, backend_class, open_model
 from edgeml.runtimes.host import HostInfo
 from edgeml.runtimes.probe import installed_runtimes
@@ -138,6 +138,16 @@ def test_a_missing_runtime_names_the_extra_its_class_declares(monkeypatch):
                     memory_total_mb=1, memory_available_mb=1, runtimes={})
     with pytest.raises(BackendUnavailableError, match=r"pip install 'edgeml\[acmert\]'"):
         select_backend(acme_manifest(), host=host, devices_of=lambda r: ())
+
+
+def test_a_runtime_sdk_is_the_first_of_its_packages_that_imports_else_its_extra_is_named():
+    assert AcmeRtBackend.import_sdk() is np                     # "acmert" does not import, numpy does
+
+    class Missing(AcmeRtBackend):
+        packages = (("no-such-acmert-dist", "acmert"),)
+
+    with pytest.raises(MissingExtraError, match=r"'no-such-acmert-dist' is not installed .*edgeml\[acmert\]"):
+        Missing.import_sdk()
 
 
 @pytest.mark.parametrize("runtime", sorted(backends()))
