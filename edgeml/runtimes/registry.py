@@ -23,7 +23,7 @@ class Runtime:
 
     backend: str = ""
     profile_keys: frozenset[str] = frozenset()   # keys of a profile's [runtime.<name>] table (RuntimeOptions)
-    alias_of: str = ""                           # the runtime whose backend runs this name's models
+    alias_of: str = ""   # the runtime whose model format this name stands for (the agent tells users to use it)
 
 
 def backend(path: str, *profile_keys: str) -> Runtime:
