@@ -7,7 +7,6 @@ file content; an unpacked directory is re-verified (signature and every file has
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from edgeml.bundle.keys import TrustStore
 from edgeml.bundle.manifest import Manifest, TensorSpec
 from edgeml.bundle.verify import VerifiedBundle, load_unpacked, unpack_bundle
 from edgeml.errors import BundleError, InferenceInputError, SignatureError
+from edgeml.fileio import sha256_file
 from edgeml.paths import cache_dir
 from edgeml.runtimes.base import Backend, backend_class
 from edgeml.runtimes.selection import Selection, SelectionPolicy, select_backend
@@ -34,6 +34,14 @@ class Model:
         self.bundle = bundle
         self.backend = backend
         self.selection = selection
+        # What the model is and where it runs: fixed for the life of the Model, so read once.
+        self.manifest: Manifest = bundle.manifest
+        self.name: str = self.manifest.name
+        self.version: str = self.manifest.version
+        self.inputs: list[TensorSpec] = self.manifest.inputs
+        self.outputs: list[TensorSpec] = self.manifest.outputs
+        self.runtime: str = selection.runtime
+        self.fallback: bool = selection.fallback
         self._run = backend.run
         # Non-thread-safe runtimes (OpenVINO infer request, LiteRT interpreter) run one call at a time.
         self._lock: threading.Lock | None = None if backend.thread_safe else threading.Lock()
@@ -42,36 +50,8 @@ class Model:
 
     # -- description ---------------------------------------------------------------------------------
     @property
-    def manifest(self) -> Manifest:
-        return self.bundle.manifest
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self.manifest.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self.manifest.outputs
-
-    @property
-    def runtime(self) -> str:
-        return self.selection.runtime
-
-    @property
     def device(self) -> str:
         return self.backend.device
-
-    @property
-    def fallback(self) -> bool:
-        return self.selection.fallback
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -168,11 +148,7 @@ def open_bundle(path: str | Path, trust: Mapping[str, Ed25519PublicKey] | None =
         return load_unpacked(path, trusted)
     if not path.is_file():
         raise BundleError(f"{path} does not exist; pass a .edgepkg file or an unpacked bundle directory")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    dest = cache_dir() / "bundles" / digest.hexdigest()[:32]
+    dest = cache_dir() / "bundles" / sha256_file(path)[:32]
     if dest.is_dir():
         return load_unpacked(dest, trusted)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from edgeml.errors import TargetError
 from edgeml.paths import user_target_dirs
+from edgeml.runtimes.registry import RUNTIMES
 
-RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("x86_64", "aarch64", "armv7l")
 ORT_PROVIDERS = (
@@ -90,12 +90,6 @@ def _options_json(o: RuntimeOptions) -> dict[str, Any]:
 
 _TOP_KEYS = {"id", "description", "arch", "runtimes", "precisions", "max_opset", "static_shapes",
              "memory_budget_mb", "cpu_fallback", "runtime"}
-_RUNTIME_KEYS = {
-    "onnxruntime": {"providers", "provider_options", "num_threads"},
-    "openvino": {"device", "fallback_devices", "properties", "num_threads"},
-    "litert": {"num_threads"},
-    "tensorrt": {"provider_options"},
-}
 
 
 class _Reader:
@@ -144,7 +138,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
     profile_id = r.get("id", str, required=True)
     if not profile_id or not all(c.isalnum() or c in "-_." for c in profile_id):
         raise r.fail("id", "must be letters, digits, '-', '_' or '.'")
-    runtimes = r.choices("runtimes", RUNTIMES)
+    runtimes = r.choices("runtimes", tuple(RUNTIMES))
     max_opset = r.get("max_opset", int, required=True)
     if not 7 <= max_opset <= 30:
         raise r.fail("max_opset", f"must be between 7 and 30, not {max_opset}")
@@ -177,7 +171,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
 
 
 def _parse_runtime(r: _Reader, name: str) -> RuntimeOptions:
-    r.unknown(_RUNTIME_KEYS[name])
+    r.unknown(set(RUNTIMES[name].profile_keys))   # the keys the registry line allows for this runtime
     provider_options = r.get("provider_options", dict, {})
     providers = r.choices("providers", ORT_PROVIDERS, ())
     for provider, opts in provider_options.items():

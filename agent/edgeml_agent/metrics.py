@@ -110,6 +110,7 @@ class Metrics:
                 labels = _labels(model=served.name, version=served.version, runtime=served.runtime,
                                  device=served.device, fallback=str(served.fallback).lower())
                 lines.append(f"edgeml_model_info{labels} 1")
+            lines += fallback_lines(registry)
             batched = [lm for lm in registry.models() if lm.batcher is not None]
             for metric, what, attr in (("edgeml_batches_total", "Model runs made by the micro-batcher.", "batches"),
                                        ("edgeml_batch_rows_total", "Rows in those runs.", "rows")):
@@ -117,3 +118,17 @@ class Metrics:
                 for lm in batched:
                     lines.append(f"{metric}{_labels(model=lm.name, version=lm.version)} {getattr(lm.batcher, attr)}")
         return "\n".join(lines) + "\n"
+
+
+def fallback_lines(registry: ModelRegistry) -> list[str]:
+    """One sample per model that runs on the CPU instead of the accelerator its bundle prefers, with why:
+    an operator alerting on ``edgeml_model_info{fallback="true"}`` needs the reason next to it."""
+    lines = ["# HELP edgeml_model_fallback_info Models on the CPU instead of their preferred device, and why.",
+             "# TYPE edgeml_model_fallback_info gauge"]
+    for lm in registry.models():
+        selection = lm.model.selection
+        if selection.fallback:
+            labels = _labels(model=lm.name, version=lm.version, device=lm.model.device,
+                             preferred=selection.preferred[0], reason=selection.fallback_reason or "")
+            lines.append(f"edgeml_model_fallback_info{labels} 1")
+    return lines

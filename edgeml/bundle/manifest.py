@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeml.errors import ManifestError, UnsupportedFormatError
+from edgeml.runtimes.registry import RUNTIMES
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
-RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
 _REQUIRED = ("format", "name", "version", "created", "target", "runtime", "precision", "model", "files",

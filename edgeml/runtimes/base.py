@@ -1,23 +1,33 @@
-"""The one small interface every runtime backend implements: load, describe, run, close.
+"""The one small interface every runtime backend implements: what it is, and load, describe, run, close.
 
 Backends live one per module (``onnxruntime_backend``, ``openvino_backend``, ``litert_backend``) and
-are imported lazily through :data:`BACKENDS`, so a device pays only for the runtime it uses and a
-missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
+are imported lazily through :data:`edgeml.runtimes.registry.RUNTIMES`, so a device pays only for the
+runtime it uses and a missing runtime gives an "install edgeml[...]" error rather than an ImportError trace.
+
+A backend class is also the one home of its runtime's facts, read by the probe and the selection
+without loading a model: the packages that provide it and the extra that installs them, the device
+preference order, how to ask the runtime which devices it has here, and how a target profile's options
+for it become :class:`BackendOptions`.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from types import ModuleType
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import InferenceInputError, RuntimeBackendError
+from edgeml.errors import InferenceInputError, MissingExtraError, RuntimeBackendError
+from edgeml.runtimes.host import HostInfo
+from edgeml.runtimes.registry import backends
+
+__all__ = ["Backend", "BackendOptions", "FeedCheck", "backend_class", "describe", "open_model"]
 
 
 @dataclass(frozen=True)
@@ -25,11 +35,27 @@ class BackendOptions:
     """How to run a model: providers/devices in preference order and their options."""
 
     providers: tuple[str, ...] = ()                  # onnxruntime execution providers, in order
-    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    provider_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     device: str | None = None                        # openvino device ("CPU", "NPU", "AUTO:NPU,CPU", ...)
-    properties: Mapping[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, object] = field(default_factory=dict)
     num_threads: int = 0                             # 0 = the runtime's default
     cache_dir: Path | None = None                    # engine/model caches (TensorRT, OpenVINO)
+
+
+# A target profile's [runtime.<name>] table as the bundle's manifest carries it (JSON).
+ProfileOptions = Mapping[str, object]
+
+
+def option_strings(options: ProfileOptions, key: str) -> tuple[str, ...]:
+    """A list of names in profile options; () when absent."""
+    value = options.get(key)
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def option_table(options: ProfileOptions, key: str) -> dict[str, object]:
+    """A table in profile options (provider options, compile properties); {} when absent."""
+    value = options.get(key)
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 class FeedCheck(NamedTuple):
@@ -41,24 +67,72 @@ class FeedCheck(NamedTuple):
 
 
 class Backend(abc.ABC):
-    """A model loaded in one runtime. ``run`` takes and returns numpy arrays by tensor name."""
+    """A model loaded in one runtime. ``run`` takes and returns numpy arrays by tensor name.
 
-    runtime: str = ""
+    The class attributes and class methods describe the runtime itself; the probe and the selection
+    use them without loading anything, and only :meth:`available_devices` imports the vendor SDK.
+    """
+
+    runtime: ClassVar[str] = ""
+    # (distribution, import name) pairs that provide the runtime, in the order they are tried
+    packages: ClassVar[tuple[tuple[str, str], ...]] = ()
+    extra: ClassVar[str] = ""                                    # pip install 'edgeml[<extra>]'
+    default_preferences: ClassVar[tuple[str, ...]] = ("CPU",)   # when neither bundle nor profile says
+    cpu_devices: ClassVar[frozenset[str]] = frozenset({"CPU"})  # devices that are "the CPU" (fallback)
+    device_kind: ClassVar[str] = "devices"                      # what the runtime calls them, for messages
     # May ``run`` be called from several threads at once? ORT sessions may; an OpenVINO infer request
     # or a LiteRT interpreter may not, so callers serialise runs on those (edgeml.inference does).
-    thread_safe: bool = False
+    thread_safe: ClassVar[bool] = False
+
+    # -- the runtime's facts (no model needed) -------------------------------------------------------
+    @classmethod
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
+        """Devices in preference order from a target profile's options for this runtime; () if it says none."""
+        return ()
+
+    @classmethod
+    def import_sdk(cls) -> ModuleType:
+        """The runtime's Python package (the first of ``packages`` that imports); a missing one names the extra."""
+        error: ImportError | None = None
+        for _, module in cls.packages:
+            try:
+                return importlib.import_module(module)
+            except ImportError as exc:
+                error = exc
+        raise MissingExtraError(cls.packages[0][0] if cls.packages else cls.runtime, cls.extra,
+                                f"running {cls.runtime} models") from error
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        """The devices this runtime offers on this host (imports the runtime; the probe caches the answer)."""
+        return ("CPU",)
+
+    @classmethod
+    def device_unusable(cls, device: str, host: HostInfo) -> str | None:
+        """Why ``device`` cannot run here although the runtime may list it (a hardware fact), else None."""
+        return None
+
+    @classmethod
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        """How to run: ``base`` (threads, cache) plus the profile's ``options`` for the surviving ``devices``."""
+        return base
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         self.model_path = Path(model_path)
         self.options = options
 
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
+    # What the runtime reports about the loaded model, set by the subclass's __init__.
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
 
     @property
-    @abc.abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
     @property
     def device(self) -> str:
@@ -131,19 +205,12 @@ def describe(specs: list[TensorSpec]) -> str:
     return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
 
 
-# runtime name -> "module:Class", imported on first use
-BACKENDS: dict[str, str] = {
-    "onnxruntime": "edgeml.runtimes.onnxruntime_backend:OnnxRuntimeBackend",
-    "openvino": "edgeml.runtimes.openvino_backend:OpenVinoBackend",
-    "litert": "edgeml.runtimes.litert_backend:LiteRtBackend",
-}
-
-
 def backend_class(runtime: str) -> type[Backend]:
-    try:
-        module_name, cls_name = BACKENDS[runtime].split(":")
-    except KeyError:
-        raise RuntimeBackendError(f"unknown runtime '{runtime}'; known: {', '.join(BACKENDS)}") from None
+    """The backend class registered for ``runtime`` (its module imported on first ask)."""
+    known = backends()
+    if runtime not in known:
+        raise RuntimeBackendError(f"unknown runtime '{runtime}'; known: {', '.join(known)}")
+    module_name, cls_name = known[runtime].split(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), cls_name)
     return cls
 
@@ -151,7 +218,3 @@ def backend_class(runtime: str) -> type[Backend]:
 def open_model(model_path: str | Path, runtime: str, options: BackendOptions | None = None) -> Backend:
     """Load a model file in the named runtime."""
     return backend_class(runtime)(Path(model_path), options or BackendOptions())
-
-
-def numpy_dtype_name(dtype: Any) -> str:
-    return str(np.dtype(dtype))

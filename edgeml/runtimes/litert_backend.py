@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -13,7 +13,18 @@ from edgeml.errors import MissingExtraError, RuntimeBackendError
 from edgeml.runtimes.base import Backend, BackendOptions
 
 
-def import_interpreter() -> Any:
+class _Detail(TypedDict):
+    """What the interpreter reports about an input or output tensor."""
+
+    name: str
+    index: int
+    shape: np.ndarray
+    shape_signature: NotRequired[np.ndarray]
+    dtype: type
+
+
+def import_interpreter() -> type:
+    """The ``Interpreter`` class of whichever LiteRT package is installed."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -34,6 +45,8 @@ def import_interpreter() -> Any:
 
 class LiteRtBackend(Backend):
     runtime = "litert"
+    packages = (("ai-edge-litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
+    extra = "litert"
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
@@ -45,25 +58,17 @@ class LiteRtBackend(Backend):
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(f"LiteRT cannot load {model_path}: {exc}") from exc
-        self._in = self.interpreter.get_input_details()
-        self._out = self.interpreter.get_output_details()
+        self._in: list[_Detail] = self.interpreter.get_input_details()
+        self._out: list[_Detail] = self.interpreter.get_output_details()
         self._inputs = [self._spec(d) for d in self._in]
         self._outputs = [self._spec(d) for d in self._out]
 
     @staticmethod
-    def _spec(detail: dict[str, Any]) -> TensorSpec:
+    def _spec(detail: _Detail) -> TensorSpec:
         sig = detail.get("shape_signature")
         dims = sig if sig is not None and len(sig) else detail["shape"]
         shape = tuple(int(d) if d >= 0 else "?" for d in dims)
         return TensorSpec(detail["name"], str(np.dtype(detail["dtype"])), shape)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for detail in self._in:

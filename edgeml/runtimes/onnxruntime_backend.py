@@ -7,17 +7,21 @@ an engine takes minutes on a Jetson and an engine is only valid for the GPU and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import MissingExtraError, RuntimeBackendError
-from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.errors import RuntimeBackendError
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
+from edgeml.runtimes.host import HostInfo
 
 TENSORRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
 
 # ONNX type strings -> numpy dtype names
 ORT_TYPES = {
@@ -27,24 +31,25 @@ ORT_TYPES = {
 }
 
 
-def import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingExtraError("onnxruntime", "onnxruntime", "running ONNX models") from exc
-    return onnxruntime
+class _NodeArg(Protocol):
+    """What onnxruntime reports about a model input or output."""
+
+    name: str
+    type: str
+    shape: Sequence[int | str | None]
 
 
-_import_ort = import_ort  # older name, kept for callers
+def import_ort() -> ModuleType:
+    return OnnxRuntimeBackend.import_sdk()
 
 
-def _spec(arg: Any) -> TensorSpec:
+def _spec(arg: _NodeArg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
     return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
 
 
 def provider_arguments(model_path: Path, options: BackendOptions,
-                       available: set[str]) -> list[tuple[str, dict[str, Any]]]:
+                       available: set[str]) -> list[tuple[str, dict[str, object]]]:
     """(provider, options) pairs in the requested order, keeping only providers this ORT has.
 
     For TensorRT, an engine cache directory keyed by model, GPU and TensorRT version is filled in
@@ -82,7 +87,36 @@ def engine_cache_dir(model_path: Path, cache_root: Path) -> Path:
 
 class OnnxRuntimeBackend(Backend):
     runtime = "onnxruntime"
+    packages = (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"))
+    extra = "onnxruntime"
+    default_preferences = ("CPUExecutionProvider",)
+    cpu_devices = frozenset({"CPUExecutionProvider", "XnnpackExecutionProvider"})
+    device_kind = "execution providers"
     thread_safe = True
+
+    @classmethod
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
+        return option_strings(options, "providers")
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        return tuple(import_ort().get_available_providers())
+
+    @classmethod
+    def device_unusable(cls, device: str, host: HostInfo) -> str | None:
+        # onnxruntime-gpu lists the CUDA and TensorRT EPs whether or not the host can drive them.
+        if device == TENSORRT_EP and not host.tensorrt_version:
+            return "TensorRT is not installed on this host (no libnvinfer)"
+        if device in (TENSORRT_EP, CUDA_EP) and not host.cuda:
+            return "no NVIDIA GPU/CUDA on this host"
+        return None
+
+    @classmethod
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        tables = option_table(options, "provider_options")
+        provider_options = {p: option_table(tables, p) for p in tables}
+        return replace(base, providers=tuple(devices), provider_options=provider_options)
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
@@ -102,14 +136,6 @@ class OnnxRuntimeBackend(Backend):
         self._output_names = [o.name for o in self._outputs]
         # Providers the session really uses, in order (ORT drops the ones that failed to initialise).
         self._providers = [str(p) for p in self.session.get_providers()]
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def device(self) -> str:

@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import MissingExtraError, RuntimeBackendError
-from edgeml.runtimes.base import Backend, BackendOptions
+from edgeml.errors import RuntimeBackendError
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, option_strings, option_table
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
 
 
-def import_openvino() -> Any:
+class _Dimension(Protocol):
+    is_static: bool
+
+    def get_length(self) -> int: ...
+
+
+class _ElementType(Protocol):
+    def to_dtype(self) -> np.dtype: ...
+
+
+class _Port(Protocol):
+    """What OpenVINO reports about a compiled model's input or output."""
+
+    def get_any_name(self) -> str: ...
+
+    def get_partial_shape(self) -> Iterable[_Dimension]: ...
+
+    def get_element_type(self) -> _ElementType: ...
+
+
+def import_openvino() -> ModuleType:
     """Import OpenVINO with its telemetry disabled: edge sites are air-gapped and must not phone home."""
     disable_vendor_telemetry()
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingExtraError("openvino", "openvino", "running OpenVINO models") from exc
-    return openvino
+    return OpenVinoBackend.import_sdk()
 
 
-def _spec(port: Any) -> TensorSpec:
+def _spec(port: _Port) -> TensorSpec:
     pshape = port.get_partial_shape()
     shape = tuple(d.get_length() if d.is_static else "?" for d in pshape)
     name = port.get_any_name()
@@ -34,6 +52,28 @@ def _spec(port: Any) -> TensorSpec:
 
 class OpenVinoBackend(Backend):
     runtime = "openvino"
+    packages = (("openvino", "openvino"),)
+    extra = "openvino"
+
+    @classmethod
+    def preferences(cls, options: ProfileOptions) -> tuple[str, ...]:
+        fallbacks = option_strings(options, "fallback_devices")
+        if not (options.get("device") or fallbacks):
+            return ()
+        device = str(options.get("device") or "AUTO")
+        # AUTO means "the runtime chooses among the fallback list", so the list is the candidates.
+        return fallbacks if device == "AUTO" else (device, *[d for d in fallbacks if d != device])
+
+    @classmethod
+    def available_devices(cls) -> tuple[str, ...]:
+        return tuple(import_openvino().Core().available_devices)
+
+    @classmethod
+    def backend_options(cls, options: ProfileOptions, devices: Sequence[str],
+                        base: BackendOptions) -> BackendOptions:
+        # Several surviving devices: let OpenVINO's AUTO plugin pick among them, in the bundle's order.
+        device = devices[0] if len(devices) == 1 else "AUTO:" + ",".join(devices)
+        return replace(base, device=device, properties=option_table(options, "properties"))
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
@@ -59,14 +99,6 @@ class OpenVinoBackend(Backend):
         self._inputs = [_spec(p) for p in self.compiled.inputs]
         self._outputs = [_spec(p) for p in self.compiled.outputs]
         self.request = self.compiled.create_infer_request()
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def device(self) -> str:

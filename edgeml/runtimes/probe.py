@@ -1,5 +1,8 @@
 """What this host can run, probed once and frozen.
 
+Which runtimes exist and how to ask each for its devices come from the registry
+(:mod:`edgeml.runtimes.registry`) and the backend classes; this module adds only the hardware facts.
+
 Hardware facts (architecture, CPU features, memory, CUDA/TensorRT/Jetson presence) come from files and
 library names only, so the probe is cheap and never imports a runtime. The devices a runtime offers
 (ONNX Runtime providers, OpenVINO devices) need that runtime imported; they are probed on first ask,
@@ -16,38 +19,14 @@ import os
 import platform
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-# runtime name -> the distributions that provide it, in the order the backends try them
-RUNTIME_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnxruntime": (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime")),
-    "openvino": (("openvino", "openvino"),),
-    "litert": (("ai-edge-litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime")),
-}
+from edgeml.runtimes.base import backend_class
+from edgeml.runtimes.host import HostInfo
+from edgeml.runtimes.registry import backends
 
-
-@dataclass(frozen=True)
-class HostInfo:
-    arch: str                                   # platform.machine(): x86_64, aarch64, ...
-    system: str
-    cpu_model: str
-    cpu_features: frozenset[str]
-    cpu_count: int
-    memory_total_mb: int
-    memory_available_mb: int                    # at probe time
-    runtimes: dict[str, str] = field(default_factory=dict)   # installed runtime -> "package version"
-    cuda: bool = False
-    gpu_compute_capability: str | None = None   # e.g. "8.7" (Orin), None without an NVIDIA GPU
-    tensorrt_version: str | None = None
-    jetson_l4t: str | None = None               # e.g. "R36 (release), REVISION: 3.0"
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["cpu_features"] = sorted(self.cpu_features)
-        return data
-
+__all__ = ["HostInfo", "full_probe", "installed_runtimes", "parse_cpuinfo", "parse_l4t", "parse_meminfo",
+           "probe_from", "probe_host", "runtime_devices"]
 
 # -- parsing (pure functions, tested with sample files) ------------------------------------------------
 
@@ -99,9 +78,10 @@ def _dist_version(name: str) -> str | None:
 
 
 def installed_runtimes() -> dict[str, str]:
+    """Registered runtimes whose package is installed here, with the distribution found (first one wins)."""
     found: dict[str, str] = {}
-    for runtime, candidates in RUNTIME_PACKAGES.items():
-        for dist, module in candidates:
+    for runtime in backends():
+        for dist, module in backend_class(runtime).packages:
             version = _dist_version(dist)
             if version and importlib.util.find_spec(module) is not None:
                 found[runtime] = f"{dist} {version}"
@@ -170,24 +150,15 @@ def probe_host() -> HostInfo:
 def runtime_devices(runtime: str) -> tuple[str, ...]:
     """Devices a runtime offers here: ORT execution providers, OpenVINO devices, LiteRT's 'CPU'.
 
-    Empty when the runtime is not installed. Imports the runtime (once).
+    Empty when the runtime is not installed (or not registered). Asks the backend class, which imports
+    the runtime; the answer is cached, so that happens once per runtime and process.
     """
     if runtime not in probe_host().runtimes:
         return ()
-    if runtime == "onnxruntime":
-        from edgeml.runtimes.onnxruntime_backend import import_ort
-
-        return tuple(import_ort().get_available_providers())
-    if runtime == "openvino":
-        from edgeml.runtimes.openvino_backend import import_openvino
-
-        return tuple(import_openvino().Core().available_devices)
-    if runtime == "litert":
-        return ("CPU",)
-    return ()
+    return tuple(backend_class(runtime).available_devices())
 
 
-def full_probe() -> dict[str, Any]:
+def full_probe() -> dict[str, object]:
     """Everything, for ``edgeml-agent status``: imports every installed runtime."""
     data = probe_host().to_json()
     data["devices"] = {r: list(runtime_devices(r)) for r in probe_host().runtimes}

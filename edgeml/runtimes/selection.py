@@ -1,31 +1,40 @@
 """Choose how to run a bundle here: a chain of filters over candidate (runtime, device) pairs.
 
 Candidates come from the bundle: its runtime and the provider/device preference order (the manifest's
-``runtime_preferences``, else the target profile's options for that runtime). Each filter discards the
-candidates it rules out and records why; if nothing survives, :class:`BackendUnavailableError` lists
-every reason. A CPU candidate that stands in for an accelerator the bundle preferred is a *fallback*:
+``runtime_preferences``, else the target profile's options for that runtime, read by the runtime's
+backend class). Each filter discards the candidates it rules out and records why; if nothing survives,
+:class:`BackendUnavailableError` lists every reason. A CPU candidate that stands in for an accelerator the bundle preferred is a *fallback*:
 it survives only where the agent config (or, by default, the profile's ``cpu_fallback``) allows it,
 and the result says so, so that ``/v1/models`` and telemetry can show it.
+
+What is particular to a runtime (its extra, preference order, CPU devices, devices a host cannot drive,
+options) is asked of its backend class through the registry; nothing here names a runtime.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgeml.bundle.manifest import Manifest
 from edgeml.errors import BackendUnavailableError
-from edgeml.runtimes.base import BackendOptions
-from edgeml.runtimes.probe import HostInfo, probe_host, runtime_devices
+from edgeml.runtimes.base import Backend, BackendOptions, ProfileOptions, backend_class
+from edgeml.runtimes.host import HostInfo
+from edgeml.runtimes.probe import probe_host, runtime_devices
+from edgeml.runtimes.registry import RUNTIMES, backends
 
 log = logging.getLogger("edgeml.selection")
 
-CPU_DEVICES = frozenset({"CPU", "CPUExecutionProvider", "XnnpackExecutionProvider"})
-_DEFAULT_PREFERENCES = {"onnxruntime": ("CPUExecutionProvider",), "openvino": ("CPU",), "litert": ("CPU",)}
-_EXTRA = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "litert"}
+
+def _backend(runtime: str) -> type[Backend]:
+    """The runtime's backend class; the base class (CPU only, no options) for a runtime nobody registered."""
+    return backend_class(runtime) if runtime in backends() else Backend
+
+
+def is_cpu(runtime: str, device: str) -> bool:
+    return device in _backend(runtime).cpu_devices
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Candidate:
 
     @property
     def is_cpu(self) -> bool:
-        return self.device in CPU_DEVICES
+        return is_cpu(self.runtime, self.device)
 
     def __str__(self) -> str:
         return f"{self.runtime}/{self.device}"
@@ -66,7 +75,7 @@ class Selection:
     discarded: tuple[str, ...] = ()     # one line per discarded candidate
     preferred: tuple[str, ...] = field(default_factory=tuple)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"runtime": self.runtime, "device": self.device, "fallback": self.fallback,
                 "fallback_reason": self.fallback_reason, "discarded": list(self.discarded),
                 "preferred": list(self.preferred)}
@@ -88,22 +97,25 @@ def preferences(manifest: Manifest) -> tuple[str, ...]:
     """Devices in the order the bundle prefers them."""
     if manifest.runtime_preferences:
         return tuple(manifest.runtime_preferences)
-    options: Mapping[str, Any] = manifest.target.get("runtime", {}).get(manifest.runtime, {})
-    if manifest.runtime == "onnxruntime" and options.get("providers"):
-        return tuple(options["providers"])
-    if manifest.runtime == "openvino" and (options.get("device") or options.get("fallback_devices")):
-        device = options.get("device") or "AUTO"
-        fallbacks = tuple(options.get("fallback_devices", ()))
-        # AUTO means "the runtime chooses among the fallback list", so the list is the candidates.
-        return fallbacks if device == "AUTO" else (device, *[d for d in fallbacks if d != device])
-    return _DEFAULT_PREFERENCES.get(manifest.runtime, ())
+    cls = _backend(manifest.runtime)
+    return cls.preferences(profile_options(manifest)) or cls.default_preferences
+
+
+def profile_options(manifest: Manifest) -> ProfileOptions:
+    """The target profile's table for the bundle's runtime, as the manifest carries it."""
+    tables = manifest.target.get("runtime")
+    options = tables.get(manifest.runtime) if isinstance(tables, Mapping) else None
+    return options if isinstance(options, Mapping) else {}
 
 
 # -- the filters, in order ------------------------------------------------------------------------------
 
 def runtime_supported(c: Candidate, ctx: _Context) -> str | None:
-    if c.runtime not in _EXTRA:
-        return f"{c}: the agent has no backend for runtime '{c.runtime}' (supported: {', '.join(_EXTRA)})"
+    if c.runtime not in backends():
+        entry = RUNTIMES.get(c.runtime)
+        hint = f"; build the bundle for runtime '{entry.alias_of}', which runs its models" if entry and entry.alias_of else ""
+        return (f"{c}: the agent has no backend for runtime '{c.runtime}' "
+                f"(supported: {', '.join(backends())}){hint}")
     target_runtimes = ctx.manifest.target.get("runtimes")
     if target_runtimes and c.runtime not in target_runtimes:
         return f"{c}: target '{ctx.manifest.target_id}' does not list runtime '{c.runtime}'"
@@ -112,7 +124,8 @@ def runtime_supported(c: Candidate, ctx: _Context) -> str | None:
 
 def runtime_installed(c: Candidate, ctx: _Context) -> str | None:
     if c.runtime not in ctx.host.runtimes:
-        return f"{c}: {c.runtime} is not installed; install it with: pip install 'edgeml[{_EXTRA[c.runtime]}]'"
+        extra = backend_class(c.runtime).extra
+        return f"{c}: {c.runtime} is not installed; install it with: pip install 'edgeml[{extra}]'"
     return None
 
 
@@ -125,21 +138,20 @@ def arch_matches(c: Candidate, ctx: _Context) -> str | None:
 
 
 def device_present(c: Candidate, ctx: _Context) -> str | None:
+    cls = backend_class(c.runtime)
+    unusable = cls.device_unusable(c.device, ctx.host)
+    if unusable:
+        return f"{c}: {unusable}"
     available = ctx.devices_of(c.runtime)
-    if c.runtime == "onnxruntime" and c.device == "TensorrtExecutionProvider" and not ctx.host.tensorrt_version:
-        return f"{c}: TensorRT is not installed on this host (no libnvinfer)"
-    if c.runtime == "onnxruntime" and c.device in ("TensorrtExecutionProvider", "CUDAExecutionProvider") \
-            and not ctx.host.cuda:
-        return f"{c}: no NVIDIA GPU/CUDA on this host"
     if c.device not in available:
-        what = "execution providers" if c.runtime == "onnxruntime" else "devices"
-        return f"{c}: {c.device} is not available here ({c.runtime} {what}: {', '.join(available) or 'none'})"
+        return (f"{c}: {c.device} is not available here "
+                f"({c.runtime} {cls.device_kind}: {', '.join(available) or 'none'})")
     return None
 
 
 def fallback_allowed(c: Candidate, ctx: _Context) -> str | None:
     prefs = preferences(ctx.manifest)
-    if not c.is_cpu or not prefs or prefs[0] in CPU_DEVICES:
+    if not c.is_cpu or not prefs or is_cpu(c.runtime, prefs[0]):
         return None
     if any(not s.is_cpu for s in ctx.survivors):
         return None   # an accelerator runs the model; the CPU EP only takes the nodes it cannot (ORT does that anyway)
@@ -184,7 +196,7 @@ def select_backend(
     if not survivors:
         raise BackendUnavailableError(f"{manifest.name}@{manifest.version}", reasons)
     best = survivors[0]
-    fallback = best.is_cpu and not (prefs and prefs[0] in CPU_DEVICES)
+    fallback = best.is_cpu and not (prefs and is_cpu(best.runtime, prefs[0]))
     fallback_reason = "; ".join(reasons) if fallback else None
     if fallback:
         log.warning("%s@%s runs on %s instead of %s (CPU fallback): %s", manifest.name, manifest.version,
@@ -201,13 +213,8 @@ def select_backend(
 
 
 def _options(manifest: Manifest, survivors: list[Candidate], policy: SelectionPolicy) -> BackendOptions:
-    runtime_opts: Mapping[str, Any] = manifest.target.get("runtime", {}).get(manifest.runtime, {})
-    threads = policy.num_threads or int(runtime_opts.get("num_threads", 0) or 0)
+    runtime_opts = profile_options(manifest)
+    profile_threads = runtime_opts.get("num_threads")
+    threads = policy.num_threads or (profile_threads if isinstance(profile_threads, int) else 0)
     base = BackendOptions(num_threads=threads, cache_dir=policy.cache_dir)
-    if manifest.runtime == "onnxruntime":
-        provider_options = {p: dict(o) for p, o in runtime_opts.get("provider_options", {}).items()}
-        return replace(base, providers=tuple(c.device for c in survivors), provider_options=provider_options)
-    if manifest.runtime == "openvino":
-        device = survivors[0].device if len(survivors) == 1 else "AUTO:" + ",".join(c.device for c in survivors)
-        return replace(base, device=device, properties=dict(runtime_opts.get("properties", {})))
-    return base
+    return backend_class(manifest.runtime).backend_options(runtime_opts, [c.device for c in survivors], base)

@@ -11,7 +11,6 @@ switch off any telemetry object that already exists.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 
 @functools.cache
@@ -23,7 +22,7 @@ def disable_vendor_telemetry() -> bool:
     except ImportError:
         return False
 
-    def declined(self: Any, enable_opt_in_dialog: bool, disable_in_ci: bool = False) -> Any:
+    def declined(self: object, enable_opt_in_dialog: bool, disable_in_ci: bool = False) -> object:
         return opt_in_checker.ConsentCheckResult.DECLINED
 
     opt_in_checker.OptInChecker.check = declined

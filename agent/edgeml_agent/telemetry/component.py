@@ -168,7 +168,8 @@ class TelemetryComponent:
     def _model_facts(loaded: Any) -> dict[str, Any]:
         m = loaded.model
         return {"model": m.name, "version": m.version, "runtime": m.runtime, "device": m.device,
-                "fallback": bool(m.fallback), "precision": m.manifest.precision}
+                "fallback": bool(m.fallback), "fallback_reason": m.selection.fallback_reason,
+                "precision": m.manifest.precision}
 
     def _reference_stats(self, name: str, version: str) -> dict[str, Any] | None:
         if self._agent is None:
