@@ -4,6 +4,7 @@ must leave its mark in the signed bundle's graph and provenance, not only reach 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from tests.support.tiny_models import tiny_cnn
 INT8_ORT = ("-t", "x86-cpu", "-p", "int8", "--runtime", "onnxruntime")
 
 
-def _axis(dq_node) -> int | None:  # type: ignore[no-untyped-def]
+def _axis(dq_node: Any) -> int | None:
     return next((a.i for a in dq_node.attribute if a.name == "axis"), None)
 
 
