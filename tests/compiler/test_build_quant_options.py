@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.compiler.cli_build import bundle_model, dequantized, edgeml_build, initializers, node, provenance_step
+from tests.compiler.cli_build import (
+    bundle_model,
+    dequantized,
+    edgeml_build,
+    initializers,
+    node,
+    provenance_step,
+)
 from tests.support.tiny_models import tiny_cnn
 
 INT8_ORT = ("-t", "x86-cpu", "-p", "int8", "--runtime", "onnxruntime")
