@@ -30,8 +30,8 @@ def _install() -> None:
             time.sleep(DELAY_S)
         return original_run(self, *args, **kwargs)
 
-    session.__init__ = init  # type: ignore[method-assign]
-    session.run = run  # type: ignore[method-assign]
+    session.__init__ = init
+    session.run = run
 
 
 if DELAY_S > 0:
