@@ -44,7 +44,8 @@ def test_per_channel_gives_every_output_channel_its_own_weight_scale(cnn, cnn_da
 @pytest.fixture
 def cnn64_with_outlier(tmp_path: Path) -> tuple[Path, Path]:
     """A 64x64 CNN and calibration images in [0, 1) of which one holds a single pixel at 40: one value in
-    ~220,000, far beyond the 99.999th percentile, so percentile calibration clips it and MinMax cannot."""
+    ~220,000, far beyond the 99.999th percentile, so percentile and entropy calibration clip it and MinMax
+    cannot."""
     model = tiny_cnn(tmp_path / "cnn64.onnx", size=64)
     x = np.random.default_rng(3).random((24, 3, 64, 64), dtype=np.float32)
     x[5, 0, 10, 10] = 40.0   # a calibration sample (the gate holds out every fourth sample from the end)
@@ -52,20 +53,23 @@ def cnn64_with_outlier(tmp_path: Path) -> tuple[Path, Path]:
     return model, tmp_path / "outlier.npz"
 
 
-def test_calibration_method_is_recorded_and_percentile_clips_an_outlier_minmax_keeps(
+def test_calibration_method_is_recorded_and_clipping_methods_drop_an_outlier_minmax_keeps(
         cnn64_with_outlier, default_key, tmp_path) -> None:
     model, data = cnn64_with_outlier
     scales = {}
-    for method in ("minmax", "percentile"):
+    for method in ("minmax", "percentile", "entropy"):
         out = tmp_path / f"{method}.edgepkg"
         run = edgeml_build(model, *INT8_ORT, "-c", str(data), "--calibration-method", method, "-o", str(out))
         assert run.report["chosen"] == "onnxruntime/int8"
         manifest, graph = bundle_model(out, tmp_path / f"u-{method}")
         assert provenance_step(manifest, "quantize_ort")["config"]["calibration_method"] == method
         scales[method] = float(initializers(graph)["input_scale"])
-    # uint8 input range / 255: MinMax spans the outlier (40 / 255), percentile only the image values (1 / 255)
+    # uint8 input range / 255: MinMax spans the outlier (40 / 255), percentile only the image values (1 / 255);
+    # entropy keeps the threshold with the least information loss, far below the outlier (its search goes
+    # down to 1/8 of the range)
     assert scales["minmax"] == pytest.approx(40 / 255, rel=0.01)
     assert scales["percentile"] == pytest.approx(1 / 255, rel=0.05)
+    assert 1 / 255 < scales["entropy"] < scales["minmax"] / 4
 
 
 def test_excluded_node_and_op_type_stay_float_in_the_bundle(cnn, cnn_data, default_key, tmp_path) -> None:
