@@ -265,6 +265,8 @@ class QuantizeOrt(Pass):
         try:
             if cfg["calibration_method"] == "entropy":  # onnxruntime's own entropy search equals MinMax: ort_entropy
                 ranges = entropy_ranges_file(source, reader, ctx.workdir)
+                if ranges is None:
+                    ctx.log("quantize_ort: this onnxruntime takes no calibration ranges; its entropy equals MinMax")
             quantize_static(
                 str(source), str(output), reader,
                 quant_format=QuantFormat.QDQ,
