@@ -39,8 +39,9 @@ def dark_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[s
 def measured(dark_digits: tuple[Path, tuple[str, ...]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The fidelity of the same INT8 build with every gate off (it passes and reports its numbers)."""
     model, flags = dark_digits
-    home = tmp_path_factory.mktemp("home")   # module scope: its own EDGEML_HOME and signing key
-    env = child_env(EDGEML_HOME=str(home))
+    # module scope runs before the per-test isolation (tests/conftest.py): its own home, key and cache
+    home = tmp_path_factory.mktemp("home")
+    env = child_env(EDGEML_HOME=str(home), EDGEML_CACHE_DIR=str(home / "cache"))
     subprocess.run([sys.executable, "-m", "edgeml.cli", "keys", "generate"], env=env, check=True, capture_output=True)
     run = edgeml_build(model, *flags, *ALL_GATES_OFF, "-o", str(home / "off.edgepkg"), env=env)
     fidelity = run.report["candidates"][0]["fidelity"]
