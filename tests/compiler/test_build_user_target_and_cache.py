@@ -28,12 +28,14 @@ num_threads = 1
 """
 
 
-def test_build_for_a_target_profile_dropped_into_a_user_directory(cnn, cnn_data, default_key, tmp_path) -> None:
-    profiles = tmp_path / "my-targets"
+def test_build_for_a_target_profile_dropped_into_a_user_directory(cnn, cnn_data, default_key, tmp_path,
+                                                                  isolated_edgeml_home) -> None:
+    profiles = tmp_path / "my-targets"                           # a directory named in EDGEML_TARGETS_PATH
     profiles.mkdir()
     (profiles / "lab-board.toml").write_text(LAB_BOARD)
-    (profiles / "old-board.toml").write_text(LAB_BOARD.replace("lab-board", "old-board")
-                                             .replace("max_opset = 17", "max_opset = 13"))
+    (isolated_edgeml_home / "targets").mkdir()                   # and the one under EDGEML_HOME
+    (isolated_edgeml_home / "targets" / "old-board.toml").write_text(
+        LAB_BOARD.replace("lab-board", "old-board").replace("max_opset = 17", "max_opset = 13"))
     env = child_env(EDGEML_TARGETS_PATH=str(profiles))
     out = tmp_path / "lab.edgepkg"
     report = edgeml_build(cnn, "-t", "lab-board", "-c", str(cnn_data), "-o", str(out), env=env).report
