@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
 
 ENTROPY_BINS = 1024
 ENTROPY_QUANTIZED_BINS = 128
 
 
-def entropy_ranges_file(model: Path, reader: Any, workdir: Path) -> Path | None:
-    """Calibrate ``model`` on ``reader``'s samples and write the ranges where ``quantize_static`` reads a
-    calibration cache (``calibration_cache_path``). None when this onnxruntime has no such argument."""
+def entropy_ranges_file(model: Path, reader: object, workdir: Path) -> Path | None:
+    """Calibrate ``model`` on ``reader``'s samples (an onnxruntime CalibrationDataReader) and write the
+    ranges where ``quantize_static`` reads a calibration cache (``calibration_cache_path``). None when this
+    onnxruntime has no such argument."""
     from onnxruntime.quantization import quantize_static
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
