@@ -12,6 +12,7 @@ import edgeml
 from edgeml.bundle import TrustStore, unpack_bundle
 from edgeml.errors import ModelCheckError
 from edgeml.runtimes import open_model
+from tests.compiler.choice import called_out_as_slower, slower_than_fastest_float
 from tests.compiler.conftest import FAST
 from tests.compiler.realdata import digits_classifier, text_line_crops
 from tests.support.real_models import real_model
@@ -70,10 +71,10 @@ def test_ppocr_classifier_auto_on_onnxruntime_reports_every_candidate_with_its_n
             assert c.benchmark and c.speedup  # measured anyway: the report shows what the gate cost
     passed = [c for c in by_label.values() if c.status == "passed"]
     assert report.chosen is not None and report.chosen.speedup == max(c.speedup for c in passed if c.speedup)
-    int8 = by_label["onnxruntime/int8"]
-    fp32 = by_label["onnxruntime/fp32"]
-    if int8.status == "passed" and int8.speedup and fp32.speedup and int8.speedup < fp32.speedup:
-        assert any(n.startswith("onnxruntime/int8 is") and "not chosen" in n for n in report.notes)
+    # exactly the candidates slower than FP32 are called out, whichever way this host's timings fall (the
+    # certain case, INT8 slower, is tests/compiler/test_build_slower_candidate.py)
+    assert by_label["onnxruntime/fp32"].status == "passed"
+    assert called_out_as_slower(report) == slower_than_fastest_float(passed)
     assert report.baseline is not None and report.chosen.speedup is not None
 
 

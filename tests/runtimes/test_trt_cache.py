@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from edgeml.bundle import sha256_file
+from edgeml.runtimes import probe
 from edgeml.runtimes.base import BackendOptions
 from edgeml.runtimes.onnxruntime_backend import TENSORRT_EP, engine_cache_dir, provider_arguments
-from edgeml.runtimes.probe import probe_host
 from edgeml.runtimes.trt_cache import tensorrt_cache_dir, tensorrt_cache_key
 from tests.support.tiny_models import tiny_mlp
 
@@ -34,18 +35,32 @@ def test_key_sanitises_odd_version_strings_and_rejects_bad_hashes(tmp_path):
         tensorrt_cache_key("abc", "8.7", "8.6.2")
 
 
-def test_tensorrt_provider_gets_an_engine_cache_under_the_key(tmp_path):
+def _documented_key(model: Path, compute_capability: str, tensorrt_version: str) -> str:
+    """The key as DESIGN.md and trt_cache.py describe it, written out here rather than called: readable
+    ``sm<cc>-trt<version>-<sha256[:12]>`` plus 16 hex digits of sha256("<sha256>|<cc>|<version>")."""
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    digest = hashlib.sha256(f"{sha}|{compute_capability}|{tensorrt_version}".encode()).hexdigest()[:16]
+    return f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}-{sha[:12]}-{digest}"
+
+
+@pytest.mark.parametrize(("cc", "trt"), [("8.7", "8.6.2"), ("7.2", "8.5.2")])   # Orin / Xavier JetPacks
+def test_tensorrt_provider_gets_an_engine_cache_under_the_key(tmp_path, monkeypatch, cc, trt):
+    # the probe is the input here, fixed: what this host has must not decide the expected path
+    monkeypatch.setattr(probe, "probe_host", lambda: replace(probe.probe_from(tmp_path / "no-gpu"),
+                                                             cuda=True, gpu_compute_capability=cc,
+                                                             tensorrt_version=trt))
     model = tiny_mlp(tmp_path / "m.onnx")
     options = BackendOptions(providers=(TENSORRT_EP, "CUDAExecutionProvider", "CPUExecutionProvider"),
                              provider_options={TENSORRT_EP: {"trt_fp16_enable": True}}, cache_dir=tmp_path / "c")
     args = provider_arguments(model, options, {TENSORRT_EP, "CPUExecutionProvider"})
     assert [p for p, _ in args] == [TENSORRT_EP, "CPUExecutionProvider"]   # CUDA absent: dropped, order kept
-    trt = args[0][1]
-    host = probe_host()
-    expected = tensorrt_cache_dir(tmp_path / "c", sha256_file(model), host.gpu_compute_capability,
-                                  host.tensorrt_version)
-    assert trt == {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(expected)}
+    expected = tmp_path / "c" / "tensorrt" / _documented_key(model, cc, trt)
+    assert args[0][1] == {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                          "trt_engine_cache_path": str(expected)}
     assert expected.is_dir() and engine_cache_dir(model, tmp_path / "c") == expected
+    # another model on the same GPU gets its own engines
+    other = tiny_mlp(tmp_path / "other.onnx", seed=1)
+    assert engine_cache_dir(other, tmp_path / "c") == tmp_path / "c" / "tensorrt" / _documented_key(other, cc, trt)
 
 
 def test_explicit_engine_cache_path_is_kept(tmp_path):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.passes.ort_entropy import entropy_ranges_file
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
 
@@ -260,7 +261,12 @@ class QuantizeOrt(Pass):
         }[cfg["calibration_method"]]
         reader = SampleSetReader(ctx.calibration, onnx_input_names(model), cfg["max_samples"], ctx)
         output = ctx.workdir / f"{stem}.int8.onnx"
+        ranges: Path | None = None
         try:
+            if cfg["calibration_method"] == "entropy":  # onnxruntime's own entropy search equals MinMax: ort_entropy
+                ranges = entropy_ranges_file(source, reader, ctx.workdir)
+                if ranges is None:
+                    ctx.log("quantize_ort: this onnxruntime takes no calibration ranges; its entropy equals MinMax")
             quantize_static(
                 str(source), str(output), reader,
                 quant_format=QuantFormat.QDQ,
@@ -272,6 +278,7 @@ class QuantizeOrt(Pass):
                 nodes_to_exclude=list(cfg["exclude_nodes"]),
                 calibrate_method=method,
                 extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
+                **({"calibration_cache_path": str(ranges)} if ranges else {}),
             )
         except QuantizationError:
             raise
@@ -282,6 +289,8 @@ class QuantizeOrt(Pass):
         finally:
             prepared.unlink(missing_ok=True)
             weights_file.unlink(missing_ok=True)
+            if ranges is not None:
+                ranges.unlink(missing_ok=True)
 
         excluded = bool(cfg["exclude_nodes"] or excluded_types)
         metadata = {
