@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from edgeml.compiler.request import DEFAULT_CALIBRATION_METHOD
+
 Step = tuple[str, dict[str, Any]]
 
 PLANS: dict[tuple[str, str], list[Step]] = {
     ("onnxruntime", "fp32"): [],
     ("onnxruntime", "fp16"): [("fp16", {"keep_io_types": True})],
-    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False, "calibration_method": "minmax"})],
+    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False, "calibration_method": DEFAULT_CALIBRATION_METHOD})],
     ("openvino", "fp32"): [("convert_openvino", {})],
     ("openvino", "fp16"): [("convert_openvino", {"compress_to_fp16": True})],
     ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "performance"})],

@@ -24,6 +24,15 @@ class Candidate:
     steps: list[dict[str, Any]] = field(default_factory=list)
     excluded_nodes: list[str] = field(default_factory=list)   # kept in float by --fallback
     speedup: float | None = None               # baseline p50 / this p50 (>1 = faster than the FP32 baseline)
+    planned: str = ""                          # the precision of its plan row (``precision`` may become mixed)
+
+    def __post_init__(self) -> None:
+        self.planned = self.planned or self.precision
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(runtime, planned precision): which plan row this candidate is, stable across a fallback."""
+        return (self.runtime, self.planned)
 
     @property
     def label(self) -> str:

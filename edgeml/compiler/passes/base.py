@@ -16,9 +16,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from edgeml.jsontypes import JSONDict
 from edgeml.targets import TargetProfile
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgeml.compiler.data import SampleSet
 
 FORMATS = ("onnx", "openvino", "tflite")
 
@@ -52,20 +58,51 @@ class Artifact:
         return sum(p.stat().st_size for p in self.files)
 
 
+@dataclass(frozen=True)
+class SourceModel:
+    """The model the user gave: its file name and sha256 (provenance in the bundle)."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BaselineModel:
+    """What the benchmark pass times each candidate against, in the same process (the source model,
+    FP32, under plain onnxruntime)."""
+
+    path: Path
+    runtime: str
+
+
+def _no_progress(label: str, done: int, total: int) -> None:
+    return None
+
+
+def _no_log(message: str) -> None:
+    return None
+
+
 @dataclass
 class BuildContext:
     """Everything a pass may need besides its own config: the target, the work directory, the
-    calibration/evaluation data and a progress callback. Passes write new files only under ``workdir``.
+    calibration/evaluation data, what the build learned before this pass and the progress/log callbacks.
+    Passes write new files only under ``workdir``.
     """
 
     target: TargetProfile
     workdir: Path
     reference: Artifact | None = None            # the loaded FP32 source model
-    calibration: Any = None                      # edgeml.compiler.data.SampleSet or None
-    evaluation: Any = None                       # held-out samples (and labels) for the fidelity gate
-    progress: Callable[[str, int, int], None] = lambda label, done, total: None
-    log: Callable[[str], None] = lambda message: None
-    options: dict[str, Any] = field(default_factory=dict)
+    optimized: Artifact | None = None            # after load -> check -> optimize: every candidate's start
+    calibration: SampleSet | None = None
+    evaluation: SampleSet | None = None          # held-out samples (and labels) for the fidelity gate
+    reference_outputs: dict[str, np.ndarray] | None = None   # the reference on ``evaluation``, run once
+    source: SourceModel | None = None
+    baseline: BaselineModel | None = None
+    preprocess: JSONDict | None = None           # the declared image preprocessing, shipped in the bundle
+    class_names: tuple[str, ...] = ()
+    progress: Callable[[str, int, int], None] = _no_progress
+    log: Callable[[str], None] = _no_log
 
 
 class Pass(abc.ABC):

@@ -1,14 +1,13 @@
 """``benchmark``: latency (p50/p90/p99), throughput, peak memory (resident-set growth of a fresh
 process while the model loads and warms up) and file size of a candidate on this host, through the
-same runtime backend a device uses. When the build names a baseline (``ctx.options["baseline_model"]``
-= ``{"path", "runtime"}``: the source model under plain onnxruntime), its runs alternate with the
+same runtime backend a device uses. When the build names a baseline (``ctx.baseline``: the source model
+under plain onnxruntime), its runs alternate with the
 candidate's in the same process and ``speedup`` compares the two under identical load.
 Never cached: timings belong to this run on this machine.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_info, host_options, measure
@@ -36,8 +35,8 @@ class BenchmarkPass(Pass):
         runtime = artifact.runtime or "onnxruntime"
         options, notes = host_options(ctx.target, runtime, int(cfg["threads"]))
         label = f"benchmark {runtime}/{artifact.precision}"
-        base = ctx.options.get("baseline_model")
-        baseline = (Path(base["path"]), base["runtime"], BackendOptions(num_threads=int(cfg["threads"]))) if base else None
+        base = ctx.baseline
+        baseline = (base.path, base.runtime, BackendOptions(num_threads=int(cfg["threads"]))) if base else None
         result = measure(
             artifact.path, runtime, options, samples[0], seconds=float(cfg["seconds"]), warmup=int(cfg["warmup"]),
             max_iters=int(cfg["max_iters"]), baseline=baseline,

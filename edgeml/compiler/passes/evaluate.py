@@ -13,7 +13,6 @@ lists every miss with the numbers.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,24 +20,11 @@ import numpy as np
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.request import Thresholds
 from edgeml.errors import CompileError, ConfigError, FidelityError
 from edgeml.runtimes import BackendOptions
 
 SNR_CAP_DB = 120.0
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The gate. ``None`` turns a check off. ``max_drop`` is absolute (0.01 = one accuracy point)."""
-
-    min_agreement: float | None = 0.97
-    min_cosine: float | None = 0.98
-    min_snr_db: float | None = None
-    max_abs_error: float | None = None
-    max_drop: float | None = 0.02
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]:
@@ -122,14 +108,14 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
 
 def reference_outputs(ctx: BuildContext, samples: SampleSet) -> dict[str, np.ndarray]:
     """The FP32 source model's outputs under ONNX Runtime CPU, computed once per build."""
-    cached = ctx.options.get("_reference_outputs")
+    cached = ctx.reference_outputs
     if cached is None:
         if ctx.reference is None:
             raise CompileError("evaluate needs the reference model (BuildContext.reference)")
         options = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
         ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
         cached = run_outputs(ctx.reference.path, ref_runtime, options, samples)
-        ctx.options["_reference_outputs"] = cached
+        ctx.reference_outputs = cached
     return dict(cached)
 
 

@@ -99,7 +99,7 @@ class PackagePass(Pass):
         smoke_in = smoke_source[0]
         options, _ = host_options(ctx.target, runtime)
         expected = run_outputs(artifact.path, runtime, options, SampleSet([smoke_in]))
-        np.savez(workdir / "smoke-input.npz", **smoke_in)
+        np.savez(workdir / "smoke-input.npz", **smoke_in)  # type: ignore[arg-type]
         np.savez(workdir / "smoke-expected.npz", **expected)  # type: ignore[arg-type]
         scale = max((float(np.max(np.abs(v))) for v in expected.values() if v.size and v.dtype.kind == "f"), default=1.0)
         tol = SMOKE_TOLERANCE.get(artifact.precision, 1e-1)
@@ -130,7 +130,8 @@ class PackagePass(Pass):
             "fidelity": artifact.metadata.get("fidelity"), "benchmark": artifact.metadata.get("benchmark"),
             "reference_stats": stats,
             "provenance": {
-                "source_sha256": ctx.options.get("source_sha256"), "source_name": ctx.options.get("source_name"),
+                "source_sha256": ctx.source.sha256 if ctx.source else None,
+                "source_name": ctx.source.name if ctx.source else None,
                 "edgeml_version": _edgeml_version(),
                 "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
                            for p in artifact.metadata.get("passes", [])],
@@ -138,10 +139,9 @@ class PackagePass(Pass):
             "smoke": {"input": "smoke/input.npz", "expected": "smoke/expected.npz",
                       "rtol": tol, "atol": round(tol * scale + 1e-5, 8)},
         }
-        preprocess = ctx.options.get("preprocess")
-        if preprocess:
-            manifest["preprocess"] = preprocess
-        class_names = ctx.options.get("class_names")
+        if ctx.preprocess:
+            manifest["preprocess"] = ctx.preprocess
+        class_names = ctx.class_names
         if class_names:
             (workdir / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = workdir / "labels.txt"

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.request import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_HINT = (
     "pass calibration data with --calibration (a .npz with one array per input, a .npy for a "
     "single-input model, a folder of images with declared preprocessing, or a Python iterable of "
@@ -181,7 +181,7 @@ class QuantizeOrt(Pass):
     name = "quantize_ort"
     defaults: Mapping[str, Any] = {
         "per_channel": False,
-        "calibration_method": "minmax",
+        "calibration_method": DEFAULT_CALIBRATION_METHOD,
         "exclude_nodes": [],
         "exclude_op_types": [],
         "max_samples": 64,
