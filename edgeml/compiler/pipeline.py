@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeml._version import __version__
 from edgeml.compiler.passes.base import Artifact, BuildContext, get_pass
 from edgeml.paths import cache_dir
 
@@ -61,9 +62,7 @@ def artifact_from_json(data: dict[str, Any], root: Path) -> Artifact:
 
 
 def _step_key(pass_key: str, name: str, ctx: BuildContext, uses_calibration: bool) -> str:
-    import edgeml
-
-    parts = [pass_key, name, edgeml.__version__]
+    parts = [pass_key, name, __version__]
     fingerprint = getattr(ctx.calibration, "fingerprint", None)
     if uses_calibration and fingerprint is not None:
         parts.append(fingerprint())

@@ -20,16 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
 
 MAX_SAMPLES = 8          # a few samples rank layers reliably; every tensor of every sample is kept in memory
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-
-
-def _nmse(candidate: np.ndarray, reference: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    diff = candidate.astype(np.float64).ravel() - ref
-    return float(diff @ diff / max(float(ref @ ref), 1e-12))
 
 
 def _expose_all(model: Any, names: Iterable[str], path: Path) -> None:
@@ -77,18 +72,6 @@ def _own_quantization(candidate: Any, nodes: list[Any]) -> list[Any]:
     before, after = _before_qdq(candidate), _after_qdq(candidate)
     return [n for n in nodes
             if any(before.get(i) in initializers for i in n.input) or any(o in after for o in n.output)]
-
-
-def own_damage(error_out: float, error_in: float) -> float:
-    """Error a node adds, weighted by the share of its output error that is new.
-
-    ``out − in`` alone blames nodes that merely amplify error arriving from upstream (a Gemm after a
-    badly quantized Conv); ``(out − in)² / out`` keeps the full increment for a node that creates its
-    error and shrinks it for one that passes it on.
-    """
-    if error_out <= error_in:
-        return 0.0
-    return (error_out - error_in) ** 2 / error_out
 
 
 def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
@@ -148,13 +131,6 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
     return top_names(scores, top_k)
 
 
-def top_names(scores: Mapping[str, tuple[float, float]], top_k: int) -> list[str]:
-    """Names by (own damage, output error), worst first. Nodes without own damage still fill the list
-    (behind all others) so a caller that widens ``top_k`` after a failed gate keeps making progress."""
-    ranked = sorted(scores.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
-    return [name for name, _ in ranked[:top_k]]
-
-
 def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]],
                    feeds: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Mean NMSE of each (reference tensor, candidate tensor) pair over the samples, by reference name."""
@@ -174,5 +150,5 @@ def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]]
             for (name, _), r, c in zip(pairs, ref_out, cand_out, strict=True):
                 r, c = np.asarray(r), np.asarray(c)
                 if r.shape == c.shape and np.issubdtype(r.dtype, np.floating) and np.issubdtype(c.dtype, np.floating):
-                    errors[name].append(_nmse(c, r))
+                    errors[name].append(nmse(c, r))
     return {t: float(np.mean(v)) for t, v in errors.items() if v}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError
 
 SKIPPED_TYPES = {"Parameter", "Result", "Constant", "Convert", "FakeQuantize"}
@@ -43,12 +44,6 @@ def _before_fake_quantize(output: Any) -> Any:
     return _source(node.input(0)) if node.get_type_name() == "FakeQuantize" else output
 
 
-def _nmse(candidate: np.ndarray, reference: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    diff = candidate.astype(np.float64).ravel() - ref
-    return float(diff @ diff / max(float(ref @ ref), 1e-12))
-
-
 def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mapping[str, np.ndarray]],
                       input_names: list[str]) -> list[list[np.ndarray]]:
     """Values of ``wanted`` outputs (in order) for each feed."""
@@ -67,7 +62,6 @@ def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mappin
 def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
                        top_k: int, max_samples: int = 8) -> list[str]:
     """Friendly names of the ``top_k`` quantized ops of ``candidate`` (NNCF IR) that hurt most."""
-    from edgeml.compiler.sensitivity import own_damage, top_names
     from edgeml.runtimes.openvino_backend import import_openvino
 
     ov = import_openvino()
@@ -104,7 +98,7 @@ def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mappi
     errors = np.zeros(len(cand_wanted))
     for cand_row, ref_row in zip(cand_values, ref_values, strict=True):
         for i, (c, r) in enumerate(zip(cand_row, ref_row, strict=True)):
-            errors[i] += _nmse(c, r) / len(feeds) if c.shape == r.shape else 0.0
+            errors[i] += nmse(c, r) / len(feeds) if c.shape == r.shape else 0.0
 
     scores: dict[str, tuple[float, float]] = {}
     offset = len(chosen)

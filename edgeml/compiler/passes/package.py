@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgeml._version import __version__
 from edgeml.bundle import TensorSpec, load_signing_key, pack_bundle
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
@@ -132,7 +133,7 @@ class PackagePass(Pass):
             "provenance": {
                 "source_sha256": ctx.source.sha256 if ctx.source else None,
                 "source_name": ctx.source.name if ctx.source else None,
-                "edgeml_version": _edgeml_version(),
+                "edgeml_version": __version__,
                 "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
                            for p in artifact.metadata.get("passes", [])],
             },
@@ -150,9 +151,3 @@ class PackagePass(Pass):
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})
-
-
-def _edgeml_version() -> str:
-    import edgeml
-
-    return edgeml.__version__
