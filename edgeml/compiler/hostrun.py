@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeml.compiler.data import SampleSet
 from edgeml.errors import RuntimeBackendError
-from edgeml.runtimes import BackendOptions, open_model
+from edgeml.runtimes import Backend, BackendOptions, open_model
 from edgeml.targets import TargetProfile
 
 DEFAULT_THREADS = 2
@@ -189,27 +189,7 @@ def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mappi
             for _ in range(warmup):
                 base.run(base_feed)
             runners.append((base, base_feed))
-        times: list[list[float]] = [[] for _ in runners]
-        deadline = time.perf_counter() + seconds
-        expected = max_iters
-        block = 1
-        while len(times[0]) < max_iters and (len(times[0]) < min_iters or time.perf_counter() < deadline):
-            # alternate in blocks of ~BLOCK_SECONDS, not single runs: a runtime's worker threads keep
-            # spinning for a moment after each run and would steal the cores from the other one
-            for (b, f), ts in zip(runners, times, strict=True):
-                b.run(f)  # first run after a switch: not timed
-                for _ in range(block):
-                    start = time.perf_counter()
-                    b.run(f)
-                    ts.append(time.perf_counter() - start)
-            n = len(times[0])
-            per = sum(sum(ts) for ts in times) / n
-            block = max(1, min(50, int(BLOCK_SECONDS / max(per, 1e-9))))
-            if expected == max_iters and n >= min_iters:
-                # estimate the total once, so a progress bar has a meaningful end
-                expected = max(min_iters, min(max_iters, int(seconds / max(per, 1e-9))))
-            if progress:
-                progress(min(n, expected), expected)
+        times = _timed_runs(runners, seconds=seconds, max_iters=max_iters, min_iters=min_iters, progress=progress)
         device = backend.device
     finally:
         for b in backends:
@@ -227,6 +207,33 @@ def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mappi
                                      **{k: paired[k] for k in ("p50_ms", "p90_ms", "p99_ms")}}
         result["speedup"] = round(paired["p50_ms"] / max(result["p50_ms"], 1e-9), 3)
     return result
+
+
+def _timed_runs(runners: list[tuple[Backend, dict[str, np.ndarray]]], *, seconds: float, max_iters: int, min_iters: int,
+                progress: Callable[[int, int], None] | None) -> list[list[float]]:
+    """Seconds per run of each (backend, feed), the runners taking turns until time or iterations run out."""
+    times: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + seconds
+    expected = max_iters
+    block = 1
+    while len(times[0]) < max_iters and (len(times[0]) < min_iters or time.perf_counter() < deadline):
+        # alternate in blocks of ~BLOCK_SECONDS, not single runs: a runtime's worker threads keep
+        # spinning for a moment after each run and would steal the cores from the other one
+        for (b, f), ts in zip(runners, times, strict=True):
+            b.run(f)  # first run after a switch: not timed
+            for _ in range(block):
+                start = time.perf_counter()
+                b.run(f)
+                ts.append(time.perf_counter() - start)
+        n = len(times[0])
+        per = sum(sum(ts) for ts in times) / n
+        block = max(1, min(50, int(BLOCK_SECONDS / max(per, 1e-9))))
+        if expected == max_iters and n >= min_iters:
+            # estimate the total once, so a progress bar has a meaningful end
+            expected = max(min_iters, min(max_iters, int(seconds / max(per, 1e-9))))
+        if progress:
+            progress(min(n, expected), expected)
+    return times
 
 
 def _stats(ms: np.ndarray) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.bundle.manifest import TensorSpec
 from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, onnx_specs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
@@ -38,7 +39,7 @@ from edgeml.compiler.tflite_inspect import inspect_tflite
 from edgeml.compiler.tflite_io import io_map
 from edgeml.errors import ConfigError, ConversionError
 from edgeml.paths import cache_dir
-from edgeml.toolchains import require
+from edgeml.toolchains import Toolchain, require
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 OUTPUT_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_integer_quant.tflite"}
@@ -153,23 +154,10 @@ class ConvertTflite(Pass):
         quant_key = _key({"calib": {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in (calib or {}).items()},
                           "qt": cfg["quant_type"]}) if calib is not None else ""
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        stem = "model"
-        runs = runs_dir()
-        produced = _find_run(runs, base_key, quant_key, stem + OUTPUT_SUFFIX[precision])
+        produced = _find_run(runs_dir(), base_key, quant_key, "model" + OUTPUT_SUFFIX[precision])
         if produced is None:
-            name = f"onnx2tf-{base_key}{'-q' + quant_key if quant_key else ''}"
-            staging = runs / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-            try:
-                self._convert(toolchain, artifact.path, staging, stem, inputs, shapes, calib, ctx)
-                if not (staging / "out" / (stem + OUTPUT_SUFFIX[precision])).exists():
-                    raise ConversionError(f"onnx2tf finished but wrote no {stem + OUTPUT_SUFFIX[precision]}; "
-                                          f"see {staging / 'onnx2tf.log'}")
-                with contextlib.suppress(OSError):  # a concurrent build renamed the same run first
-                    os.rename(staging, runs / name)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging, ignore_errors=True)
-            produced = runs / name / "out" / (stem + OUTPUT_SUFFIX[precision])
+            produced = self._convert_once(toolchain, artifact.path, f"{base_key}{'-q' + quant_key if quant_key else ''}",
+                                          inputs, shapes, calib, ctx)
         final = ctx.workdir / f"{artifact.path.stem}_{precision}.tflite"
         renamed = name_io_like_onnx(produced, final, inputs, outputs)
 
@@ -195,6 +183,25 @@ class ConvertTflite(Pass):
             metadata["calibration_samples"] = int(next(iter(calib.values())).shape[0])
         return artifact.evolve(path=final, format="tflite", precision=precision, digest=digest_files([final]),
                                extra_files=(), runtime="litert", metadata=metadata)
+
+    def _convert_once(self, toolchain: Toolchain, source: Path, run_key: str, inputs: list[TensorSpec],
+                      shapes: dict[str, list[int]], calib: dict[str, np.ndarray] | None, ctx: BuildContext) -> Path:
+        """Run onnx2tf into a staging directory renamed to ``runs_dir()/onnx2tf-<run_key>`` when it
+        succeeded, so an interrupted conversion never leaves a run that looks complete."""
+        stem, runs = "model", runs_dir()
+        wanted = stem + OUTPUT_SUFFIX[self.config["precision"]]
+        name = f"onnx2tf-{run_key}"
+        staging = runs / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        try:
+            self._convert(toolchain, source, staging, stem, inputs, shapes, calib, ctx)
+            if not (staging / "out" / wanted).exists():
+                raise ConversionError(f"onnx2tf finished but wrote no {wanted}; see {staging / 'onnx2tf.log'}")
+            with contextlib.suppress(OSError):  # a concurrent build renamed the same run first
+                os.rename(staging, runs / name)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return runs / name / "out" / wanted
 
     def _from_tflite(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
         """A ``.tflite`` source is already a LiteRT model: fp32 keeps it as it is (whatever precision its

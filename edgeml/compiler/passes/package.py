@@ -90,38 +90,16 @@ class PackagePass(Pass):
         unknown = sorted(set(self.config) - set(_OPTIONS))
         if unknown:
             raise ConfigError(f"pass 'package' has no option '{unknown[0]}' (known: {', '.join(_OPTIONS)})")
-        output = Path(self.config["output"])
-        key = resolve_key(self.config.get("key"))
+        output = Path(str(self.config["output"]))
+        key = resolve_key(_str_or_none(self.config.get("key")))
         runtime = artifact.runtime or "onnxruntime"
-        workdir = ctx.workdir
-
-        # smoke sample: the first held-out input and what this candidate answers on this host
-        smoke_source = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else _stats_samples(ctx)
-        smoke_in = smoke_source[0]
         options, _ = host_options(ctx.target, runtime)
-        expected = run_outputs(artifact.path, runtime, options, SampleSet([smoke_in]))
-        np.savez(workdir / "smoke-input.npz", **smoke_in)  # type: ignore[arg-type]
-        np.savez(workdir / "smoke-expected.npz", **expected)  # type: ignore[arg-type]
-        scale = max((float(np.max(np.abs(v))) for v in expected.values() if v.size and v.dtype.kind == "f"), default=1.0)
-        tol = SMOKE_TOLERANCE.get(artifact.precision, 1e-1)
-
-        # reference statistics over the calibration data, from the FP32 reference model
-        stats_set = _stats_samples(ctx)
-        if ctx.reference is None:
-            raise CompileError("package needs the reference model (BuildContext.reference)")
-        ref_opts = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
-        ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
-        ref_out = run_outputs(ctx.reference.path, ref_runtime, ref_opts, stats_set)
-        stats = reference_stats(stats_set.stacked(), ref_out, len(stats_set))
-
+        files: dict[str, str | Path] = {f"model/{p.name}": p for p in artifact.files}
+        smoke = _smoke(artifact, ctx, runtime, options, files)
         with open_model(artifact.path, runtime, options) as backend:
             actual_in, actual_out = backend.inputs, backend.outputs
         declared_in = specs_from_json(artifact.metadata.get("inputs", []))
         declared_out = specs_from_json(artifact.metadata.get("outputs", []))
-
-        files: dict[str, str | Path] = {f"model/{p.name}": p for p in artifact.files}
-        files["smoke/input.npz"] = workdir / "smoke-input.npz"
-        files["smoke/expected.npz"] = workdir / "smoke-expected.npz"
         manifest: dict[str, Any] = {
             "name": self.config["name"], "version": self.config["version"],
             "target": ctx.target.to_json(), "runtime": runtime,
@@ -129,25 +107,60 @@ class PackagePass(Pass):
             "precision": artifact.precision, "model": f"model/{artifact.path.name}",
             "inputs": _merge_specs(actual_in, declared_in), "outputs": _merge_specs(actual_out, declared_out),
             "fidelity": artifact.metadata.get("fidelity"), "benchmark": artifact.metadata.get("benchmark"),
-            "reference_stats": stats,
-            "provenance": {
-                "source_sha256": ctx.source.sha256 if ctx.source else None,
-                "source_name": ctx.source.name if ctx.source else None,
-                "edgeml_version": __version__,
-                "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
-                           for p in artifact.metadata.get("passes", [])],
-            },
-            "smoke": {"input": "smoke/input.npz", "expected": "smoke/expected.npz",
-                      "rtol": tol, "atol": round(tol * scale + 1e-5, 8)},
+            "reference_stats": _reference_stats(ctx),
+            "provenance": _provenance(artifact, ctx),
+            "smoke": smoke,
         }
         if ctx.preprocess:
             manifest["preprocess"] = ctx.preprocess
-        class_names = ctx.class_names
-        if class_names:
-            (workdir / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-            files["labels.txt"] = workdir / "labels.txt"
-            manifest["labels"] = {"file": "labels.txt", "count": len(class_names)}
+        if ctx.class_names:
+            (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
+            files["labels.txt"] = ctx.workdir / "labels.txt"
+            manifest["labels"] = {"file": "labels.txt", "count": len(ctx.class_names)}
         signed = pack_bundle(output, manifest, files, key, compression=self.config.get("compression", "zstd"))
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})
+
+
+def _smoke(artifact: Artifact, ctx: BuildContext, runtime: str, options: BackendOptions,
+           files: dict[str, str | Path]) -> dict[str, Any]:
+    """The smoke sample: the first held-out input and what this candidate answers on this host, with the
+    tolerance a device's answer must meet. Adds its two files to ``files``."""
+    workdir = ctx.workdir
+    smoke_source = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else _stats_samples(ctx)
+    smoke_in = smoke_source[0]
+    expected = run_outputs(artifact.path, runtime, options, SampleSet([smoke_in]))
+    np.savez(workdir / "smoke-input.npz", **smoke_in)  # type: ignore[arg-type]
+    np.savez(workdir / "smoke-expected.npz", **expected)  # type: ignore[arg-type]
+    files["smoke/input.npz"] = workdir / "smoke-input.npz"
+    files["smoke/expected.npz"] = workdir / "smoke-expected.npz"
+    scale = max((float(np.max(np.abs(v))) for v in expected.values() if v.size and v.dtype.kind == "f"), default=1.0)
+    tol = SMOKE_TOLERANCE.get(artifact.precision, 1e-1)
+    return {"input": "smoke/input.npz", "expected": "smoke/expected.npz", "rtol": tol,
+            "atol": round(tol * scale + 1e-5, 8)}
+
+
+def _reference_stats(ctx: BuildContext) -> dict[str, Any]:
+    """Statistics of the calibration data and of the FP32 reference model's outputs on it (for drift)."""
+    stats_set = _stats_samples(ctx)
+    if ctx.reference is None:
+        raise CompileError("package needs the reference model (BuildContext.reference)")
+    ref_opts = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
+    ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
+    ref_out = run_outputs(ctx.reference.path, ref_runtime, ref_opts, stats_set)
+    return reference_stats(stats_set.stacked(), ref_out, len(stats_set))
+
+
+def _provenance(artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "source_sha256": ctx.source.sha256 if ctx.source else None,
+        "source_name": ctx.source.name if ctx.source else None,
+        "edgeml_version": __version__,
+        "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
+                   for p in artifact.metadata.get("passes", [])],
+    }
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

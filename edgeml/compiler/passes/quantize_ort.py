@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.request import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
+from edgeml.jsontypes import JSONDict
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 CALIBRATION_HINT = (
     "pass calibration data with --calibration (a .npz with one array per input, a .npy for a "
@@ -208,58 +213,55 @@ class QuantizeOrt(Pass):
             raise QuantizationError(f"the calibration data holds no samples: {CALIBRATION_HINT}")
         try:
             import onnx
-            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+            import onnxruntime.quantization  # noqa: F401 - checked before any work, used in _quantize
         except ImportError as exc:
             raise MissingExtraError("onnxruntime", "compile", "INT8 quantization") from exc
 
-        cfg = self.config
         model = onnx.load(str(artifact.path), load_external_data=False)
+        excluded_types = self._excluded_types(model, artifact)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        prepared = _prepare(model, artifact, ctx, per_channel=bool(self.config["per_channel"]),
+                            keep_names=bool(self.config["exclude_nodes"]))
+        # TensorRT wants symmetric INT8 for both; CPU kernels are fastest with u8 activations, s8 weights.
+        trt = "TensorrtExecutionProvider" in ctx.target.options("onnxruntime").providers
+        reader = SampleSetReader(ctx.calibration, onnx_input_names(model), int(self.config["max_samples"]), ctx)
+        output = ctx.workdir / f"{artifact.path.stem}.int8.onnx"
+        try:
+            self._quantize(prepared.source, output, reader, trt, artifact.path.name)
+        finally:
+            prepared.cleanup()
+        excluded = bool(self.config["exclude_nodes"] or excluded_types)
+        return artifact.evolve(
+            path=output, format="onnx", precision="mixed" if excluded else "int8",
+            digest=sha256_file(output), extra_files=(), runtime=artifact.runtime or "onnxruntime",
+            metadata={**artifact.metadata, **self._metadata(prepared, reader, trt, excluded_types)},
+        )
+
+    def _excluded_types(self, model: ModelProto, artifact: Artifact) -> list[str]:
+        """The excluded op types the model has; excluded node names it lacks are a ConfigError (a typo)."""
         node_names = {n.name for n in model.graph.node}
-        unknown = [n for n in cfg["exclude_nodes"] if n not in node_names]
+        unknown = [n for n in self.config["exclude_nodes"] if n not in node_names]
         if unknown:
             raise ConfigError(
                 f"pass '{self.name}': exclude_nodes names node(s) not in {artifact.path.name}: "
                 f"{', '.join(unknown)}"
             )
-        present_types = {n.op_type for n in model.graph.node}
-        excluded_types = sorted(present_types & set(cfg["exclude_op_types"]))
+        return sorted({n.op_type for n in model.graph.node} & set(self.config["exclude_op_types"]))
+
+    def _quantize(self, source: Path, output: Path, reader: SampleSetReader, trt: bool, name: str) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        cfg = self.config
         # None = onnxruntime's own default set; with exclusions, that same set minus the excluded types.
         op_types = None
         if cfg["exclude_op_types"]:
             op_types = sorted({*QDQRegistry, *QLinearOpsRegistry} - set(cfg["exclude_op_types"]))
-
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
-        stem = artifact.path.stem
-        source = artifact.path
-        moved = constants_to_initializers(model)
-        upgraded = cfg["per_channel"] and _upgrade_for_per_channel(model, artifact.path.name)
-        if upgraded:
-            ctx.log(f"quantize_ort: {artifact.path.name} upgraded to opset {PER_CHANNEL_OPSET} for per-channel scales")
-        weights_file = ctx.workdir / f"{stem}.weights.onnx"
-        if moved or upgraded:
-            onnx.save(model, str(weights_file))
-            source = weights_file
-            ctx.log(f"quantize_ort: {moved} Constant nodes of {artifact.path.name} moved to initializers (weights)")
-        prepared = ctx.workdir / f"{stem}.preprocessed.onnx"
-        # Graph optimization may fuse or rename nodes, which would break exclusions by name.
-        skip_reason = _preprocess(source, prepared, skip_optimization=bool(cfg["exclude_nodes"]))
-        if skip_reason is None:
-            source = prepared
-            ctx.log(f"quantize_ort: pre-processed {artifact.path.name} (shape inference + optimization)")
-        else:
-            ctx.log(f"quantize_ort: skipped quant_pre_process ({skip_reason}); quantizing without it")
-
-        trt = "TensorrtExecutionProvider" in ctx.target.options("onnxruntime").providers
-        # TensorRT wants symmetric INT8 for both; CPU kernels are fastest with u8 activations, s8 weights.
-        activation_type = QuantType.QInt8 if trt else QuantType.QUInt8
         method = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
-        }[cfg["calibration_method"]]
-        reader = SampleSetReader(ctx.calibration, onnx_input_names(model), cfg["max_samples"], ctx)
-        output = ctx.workdir / f"{stem}.int8.onnx"
+        }[str(cfg["calibration_method"])]
         try:
             quantize_static(
                 str(source), str(output), reader,
@@ -267,7 +269,7 @@ class QuantizeOrt(Pass):
                 op_types_to_quantize=op_types,
                 per_channel=cfg["per_channel"],
                 reduce_range=cfg["reduce_range"],
-                activation_type=activation_type,
+                activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(cfg["exclude_nodes"]),
                 calibrate_method=method,
@@ -277,15 +279,13 @@ class QuantizeOrt(Pass):
             raise
         except Exception as exc:
             raise QuantizationError(
-                f"onnxruntime could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}"
+                f"onnxruntime could not quantize {name}: {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            prepared.unlink(missing_ok=True)
-            weights_file.unlink(missing_ok=True)
 
-        excluded = bool(cfg["exclude_nodes"] or excluded_types)
-        metadata = {
-            **artifact.metadata,
+    def _metadata(self, prepared: _Prepared, reader: SampleSetReader, trt: bool,
+                  excluded_types: list[str]) -> JSONDict:
+        cfg = self.config
+        return {
             "quantizer": "onnxruntime",
             "quant_format": "QDQ",
             "activation_type": "int8" if trt else "uint8",
@@ -294,14 +294,50 @@ class QuantizeOrt(Pass):
             "reduce_range": cfg["reduce_range"],
             "calibration_method": cfg["calibration_method"],
             "calibration_samples": reader.count,
-            "preprocess": "applied" if skip_reason is None else f"skipped: {skip_reason}",
-            "constants_moved_to_initializers": moved,
-            "opset_upgraded_to": PER_CHANNEL_OPSET if upgraded else None,
+            "preprocess": "applied" if prepared.skip_reason is None else f"skipped: {prepared.skip_reason}",
+            "constants_moved_to_initializers": prepared.moved,
+            "opset_upgraded_to": PER_CHANNEL_OPSET if prepared.upgraded else None,
             "excluded_nodes": list(cfg["exclude_nodes"]),
-            "excluded_op_types": excluded_types,
+            "excluded_op_types": list(excluded_types),
         }
-        return artifact.evolve(
-            path=output, format="onnx", precision="mixed" if excluded else "int8",
-            digest=sha256_file(output), extra_files=(), runtime=artifact.runtime or "onnxruntime",
-            metadata=metadata,
-        )
+
+
+@dataclass
+class _Prepared:
+    """The model the quantizer reads, after the repairs it needs, and the temporary files made for it."""
+
+    source: Path
+    moved: int
+    upgraded: bool
+    skip_reason: str | None
+    temporary: tuple[Path, ...]
+
+    def cleanup(self) -> None:
+        for path in self.temporary:
+            path.unlink(missing_ok=True)
+
+
+def _prepare(model: ModelProto, artifact: Artifact, ctx: BuildContext, *, per_channel: bool,
+             keep_names: bool) -> _Prepared:
+    """Constants to initializers, opset 13 for per-channel scales, and quant_pre_process when it works."""
+    import onnx
+
+    stem, source = artifact.path.stem, artifact.path
+    moved = constants_to_initializers(model)
+    upgraded = per_channel and _upgrade_for_per_channel(model, artifact.path.name)
+    if upgraded:
+        ctx.log(f"quantize_ort: {artifact.path.name} upgraded to opset {PER_CHANNEL_OPSET} for per-channel scales")
+    weights_file = ctx.workdir / f"{stem}.weights.onnx"
+    if moved or upgraded:
+        onnx.save(model, str(weights_file))
+        source = weights_file
+        ctx.log(f"quantize_ort: {moved} Constant nodes of {artifact.path.name} moved to initializers (weights)")
+    prepared = ctx.workdir / f"{stem}.preprocessed.onnx"
+    # Graph optimization may fuse or rename nodes, which would break exclusions by name.
+    skip_reason = _preprocess(source, prepared, skip_optimization=keep_names)
+    if skip_reason is None:
+        source = prepared
+        ctx.log(f"quantize_ort: pre-processed {artifact.path.name} (shape inference + optimization)")
+    else:
+        ctx.log(f"quantize_ort: skipped quant_pre_process ({skip_reason}); quantizing without it")
+    return _Prepared(source, moved, upgraded, skip_reason, (prepared, weights_file))
