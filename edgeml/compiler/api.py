@@ -30,7 +30,7 @@ from edgeml.compiler.progress import ProgressBars
 from edgeml.compiler.report import BuildReport, Candidate, choose
 from edgeml.compiler.request import QUANTIZED, BuildOptions, BuildRequest, SampleSource
 from edgeml.errors import CompileError, ConfigError, FidelityError
-from edgeml.jsontypes import JSON
+from edgeml.jsontypes import JSON, as_float, as_list
 from edgeml.runtimes import BackendOptions
 from edgeml.targets import TargetProfile, get_target
 
@@ -154,7 +154,7 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     ctx.reference = run_steps(source_art, prefix[:1], ctx, scratch=scratch, use_cache=cache, records=records)
     ctx.optimized = run_steps(ctx.reference, prefix[1:], ctx, scratch=scratch, use_cache=cache, records=records)
     report.data["prefix_steps"] = [r.to_json() for r in records]
-    report.notes += [str(n) for n in ctx.optimized.metadata.get("check_notes", [])]
+    report.notes += [str(n) for n in as_list(ctx.optimized.metadata.get("check_notes", []))]
 
     cal, ev, real_data = _samples(ctx.reference, request)
     report.data.update(calibration_samples=len(cal), evaluation_samples=len(ev), real_data=real_data,
@@ -211,9 +211,9 @@ def _candidate(builder: CandidateBuilder, report: BuildReport, cand: Candidate, 
         return cand
     builder.build(cand)
     if cand.benchmark and cand.benchmark.get("speedup"):
-        cand.speedup = float(cand.benchmark["speedup"])  # paired with the baseline, same load
+        cand.speedup = as_float(cand.benchmark["speedup"])  # paired with the baseline, same load
     elif report.baseline and cand.p50:
-        cand.speedup = round(float(report.baseline["p50_ms"]) / cand.p50, 3)
+        cand.speedup = round(as_float(report.baseline["p50_ms"]) / cand.p50, 3)
     return cand
 
 

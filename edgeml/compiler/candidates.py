@@ -19,6 +19,7 @@ from edgeml.compiler.pipeline import Step, StepRecord, run_steps
 from edgeml.compiler.report import Candidate
 from edgeml.compiler.request import BuildRequest
 from edgeml.errors import CompileError, EdgeMLError
+from edgeml.jsontypes import as_dict, as_strs
 
 FALLBACK_TOP_K = (2, 5, 12)   # layers kept in float per fallback round (re-ranked each round)
 
@@ -47,14 +48,14 @@ class CandidateBuilder:
         run = _Run(cand)
         try:
             art = self._gated(run)
-            cand.fidelity = art.metadata["fidelity"]
+            fidelity = cand.fidelity = dict(as_dict(art.metadata["fidelity"]))
             cand.size_bytes = art.size_bytes
             cand.precision = art.precision
             # failed candidates are measured too: the report shows what the gate cost (never chosen)
             art = self._run(art, [("benchmark", {"seconds": self.request.benchmark_seconds})], run, cache=False)
-            cand.benchmark = art.metadata["benchmark"]
-            if not cand.fidelity["passed"]:
-                cand.status, cand.reason = "failed", "; ".join(cand.fidelity["failures"])
+            cand.benchmark = dict(as_dict(art.metadata["benchmark"]))
+            if not _passed(art):
+                cand.status, cand.reason = "failed", "; ".join(as_strs(fidelity["failures"]))
                 return
             cand.status = "passed"
             self.built[cand.key] = art
@@ -83,7 +84,7 @@ class CandidateBuilder:
         art = self._run(start, steps, run, cache=self.request.use_cache, trail=trail)
         art = self._gate(_ensure_runtime(art, run.cand.runtime), run)
         q = plan.quantizer_index(steps)
-        if not art.metadata["fidelity"]["passed"] and self.request.fallback and q is not None:
+        if not _passed(art) and self.request.fallback and q is not None:
             art = self._fallback(run, art, trail[q], q)
         return art
 
@@ -116,12 +117,17 @@ class CandidateBuilder:
             art = self._run(before_quant, self._steps(cand, keep)[q:], run, cache=self.request.use_cache)
             art = self._gate(_ensure_runtime(art, cand.runtime), run)
             cand.excluded_nodes = keep
-            passed = bool(art.metadata["fidelity"]["passed"])
+            passed = _passed(art)
             self.ctx.log(f"fallback {cand.label}: kept {len(keep)} node(s) in float -> "
                          f"{'passed' if passed else 'still failing'}")
             if passed:
                 break
         return art
+
+
+def _passed(art: Artifact) -> bool:
+    """Whether ``art`` passed the fidelity gate (the evaluate pass wrote its report into the metadata)."""
+    return as_dict(art.metadata["fidelity"])["passed"] is True
 
 
 def _ensure_runtime(art: Artifact, runtime: str) -> Artifact:

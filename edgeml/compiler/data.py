@@ -1,7 +1,7 @@
 """Sample data for a build: calibration (quantizers), held-out evaluation (the fidelity gate),
 reference statistics and the bundle's smoke sample.
 
-A :class:`SampleSet` is a list of feeds (``dict[input name, np.ndarray]``, one sample each, shaped like
+A :class:`SampleSet` is a list of feeds (``dict[input name, Array]``, one sample each, shaped like
 the model's inputs with batch 1) plus optional labels. Sources:
 
 - ``.npz``: one array per model input, keyed by input name, first axis = samples;
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
 from edgeml.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -34,7 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 class SampleSet:
     """Feeds (one dict per sample) and optional labels (one per sample)."""
 
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], labels: np.ndarray | None = None,
+    def __init__(self, feeds: Sequence[dict[str, Array]], labels: Array | None = None,
                  source: str = "") -> None:
         self.feeds = list(feeds)
         if labels is not None:
@@ -57,7 +58,7 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.feeds)
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[dict[str, Array]]:
         if self._progress is None:
             yield from self.feeds
             return
@@ -66,14 +67,14 @@ class SampleSet:
             yield feed
             self._progress(self._label, i + 1, total)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, Array]:
         return self.feeds[index]
 
     def subset(self, indices: Sequence[int]) -> SampleSet:
         labels = self.labels[list(indices)] if self.labels is not None else None
         return SampleSet([self.feeds[i] for i in indices], labels, self.source)
 
-    def stacked(self) -> dict[str, np.ndarray]:
+    def stacked(self) -> dict[str, Array]:
         """All samples concatenated along the batch axis, per input."""
         if not self.feeds:
             return {}
@@ -132,7 +133,7 @@ class Preprocess:
             std=tuple(float(v) for v in data.get("std", (1.0, 1.0, 1.0))),
         )
 
-    def apply(self, path: Path, dtype: str = "float32") -> np.ndarray:
+    def apply(self, path: Path, dtype: str = "float32") -> Array:
         """One image file -> an array of shape [1, C, H, W] (NCHW) or [1, H, W, C] (NHWC)."""
         from PIL import Image
 
@@ -161,7 +162,7 @@ def _from(source: str) -> str:
     return f" (from {source})" if source else ""
 
 
-def _rank_split(name: str, arr: np.ndarray, spec: TensorSpec | None, source: str) -> list[np.ndarray]:
+def _rank_split(name: str, arr: Array, spec: TensorSpec | None, source: str) -> list[Array]:
     """Split an array whose first axis counts samples into batch-1 feeds shaped like the input."""
     if arr.ndim == 0:
         raise ConfigError(f"input '{name}'{_from(source)} is a scalar; the first axis must count samples")
@@ -190,8 +191,8 @@ def _rank_split(name: str, arr: np.ndarray, spec: TensorSpec | None, source: str
     return [np.ascontiguousarray(p) for p in parts]
 
 
-def from_arrays(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], source: str = "",
-                labels: np.ndarray | None = None) -> SampleSet:
+def from_arrays(arrays: Mapping[str, Array], specs: Sequence[TensorSpec], source: str = "",
+                labels: Array | None = None) -> SampleSet:
     by_name = {s.name: s for s in specs}
     missing = [n for n in by_name if n not in arrays]
     unknown = [n for n in arrays if n not in by_name]
@@ -209,7 +210,7 @@ def from_arrays(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], s
     return SampleSet(feeds, labels, source)
 
 
-def load_labels(path: str | Path) -> np.ndarray:
+def load_labels(path: str | Path) -> Array:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist")
@@ -251,7 +252,7 @@ def _single_input(specs: Sequence[TensorSpec], what: str) -> str:
 
 
 def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,
-               labels: np.ndarray | None) -> SampleSet:
+               labels: Array | None) -> SampleSet:
     if path.is_dir():
         return _load_images(path, specs, preprocess, labels)
     if not path.is_file():
@@ -268,7 +269,7 @@ def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess |
 
 
 def _load_images(folder: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,
-                 labels: np.ndarray | None) -> SampleSet:
+                 labels: Array | None) -> SampleSet:
     name = _single_input(specs, f"image folder {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -299,9 +300,9 @@ def _default_preprocess(spec: TensorSpec) -> Preprocess:
                       "(size WxH, layout NCHW/NHWC, mean/std)")
 
 
-def _from_iterable(source: Iterable[Any], specs: Sequence[TensorSpec], labels: np.ndarray | None) -> SampleSet:
+def _from_iterable(source: Iterable[Any], specs: Sequence[TensorSpec], labels: Array | None) -> SampleSet:
     by_name = {s.name: s for s in specs}
-    feeds: list[dict[str, np.ndarray]] = []
+    feeds: list[dict[str, Array]] = []
     for i, item in enumerate(source):
         if isinstance(item, Mapping):
             raw = {str(k): np.asarray(v) for k, v in item.items()}

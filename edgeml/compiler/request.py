@@ -57,6 +57,18 @@ class Thresholds:
     def to_json(self) -> dict[str, float | None]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> Thresholds:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown threshold(s) {', '.join(unknown)}")
+        values: dict[str, float | None] = {}
+        for name, value in data.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"threshold {name} must be a number or None, got {value!r}")
+            values[name] = None if value is None else float(value)
+        return cls(**values)
+
 
 DEFAULT_GATE = Thresholds()
 

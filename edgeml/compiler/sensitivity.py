@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
 
@@ -74,7 +75,7 @@ def _own_quantization(candidate: Any, nodes: list[Any]) -> list[Any]:
             if any(before.get(i) in initializers for i in n.input) or any(o in after for o in n.output)]
 
 
-def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
+def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Mapping[str, Array]],
                          top_k: int) -> list[str]:
     """Names (in the reference graph) of the ``top_k`` quantized nodes whose quantization hurts most.
 
@@ -132,7 +133,7 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
 
 
 def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]],
-                   feeds: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+                   feeds: list[Mapping[str, Array]]) -> dict[str, float]:
     """Mean NMSE of each (reference tensor, candidate tensor) pair over the samples, by reference name."""
     errors: dict[str, list[float]] = {r: [] for r, _ in pairs}
     ref_names = [r for r, _ in pairs]

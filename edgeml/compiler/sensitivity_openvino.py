@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError
 
@@ -44,8 +45,8 @@ def _before_fake_quantize(output: Any) -> Any:
     return _source(node.input(0)) if node.get_type_name() == "FakeQuantize" else output
 
 
-def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mapping[str, np.ndarray]],
-                      input_names: list[str]) -> list[list[np.ndarray]]:
+def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mapping[str, Array]],
+                      input_names: list[str]) -> list[list[Array]]:
     """Values of ``wanted`` outputs (in order) for each feed."""
     results = model.add_outputs(wanted) if wanted else []
     index = {r.get_node().get_friendly_name(): i for i, r in enumerate(model.outputs)}
@@ -59,7 +60,7 @@ def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mappin
     return values
 
 
-def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
+def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mapping[str, Array]],
                        top_k: int, max_samples: int = 8) -> list[str]:
     """Friendly names of the ``top_k`` quantized ops of ``candidate`` (NNCF IR) that hurt most."""
     from edgeml.runtimes.openvino_backend import import_openvino

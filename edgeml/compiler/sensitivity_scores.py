@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 
-def nmse(candidate: np.ndarray, reference: np.ndarray) -> float:
+
+def nmse(candidate: Array, reference: Array) -> float:
     ref = reference.astype(np.float64).ravel()
     diff = candidate.astype(np.float64).ravel() - ref
     return float(diff @ diff / max(float(ref @ ref), 1e-12))

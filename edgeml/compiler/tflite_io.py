@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.tflite_inspect import (
     TfliteInfo,
     custom_op_problems,
@@ -84,7 +85,7 @@ def is_identity(mapping: Mapping[str, Any]) -> bool:
                for e in [*mapping.get("inputs", []), *mapping.get("outputs", [])])
 
 
-def to_tflite_feeds(feeds: Mapping[str, np.ndarray], mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_tflite_feeds(feeds: Mapping[str, Array], mapping: Mapping[str, Any]) -> dict[str, Array]:
     out = {}
     for e in mapping["inputs"]:
         x = np.asarray(feeds[e["onnx"]])
@@ -92,7 +93,7 @@ def to_tflite_feeds(feeds: Mapping[str, np.ndarray], mapping: Mapping[str, Any])
     return out
 
 
-def to_onnx_outputs(outputs: Mapping[str, np.ndarray], mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_onnx_outputs(outputs: Mapping[str, Array], mapping: Mapping[str, Any]) -> dict[str, Array]:
     out = {}
     for e in mapping["outputs"]:
         y = np.asarray(outputs[e["tflite"]])

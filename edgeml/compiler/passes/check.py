@@ -154,7 +154,7 @@ class CheckPass(Pass):
         if unknown:
             raise ConfigError(f"pass 'check' has no option '{unknown[0]}' (known: runtimes)")
         target = ctx.target
-        runtimes = list(self.config.get("runtimes") or target.runtimes)
+        runtimes = self.opt_strs("runtimes") if self.config.get("runtimes") else list(target.runtimes)
         if artifact.format == "tflite":  # custom ops and the runtime that can run them: tflite_io
             tfl_problems, tfl_notes = tflite_source_problems(artifact.path, target.runtimes, target.id)
             if tfl_problems:

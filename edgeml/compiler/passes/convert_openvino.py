@@ -14,6 +14,7 @@ from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import ConfigError, ConversionError
+from edgeml.jsontypes import JSON
 from edgeml.runtimes.openvino_backend import import_openvino
 
 
@@ -64,9 +65,9 @@ class ConvertOpenVino(Pass):
     """ONNX model → OpenVINO IR for the ``openvino`` runtime (intel-npu, x86-cpu's OpenVINO path)."""
 
     name = "convert_openvino"
-    defaults: Mapping[str, Any] = {"compress_to_fp16": False, "input_shapes": None}
+    defaults: Mapping[str, JSON] = {"compress_to_fp16": False, "input_shapes": None}
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["input_shapes"] is not None:
             merged["input_shapes"] = _check_shapes(self.name, merged["input_shapes"])
@@ -81,7 +82,7 @@ class ConvertOpenVino(Pass):
         except Exception as exc:
             raise ConversionError(f"OpenVINO cannot convert {artifact.path.name}: {exc}") from exc
         shapes_before = input_shapes_of(model)
-        shapes = self.config["input_shapes"]
+        shapes = self.opt_shapes("input_shapes")
         if shapes:
             reshape_inputs(model, shapes, artifact.path.name)
         still_dynamic = dynamic_inputs(model)
@@ -95,7 +96,7 @@ class ConvertOpenVino(Pass):
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / f"{artifact.path.stem}.xml"
-        compress = self.config["compress_to_fp16"]
+        compress = self.opt_bool("compress_to_fp16")
         try:
             ov.save_model(model, str(xml), compress_to_fp16=compress)
         except Exception as exc:

@@ -32,12 +32,14 @@ from typing import Any
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, onnx_specs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
 from edgeml.compiler.tflite_io import io_map
 from edgeml.errors import ConfigError, ConversionError
+from edgeml.jsontypes import JSON
 from edgeml.paths import cache_dir
 from edgeml.toolchains import Toolchain, require
 
@@ -91,12 +93,12 @@ def _static_shapes(inputs: list[Any], configured: Mapping[str, list[int]] | None
 
 
 def _calibration_arrays(ctx: BuildContext, inputs: list[Any], shapes: Mapping[str, list[int]],
-                        limit: int) -> dict[str, np.ndarray]:
+                        limit: int) -> dict[str, Array]:
     samples = ctx.calibration
     if samples is None or not len(samples):
         raise ConversionError("convert_tflite precision int8 needs calibration data: pass --calibration "
                               "(a .npz/.npy or an image folder) so the INT8 ranges come from real inputs")
-    arrays: dict[str, list[np.ndarray]] = {s.name: [] for s in inputs}
+    arrays: dict[str, list[Array]] = {s.name: [] for s in inputs}
     for i, feed in enumerate(samples):
         if i >= limit:
             break
@@ -121,12 +123,13 @@ class ConvertTflite(Pass):
     ``quant_type`` (per-channel | per-tensor), ``calibration_samples`` (100), ``timeout_s`` (1800)."""
 
     name = "convert_tflite"
-    defaults: Mapping[str, Any] = {"precision": "fp32", "keep_layout": True, "input_shapes": None,
+    defaults: Mapping[str, JSON] = {"precision": "fp32", "keep_layout": True, "input_shapes": None,
                                    "quant_type": "per-channel", "calibration_samples": 100, "timeout_s": 1800.0}
 
-    def __init__(self, **config: Any) -> None:
-        if isinstance(config.get("timeout_s"), int) and not isinstance(config.get("timeout_s"), bool):
-            config["timeout_s"] = float(config["timeout_s"])
+    def __init__(self, **config: JSON) -> None:
+        timeout = config.get("timeout_s")
+        if isinstance(timeout, int) and not isinstance(timeout, bool):
+            config["timeout_s"] = float(timeout)
         merged = validate_config(self.name, config, self.defaults)
         if merged["precision"] not in OUTPUT_SUFFIX:
             raise ConfigError(f"pass '{self.name}': precision must be one of {', '.join(OUTPUT_SUFFIX)}, "
@@ -142,17 +145,16 @@ class ConvertTflite(Pass):
             raise ConversionError(f"convert_tflite needs an ONNX or TFLite model, got {artifact.format} "
                                   f"({artifact.path})")
         toolchain = require("tflite", "converting ONNX models to TFLite")
-        cfg = self.config
-        precision = cfg["precision"]
+        precision = self.opt_str("precision")
         inputs, outputs = onnx_specs(load_onnx(artifact.path))
-        shapes = _static_shapes(inputs, cfg["input_shapes"], ctx)
-        calib = (_calibration_arrays(ctx, inputs, shapes, int(cfg["calibration_samples"]))
+        shapes = _static_shapes(inputs, self.opt_shapes("input_shapes"), ctx)
+        calib = (_calibration_arrays(ctx, inputs, shapes, self.opt_int("calibration_samples"))
                  if precision == "int8" else None)
 
-        base_key = _key({"digest": artifact.digest, "keep": cfg["keep_layout"], "shapes": shapes,
+        base_key = _key({"digest": artifact.digest, "keep": self.opt_bool("keep_layout"), "shapes": shapes,
                          "tool": toolchain.marker.get("recipe_hash")})
         quant_key = _key({"calib": {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in (calib or {}).items()},
-                          "qt": cfg["quant_type"]}) if calib is not None else ""
+                          "qt": self.opt_str("quant_type")}) if calib is not None else ""
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         produced = _find_run(runs_dir(), base_key, quant_key, "model" + OUTPUT_SUFFIX[precision])
         if produced is None:
@@ -185,11 +187,11 @@ class ConvertTflite(Pass):
                                extra_files=(), runtime="litert", metadata=metadata)
 
     def _convert_once(self, toolchain: Toolchain, source: Path, run_key: str, inputs: list[TensorSpec],
-                      shapes: dict[str, list[int]], calib: dict[str, np.ndarray] | None, ctx: BuildContext) -> Path:
+                      shapes: dict[str, list[int]], calib: dict[str, Array] | None, ctx: BuildContext) -> Path:
         """Run onnx2tf into a staging directory renamed to ``runs_dir()/onnx2tf-<run_key>`` when it
         succeeded, so an interrupted conversion never leaves a run that looks complete."""
         stem, runs = "model", runs_dir()
-        wanted = stem + OUTPUT_SUFFIX[self.config["precision"]]
+        wanted = stem + OUTPUT_SUFFIX[self.opt_str("precision")]
         name = f"onnx2tf-{run_key}"
         staging = runs / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         try:
@@ -206,11 +208,11 @@ class ConvertTflite(Pass):
     def _from_tflite(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
         """A ``.tflite`` source is already a LiteRT model: fp32 keeps it as it is (whatever precision its
         weights have), int8 quantizes it with ai-edge-quantizer; fp16 is not offered for it."""
-        precision = self.config["precision"]
+        precision = self.opt_str("precision")
         if precision == "int8":
             from edgeml.compiler.passes.quantize_tflite import QuantizeTflite
 
-            return QuantizeTflite(mode="static", calibration_samples=int(self.config["calibration_samples"])).run(
+            return QuantizeTflite(mode="static", calibration_samples=self.opt_int("calibration_samples")).run(
                 artifact, ctx)
         if precision == "fp16":
             raise ConversionError("a .tflite source is built as it is (precision fp32, keeping its own weights) "
@@ -218,7 +220,7 @@ class ConvertTflite(Pass):
         return artifact.evolve(runtime="litert")
 
     def _convert(self, toolchain: Any, model: Path, run_dir: Path, stem: str, inputs: list[Any],
-                 shapes: Mapping[str, list[int]], calib: Mapping[str, np.ndarray] | None,
+                 shapes: Mapping[str, list[int]], calib: Mapping[str, Array] | None,
                  ctx: BuildContext) -> Path:
         run_dir.mkdir(parents=True)
         renamed_nodes = write_tf_safe_onnx(model, run_dir / f"{stem}.onnx")
@@ -227,12 +229,12 @@ class ConvertTflite(Pass):
         write_sample_file(run_dir)
         out_dir = run_dir / "out"
         args = ["onnx2tf", "-i", f"{stem}.onnx", "-o", str(out_dir)]
-        if self.config["keep_layout"]:
+        if self.opt_bool("keep_layout"):
             args += ["-k", *[s.name for s in inputs]]
         if shapes:
             args += ["-ois", *[f"{n}:{','.join(map(str, d))}" for n, d in shapes.items()]]
         if calib is not None:
-            args += ["-oiqt", "-qt", self.config["quant_type"]]
+            args += ["-oiqt", "-qt", self.opt_str("quant_type")]
             for i, (name, array) in enumerate(calib.items()):
                 npy = run_dir / f"calib_{i}.npy"
                 np.save(npy, array)
@@ -240,9 +242,9 @@ class ConvertTflite(Pass):
         ctx.log(f"convert_tflite: running {' '.join(args)}")
         env = {**_NO_NETWORK, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         try:
-            proc = toolchain.run(args, cwd=run_dir, timeout=float(self.config["timeout_s"]), env=env)
+            proc = toolchain.run(args, cwd=run_dir, timeout=self.opt_float("timeout_s"), env=env)
         except subprocess.TimeoutExpired as exc:
-            raise ConversionError(f"onnx2tf timed out after {self.config['timeout_s']} s on {model.name}; "
+            raise ConversionError(f"onnx2tf timed out after {self.opt_float('timeout_s')} s on {model.name}; "
                                   "raise the convert_tflite timeout_s option") from exc
         log = run_dir / "onnx2tf.log"
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
@@ -27,7 +28,7 @@ from edgeml.runtimes import BackendOptions
 SNR_CAP_DB = 120.0
 
 
-def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]:
+def output_metrics(ref: Array, cand: Array) -> dict[str, float | None]:
     if ref.shape != cand.shape:
         raise CompileError(f"candidate output shape {list(cand.shape)} differs from the reference {list(ref.shape)}")
     out: dict[str, float | None] = {"agreement": None, "cosine": None, "snr_db": None, "max_abs_error": None}
@@ -47,7 +48,7 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]
     return out
 
 
-def is_class_output(ref: np.ndarray) -> bool:
+def is_class_output(ref: Array) -> bool:
     """Scores over classes along the last axis: ``[N, C]`` (logits or probabilities), or a higher-rank
     output whose last axis holds probability distributions (``[N, T, C]`` sequence recognisers). The
     arg-max of anything else (a detector's probability map, box coordinates) is noise, not a class."""
@@ -59,7 +60,7 @@ def is_class_output(ref: np.ndarray) -> bool:
     return bool(ref.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
 
 
-def predictions(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+def predictions(outputs: dict[str, Array]) -> Array | None:
     """The predicted class per sample: an integer [N] output (labels), else arg-max of a [N, C] output."""
     for value in outputs.values():
         if value.dtype.kind in "iu" and value.ndim == 1:
@@ -70,7 +71,7 @@ def predictions(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], labels: np.ndarray | None,
+def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Array | None,
             thresholds: Thresholds) -> dict[str, Any]:
     """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out."""
     per_output = {name: output_metrics(ref, candidate[name]) for name, ref in reference.items() if name in candidate}
@@ -106,7 +107,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     return report
 
 
-def reference_outputs(ctx: BuildContext, samples: SampleSet) -> dict[str, np.ndarray]:
+def reference_outputs(ctx: BuildContext, samples: SampleSet) -> dict[str, Array]:
     """The FP32 source model's outputs under ONNX Runtime CPU, computed once per build."""
     cached = ctx.reference_outputs
     if cached is None:
@@ -129,8 +130,8 @@ class EvaluatePass(Pass):
         config = dict(self.config)
         enforce = bool(config.pop("enforce", True))
         try:
-            thresholds = Thresholds(**config)
-        except TypeError as exc:
+            thresholds = Thresholds.from_json(config)
+        except ConfigError as exc:
             raise ConfigError(f"pass 'evaluate': {exc}; known options: {', '.join(Thresholds.__dataclass_fields__)}, enforce") from exc
         samples: SampleSet | None = ctx.evaluation
         if samples is None or not len(samples):

@@ -27,6 +27,7 @@ from edgeml.compiler.modelinfo import specs_from_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.stats import reference_stats
 from edgeml.errors import CompileError, ConfigError, KeyStoreError
+from edgeml.jsontypes import as_dict, as_list
 from edgeml.paths import keys_dir
 from edgeml.runtimes import BackendOptions, open_model
 
@@ -117,7 +118,7 @@ class PackagePass(Pass):
             (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = ctx.workdir / "labels.txt"
             manifest["labels"] = {"file": "labels.txt", "count": len(ctx.class_names)}
-        signed = pack_bundle(output, manifest, files, key, compression=self.config.get("compression", "zstd"))
+        signed = pack_bundle(output, manifest, files, key, compression=_str_or_none(self.config.get("compression", "zstd")))
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})
@@ -158,7 +159,7 @@ def _provenance(artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
         "source_name": ctx.source.name if ctx.source else None,
         "edgeml_version": __version__,
         "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
-                   for p in artifact.metadata.get("passes", [])],
+                   for p in map(as_dict, as_list(artifact.metadata.get("passes", [])))],
     }
 
 

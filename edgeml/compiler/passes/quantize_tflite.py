@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+from edgeml.jsontypes import JSON
 
 SIGNATURE = "serving_default"
 MODES = ("static", "dynamic", "weight_only")
@@ -190,9 +192,9 @@ class QuantizeTflite(Pass):
     """Config: ``mode`` (static | dynamic | weight_only; default static), ``calibration_samples`` (100)."""
 
     name = "quantize_tflite"
-    defaults: Mapping[str, Any] = {"mode": "static", "calibration_samples": 100}
+    defaults: Mapping[str, JSON] = {"mode": "static", "calibration_samples": 100}
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["mode"] not in MODES:
             raise ConfigError(f"pass '{self.name}': mode must be one of {', '.join(MODES)}, got {merged['mode']!r}")
@@ -205,7 +207,7 @@ class QuantizeTflite(Pass):
             from ai_edge_quantizer import quantizer, recipe
         except ImportError as exc:
             raise MissingExtraError("ai-edge-quantizer", "compile", "quantizing .tflite models") from exc
-        mode = self.config["mode"]
+        mode = self.opt_str("mode")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         prepared = ctx.workdir / f"{artifact.path.stem}_prepared.tflite"
         changes = prepare_for_quantizer(artifact.path, prepared)
@@ -240,15 +242,15 @@ class QuantizeTflite(Pass):
         return artifact.evolve(path=out, format="tflite", precision="int8", digest=digest_files([out]),
                                extra_files=(), runtime="litert", metadata=metadata)
 
-    def _calibration(self, ctx: BuildContext, model: Path) -> list[dict[str, np.ndarray]]:
+    def _calibration(self, ctx: BuildContext, model: Path) -> list[dict[str, Array]]:
         samples = ctx.calibration
         if samples is None or not len(samples):
             raise QuantizationError("quantize_tflite mode static needs calibration data: pass --calibration, "
                                     "or use mode dynamic / weight_only")
         names = [t.name for t in inspect_tflite(model).inputs]
-        feeds = []
+        feeds: list[dict[str, Array]] = []
         for i, feed in enumerate(samples):
-            if i >= int(self.config["calibration_samples"]):
+            if i >= self.opt_int("calibration_samples"):
                 break
             missing = [n for n in names if n not in feed]
             if missing:
