@@ -19,7 +19,7 @@ from typing import Unpack
 
 from edgeml.compiler import plan
 from edgeml.compiler.candidates import CandidateBuilder
-from edgeml.compiler.data import Preprocess, SampleSet, load_samples, random_samples, split
+from edgeml.compiler.data import SampleSet, load_samples, random_samples, split
 from edgeml.compiler.hostrun import DEFAULT_THREADS, measure
 from edgeml.compiler.modelinfo import digest_files, specs_from_json
 from edgeml.compiler.passes.base import Artifact, BaselineModel, BuildContext, SourceModel
@@ -137,7 +137,7 @@ def _resolve(request: BuildRequest) -> _Resolved:
 
 
 def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Callable[[str], None]) -> BuildContext:
-    prep = request.preprocess if isinstance(request.preprocess, Preprocess) else None
+    prep = request.image_preprocess
     return BuildContext(target=resolved.profile, workdir=scratch, log=log,
                         source=SourceModel(resolved.source.name, digest_files([resolved.source])),
                         preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()))
@@ -176,7 +176,7 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
 def _samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, SampleSet, bool]:
     """(calibration, evaluation, whether they are real data rather than random inputs)."""
     specs = specs_from_json(loaded.metadata["inputs"])
-    prep = request.preprocess if isinstance(request.preprocess, Preprocess) else None
+    prep = request.image_preprocess
     calibration, evaluation, labels = request.calibration, request.evaluation, request.labels
 
     def load(source: SampleSource, with_labels: bool) -> SampleSet:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.compiler.arrays import Array
+from edgeml.compiler.preprocess import Preprocess
+from edgeml.compiler.request import LabelSource, SampleSource
 from edgeml.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -92,70 +92,6 @@ class SampleSet:
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes a model input: resize to ``size`` (width, height), colour order, then
-    ``(pixel * scale - mean) / std`` per channel, then ``layout``. Written into the bundle manifest."""
-
-    size: tuple[int, int] | None = None
-    layout: str = "NCHW"
-    color: str = "RGB"
-    scale: float = 1 / 255
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ConfigError(f"preprocess layout '{self.layout}' must be NCHW or NHWC")
-        if self.color not in ("RGB", "BGR", "GRAY"):
-            raise ConfigError(f"preprocess color '{self.color}' must be RGB, BGR or GRAY")
-        if any(s == 0 for s in self.std):
-            raise ConfigError("preprocess std must not contain 0")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"size": list(self.size) if self.size else None, "layout": self.layout, "color": self.color,
-                "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Preprocess:
-        allowed = {"size", "layout", "color", "scale", "mean", "std"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"preprocess key '{unknown[0]}' is unknown (allowed: {', '.join(sorted(allowed))})")
-        size = data.get("size")
-        return cls(
-            size=(int(size[0]), int(size[1])) if size else None,
-            layout=str(data.get("layout", "NCHW")), color=str(data.get("color", "RGB")),
-            scale=float(data.get("scale", 1 / 255)),
-            mean=tuple(float(v) for v in data.get("mean", (0.0, 0.0, 0.0))),
-            std=tuple(float(v) for v in data.get("std", (1.0, 1.0, 1.0))),
-        )
-
-    def apply(self, path: Path, dtype: str = "float32") -> Array:
-        """One image file -> an array of shape [1, C, H, W] (NCHW) or [1, H, W, C] (NHWC)."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as opened:
-                img = opened.convert("L" if self.color == "GRAY" else "RGB")
-                if self.size:
-                    img = img.resize(self.size, Image.Resampling.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32)
-        except OSError as exc:
-            raise ConfigError(f"cannot read image {path}: {exc}") from exc
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if self.color == "BGR":
-            arr = arr[:, :, ::-1]
-        channels = arr.shape[2]
-        mean = np.asarray(self.mean[:channels], dtype=np.float32)
-        std = np.asarray(self.std[:channels], dtype=np.float32)
-        arr = (arr * np.float32(self.scale) - mean) / std
-        if self.layout == "NCHW":
-            arr = arr.transpose(2, 0, 1)
-        return np.ascontiguousarray(arr[None]).astype(dtype)
 
 
 def _from(source: str) -> str:
@@ -225,8 +161,8 @@ def load_labels(path: str | Path) -> Array:
     raise ConfigError(f"labels file {path} must be .npy or .txt (one integer per line)")
 
 
-def load_samples(source: Any, specs: Sequence[TensorSpec], *, preprocess: Preprocess | None = None,
-                 labels: Any = None) -> SampleSet:
+def load_samples(source: SampleSource, specs: Sequence[TensorSpec], *, preprocess: Preprocess | None = None,
+                 labels: LabelSource | None = None) -> SampleSet:
     """Load samples from any supported source (see the module docstring) for a model with ``specs``."""
     label_array = None if labels is None else (
         load_labels(labels) if isinstance(labels, (str, Path)) else np.asarray(labels))
@@ -300,7 +236,7 @@ def _default_preprocess(spec: TensorSpec) -> Preprocess:
                       "(size WxH, layout NCHW/NHWC, mean/std)")
 
 
-def _from_iterable(source: Iterable[Any], specs: Sequence[TensorSpec], labels: Array | None) -> SampleSet:
+def _from_iterable(source: Iterable[object], specs: Sequence[TensorSpec], labels: Array | None) -> SampleSet:
     by_name = {s.name: s for s in specs}
     feeds: list[dict[str, Array]] = []
     for i, item in enumerate(source):

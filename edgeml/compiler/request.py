@@ -14,14 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
+from edgeml.compiler.preprocess import Preprocess
 from edgeml.errors import ConfigError, ManifestError
 from edgeml.jsontypes import JSON
 from edgeml.targets import PRECISIONS, TargetProfile
-
-if TYPE_CHECKING:
-    from edgeml.compiler.data import Preprocess
 
 PRECISION_CHOICES = (*PRECISIONS, "auto")
 QUANTIZED = ("int8",)                       # precisions that need calibration data
@@ -159,8 +157,6 @@ class BuildRequest:
         except ManifestError as exc:
             raise ConfigError(str(exc)) from exc
         if isinstance(self.preprocess, Mapping):
-            from edgeml.compiler.data import Preprocess
-
             object.__setattr__(self, "preprocess", Preprocess.from_json(self.preprocess))
 
     def check_data(self) -> None:
@@ -168,6 +164,11 @@ class BuildRequest:
         if self.precision in QUANTIZED and self.calibration is None and self.evaluation is None:
             raise ConfigError(f"--precision {self.precision} needs calibration data: pass --calibration PATH "
                               "(.npz/.npy or an image folder)")
+
+    @property
+    def image_preprocess(self) -> Preprocess | None:
+        """``preprocess`` as a :class:`Preprocess` (a mapping was turned into one when the request was made)."""
+        return self.preprocess if isinstance(self.preprocess, Preprocess) else None
 
     @property
     def thresholds(self) -> Thresholds:

@@ -16,7 +16,11 @@ import itertools
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
+    from onnxruntime import InferenceSession
 
 import numpy as np
 
@@ -28,7 +32,7 @@ MAX_SAMPLES = 8          # a few samples rank layers reliably; every tensor of e
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
-def _expose_all(model: Any, names: Iterable[str], path: Path) -> None:
+def _expose_all(model: ModelProto, names: Iterable[str], path: Path) -> None:
     """Save ``model`` with every tensor in ``names`` added as a graph output."""
     from onnx import helper, save
 
@@ -39,7 +43,7 @@ def _expose_all(model: Any, names: Iterable[str], path: Path) -> None:
     save(model, str(path))
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path) -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -49,21 +53,21 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _after_qdq(candidate: Any) -> dict[str, str]:
+def _after_qdq(candidate: ModelProto) -> dict[str, str]:
     """{tensor: the DequantizeLinear output consumers read instead} for tensors behind a Q → DQ pair."""
     quantized_by = {n.input[0]: n.output[0] for n in candidate.graph.node if n.op_type == "QuantizeLinear"}
     dequantized_by = {n.input[0]: n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
     return {t: dequantized_by[q] for t, q in quantized_by.items() if q in dequantized_by}
 
 
-def _before_qdq(candidate: Any) -> dict[str, str]:
+def _before_qdq(candidate: ModelProto) -> dict[str, str]:
     """{DequantizeLinear output: the float tensor that was quantized} (weights included)."""
     quantized_from = {n.output[0]: n.input[0] for n in candidate.graph.node if n.op_type == "QuantizeLinear"}
     return {n.output[0]: quantized_from.get(n.input[0], n.input[0])
             for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
 
 
-def _own_quantization(candidate: Any, nodes: list[Any]) -> list[Any]:
+def _own_quantization(candidate: ModelProto, nodes: list[NodeProto]) -> list[NodeProto]:
     """The nodes that quantize something of their own: int8 weights, or an output that is re-quantized.
 
     Pass-through ops (pooling, Flatten, Resize...) that only read dequantized tensors compute in float;
@@ -132,7 +136,7 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
     return top_names(scores, top_k)
 
 
-def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]],
+def _tensor_errors(ref_model: ModelProto, cand_model: ModelProto, pairs: list[tuple[str, str]],
                    feeds: list[Mapping[str, Array]]) -> dict[str, float]:
     """Mean NMSE of each (reference tensor, candidate tensor) pair over the samples, by reference name."""
     errors: dict[str, list[float]] = {r: [] for r, _ in pairs}

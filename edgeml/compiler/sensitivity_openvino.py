@@ -13,7 +13,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openvino import Input, Model, Node, Output
 
 import numpy as np
 
@@ -24,11 +28,11 @@ from edgeml.errors import CompileError
 SKIPPED_TYPES = {"Parameter", "Result", "Constant", "Convert", "FakeQuantize"}
 
 
-def _source(port: Any) -> Any:
+def _source(port: Input) -> Output:
     return port.get_source_output()
 
 
-def _is_weight_chain(output: Any) -> bool:
+def _is_weight_chain(output: Output) -> bool:
     """Does this input come from NNCF's compressed weights (int8/uint8 constant, converted and scaled)?"""
     node = output.get_node()
     for _ in range(4):  # Multiply <- (Subtract <-) Convert <- Constant
@@ -40,12 +44,12 @@ def _is_weight_chain(output: Any) -> bool:
     return False
 
 
-def _before_fake_quantize(output: Any) -> Any:
+def _before_fake_quantize(output: Output) -> Output:
     node = output.get_node()
     return _source(node.input(0)) if node.get_type_name() == "FakeQuantize" else output
 
 
-def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mapping[str, Array]],
+def _run_with_outputs(ov: ModuleType, model: Model, wanted: list[Output], feeds: list[Mapping[str, Array]],
                       input_names: list[str]) -> list[list[Array]]:
     """Values of ``wanted`` outputs (in order) for each feed."""
     results = model.add_outputs(wanted) if wanted else []
@@ -69,7 +73,7 @@ def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mappi
     core = ov.Core()
     ref_model, cand_model = core.read_model(str(reference)), core.read_model(str(candidate))
     ref_ops = {op.get_friendly_name(): op for op in ref_model.get_ops()}
-    chosen: list[tuple[Any, Any, list[tuple[Any, Any]]]] = []     # (cand op, ref op, [(cand in, ref in)])
+    chosen: list[tuple[Node, Node, list[tuple[Output, Output]]]] = []     # (cand op, ref op, [(cand in, ref in)])
     for op in cand_model.get_ordered_ops():
         twin = ref_ops.get(op.get_friendly_name())
         if op.get_type_name() in SKIPPED_TYPES or twin is None or twin.get_type_name() != op.get_type_name():

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto, NodeProto
 
 from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
@@ -20,7 +24,7 @@ from edgeml.errors import ConfigError, ModelCheckError
 from edgeml.targets import TargetProfile
 
 
-def _checker_problems(model: Any) -> list[str]:
+def _checker_problems(model: ModelProto) -> list[str]:
     onnx = import_onnx()
     problems = []
     try:
@@ -34,7 +38,7 @@ def _checker_problems(model: Any) -> list[str]:
     return problems
 
 
-def _opset_problems(model: Any, target: TargetProfile) -> list[str]:
+def _opset_problems(model: ModelProto, target: TargetProfile) -> list[str]:
     opset = onnx_opset(model)
     if opset > target.max_opset:
         return [f"opset {opset} is above target {target.id}'s maximum {target.max_opset}: re-export the model "
@@ -42,7 +46,7 @@ def _opset_problems(model: Any, target: TargetProfile) -> list[str]:
     return []
 
 
-def _static_shape_problems(model: Any, target: TargetProfile) -> list[str]:
+def _static_shape_problems(model: ModelProto, target: TargetProfile) -> list[str]:
     if not target.static_shapes:
         return []
     inits = {i.name for i in model.graph.initializer}
@@ -71,7 +75,7 @@ def _ort_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
     return kernels
 
 
-def _ort_problems(model: Any) -> list[str]:
+def _ort_problems(model: ModelProto) -> list[str]:
     """Operators ONNX Runtime's CPU kernels cannot run (every target's provider list ends in CPU here;
     TensorRT/CUDA take subsets of these operators and fall back to CPU for the rest)."""
     kernels = _ort_kernels()
@@ -108,7 +112,7 @@ def _runs_without_kernel(op_type: str, domain: str, version: int) -> bool:
     return bool(schema.has_function or schema.has_context_dependent_function)
 
 
-def _all_nodes(graph: Any) -> Iterable[Any]:
+def _all_nodes(graph: GraphProto) -> Iterable[NodeProto]:
     for node in graph.node:
         yield node
         for attr in node.attribute:
@@ -118,7 +122,7 @@ def _all_nodes(graph: Any) -> Iterable[Any]:
                 yield from _all_nodes(g)
 
 
-def _openvino_problems(path: Any, target: TargetProfile) -> tuple[list[str], list[str]]:
+def _openvino_problems(path: Path, target: TargetProfile) -> tuple[list[str], list[str]]:
     from edgeml.runtimes.openvino_backend import import_openvino
 
     ov = import_openvino()

@@ -8,7 +8,10 @@ that stays dynamic fails the build naming the inputs, instead of failing later o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openvino import Model
 
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
@@ -18,16 +21,16 @@ from edgeml.jsontypes import JSON
 from edgeml.runtimes.openvino_backend import import_openvino
 
 
-def input_shapes_of(model: Any) -> dict[str, str]:
+def input_shapes_of(model: Model) -> dict[str, str]:
     """{input name: shape as OpenVINO prints it, '?' for dynamic dims} of an ``openvino.Model``."""
     return {port.get_any_name(): str(port.get_partial_shape()) for port in model.inputs}
 
 
-def dynamic_inputs(model: Any) -> list[str]:
+def dynamic_inputs(model: Model) -> list[str]:
     return [port.get_any_name() for port in model.inputs if port.get_partial_shape().is_dynamic]
 
 
-def _check_shapes(pass_name: str, shapes: Any) -> dict[str, list[int]]:
+def _check_shapes(pass_name: str, shapes: JSON) -> dict[str, list[int]]:
     if not isinstance(shapes, Mapping):
         raise ConfigError(f"pass '{pass_name}': input_shapes must map input names to lists of ints, got {shapes!r}")
     out: dict[str, list[int]] = {}
@@ -42,7 +45,7 @@ def _check_shapes(pass_name: str, shapes: Any) -> dict[str, list[int]]:
     return out
 
 
-def reshape_inputs(model: Any, shapes: Mapping[str, list[int]], source: str) -> None:
+def reshape_inputs(model: Model, shapes: Mapping[str, list[int]], source: str) -> None:
     """Fix the named inputs of an ``openvino.Model`` to static shapes, in place."""
     ov = import_openvino()
     known = {name for port in model.inputs for name in port.get_names()}

@@ -27,7 +27,10 @@ import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT
 
 import numpy as np
 
@@ -37,7 +40,7 @@ from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, onnx
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
-from edgeml.compiler.tflite_io import io_map
+from edgeml.compiler.tflite_io import io_entries, io_map
 from edgeml.errors import ConfigError, ConversionError
 from edgeml.jsontypes import JSON
 from edgeml.paths import cache_dir
@@ -67,7 +70,7 @@ def write_sample_file(directory: Path) -> Path:
     return path
 
 
-def _static_shapes(inputs: list[Any], configured: Mapping[str, list[int]] | None,
+def _static_shapes(inputs: list[TensorSpec], configured: Mapping[str, list[int]] | None,
                    ctx: BuildContext) -> dict[str, list[int]]:
     """Static shapes for inputs with dynamic dims: the configured ones, else the first sample's."""
     shapes: dict[str, list[int]] = {}
@@ -92,7 +95,7 @@ def _static_shapes(inputs: list[Any], configured: Mapping[str, list[int]] | None
     return shapes
 
 
-def _calibration_arrays(ctx: BuildContext, inputs: list[Any], shapes: Mapping[str, list[int]],
+def _calibration_arrays(ctx: BuildContext, inputs: list[TensorSpec], shapes: Mapping[str, list[int]],
                         limit: int) -> dict[str, Array]:
     samples = ctx.calibration
     if samples is None or not len(samples):
@@ -219,7 +222,7 @@ class ConvertTflite(Pass):
                                   "or quantized (int8); re-quantizing it to fp16 is not supported")
         return artifact.evolve(runtime="litert")
 
-    def _convert(self, toolchain: Any, model: Path, run_dir: Path, stem: str, inputs: list[Any],
+    def _convert(self, toolchain: Toolchain, model: Path, run_dir: Path, stem: str, inputs: list[TensorSpec],
                  shapes: Mapping[str, list[int]], calib: Mapping[str, Array] | None,
                  ctx: BuildContext) -> Path:
         run_dir.mkdir(parents=True)
@@ -282,11 +285,11 @@ def write_tf_safe_onnx(src: Path, dst: Path) -> int:
     return renamed
 
 
-def _text(value: Any) -> str:
+def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _signature_names(model: Any) -> dict[str, str]:
+def _signature_names(model: ModelT) -> dict[str, str]:
     """{tensor name: signature name} over every signature's inputs and outputs."""
     names = {}
     for sig in model.signatureDefs or []:
@@ -307,15 +310,15 @@ def _ordinal(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _shape_fits(onnx_shape: Sequence[Any], shape: Sequence[int]) -> bool:
-    def same(a: Sequence[Any], b: Sequence[int]) -> bool:
+def _shape_fits(onnx_shape: Sequence[int | str], shape: Sequence[int]) -> bool:
+    def same(a: Sequence[int | str], b: Sequence[int]) -> bool:
         return len(a) == len(b) and all(not isinstance(x, int) or x == y for x, y in zip(a, b, strict=True))
 
     rank = len(onnx_shape)
     return same(onnx_shape, shape) or (rank >= 3 and same([onnx_shape[0], *onnx_shape[2:], onnx_shape[1]], shape))
 
 
-def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[Any]) -> list[str]:
+def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[TensorSpec]) -> list[str]:
     """The ONNX name for each TFLite I/O tensor given as (tensor name, signature name, shape).
 
     onnx2tf does not keep ONNX names reliably (its ``-coion`` needs ``flatc`` and ONNX names without
@@ -350,7 +353,7 @@ def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[Any]) -
     return [c for c in chosen if c is not None]
 
 
-def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[Any], onnx_outputs: Sequence[Any]) -> int:
+def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[TensorSpec], onnx_outputs: Sequence[TensorSpec]) -> int:
     """Copy ``src`` to ``dst`` with its input/output tensors (and signature entries) named as in the
     ONNX model, so runtimes address the candidate exactly like the reference. Returns how many
     tensors were renamed."""
@@ -379,14 +382,14 @@ def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[Any], onnx_out
     return renamed
 
 
-def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, Any]) -> list[str]:
+def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, JSON]) -> list[str]:
     """Append a TRANSPOSE after every output onnx2tf left channels-last, in place, so the model's
     outputs have the ONNX shapes and names (a drop-in for the reference, the gate and the agent).
     Returns the names of the outputs transposed."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    todo = {e["tflite"]: e["perm"] for e in mapping["outputs"] if e["perm"]}
+    todo = {tflite: perm for _, tflite, perm in io_entries(mapping, "outputs") if perm}
     if not todo:
         return []
     model = flatbuffer_utils.read_model(str(path))
@@ -447,7 +450,7 @@ def runs_dir() -> Path:
     return path
 
 
-def _key(data: Mapping[str, Any]) -> str:
+def _key(data: Mapping[str, JSON]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

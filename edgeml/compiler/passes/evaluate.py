@@ -13,7 +13,7 @@ lists every miss with the numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.request import Thresholds
 from edgeml.errors import CompileError, ConfigError, FidelityError
+from edgeml.jsontypes import JSONDict, as_strs
 from edgeml.runtimes import BackendOptions
 
 SNR_CAP_DB = 120.0
@@ -72,7 +73,7 @@ def predictions(outputs: dict[str, Array]) -> Array | None:
 
 
 def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Array | None,
-            thresholds: Thresholds) -> dict[str, Any]:
+            thresholds: Thresholds) -> JSONDict:
     """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out."""
     per_output = {name: output_metrics(ref, candidate[name]) for name, ref in reference.items() if name in candidate}
     failures = []
@@ -86,7 +87,7 @@ def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Ar
                 continue
             if (op == ">=" and value < limit) or (op == "<=" and value > limit):
                 failures.append(f"output '{name}': {metric} {value:.4f} (needs {op} {limit})")
-    report: dict[str, Any] = {"outputs": per_output, "samples": None, "thresholds": thresholds.to_json()}
+    report: JSONDict = {"outputs": per_output, "samples": None, "thresholds": thresholds.to_json()}
     if labels is not None:
         ref_pred, cand_pred = predictions(reference), predictions(candidate)
         if ref_pred is None or cand_pred is None:
@@ -147,5 +148,5 @@ class EvaluatePass(Pass):
         ctx.log(f"evaluate {runtime}/{artifact.precision}: agreement={report['agreement']} cosine={report['cosine']}"
                 f" {'passed' if report['passed'] else 'FAILED'}")
         if enforce and not report["passed"]:
-            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: " + "; ".join(report["failures"]))
+            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: " + "; ".join(as_strs(report["failures"])))
         return artifact.evolve(metadata={**artifact.metadata, "fidelity": report})

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnx import GraphProto
 
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
@@ -23,7 +26,7 @@ from edgeml.jsontypes import JSON
 EXTRA_BLOCKED_OPS = ("Range", "RandomUniformLike", "RandomNormalLike")
 
 
-def topological_sort(graph: Any) -> None:
+def topological_sort(graph: GraphProto) -> None:
     """Reorder ``graph.node`` so every node follows its producers (in place).
 
     The converter appends the float32→float16 Casts of kept IO types at the end of the graph, which

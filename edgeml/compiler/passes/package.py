@@ -15,19 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from edgeml._version import __version__
-from edgeml.bundle import TensorSpec, load_signing_key, pack_bundle
+from edgeml.bundle import SigningKey, TensorSpec, load_signing_key, pack_bundle
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.modelinfo import specs_from_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.stats import reference_stats
 from edgeml.errors import CompileError, ConfigError, KeyStoreError
-from edgeml.jsontypes import as_dict, as_list
+from edgeml.jsontypes import JSON, JSONDict, as_dict, as_list
 from edgeml.paths import keys_dir
 from edgeml.runtimes import BackendOptions, open_model
 
@@ -37,11 +37,11 @@ MAX_STATS_SAMPLES = 128  # outputs of every sample are held in memory (a 640x640
 _OPTIONS = ("name", "version", "output", "key", "compression")
 
 
-def config_hash(config: Any) -> str:
+def config_hash(config: JSON) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_key(key: str | Path | None) -> Any:
+def resolve_key(key: str | Path | None) -> SigningKey:
     """The signing key: a name in the key directory or a path; default 'default'."""
     name = key or "default"
     path = Path(name)
@@ -51,10 +51,10 @@ def resolve_key(key: str | Path | None) -> Any:
     return load_signing_key(name)
 
 
-def _merge_specs(actual: list[TensorSpec], declared: list[TensorSpec]) -> list[dict[str, Any]]:
+def _merge_specs(actual: list[TensorSpec], declared: list[TensorSpec]) -> list[JSON]:
     """Names and dtypes as the candidate's runtime reports them; dynamic dims keep the source's names."""
     by_name = {s.name: s for s in declared}
-    out = []
+    out: list[JSON] = []
     for spec in actual:
         src = by_name.get(spec.name)
         shape = list(spec.shape)
@@ -101,7 +101,7 @@ class PackagePass(Pass):
             actual_in, actual_out = backend.inputs, backend.outputs
         declared_in = specs_from_json(artifact.metadata.get("inputs", []))
         declared_out = specs_from_json(artifact.metadata.get("outputs", []))
-        manifest: dict[str, Any] = {
+        manifest: JSONDict = {
             "name": self.config["name"], "version": self.config["version"],
             "target": ctx.target.to_json(), "runtime": runtime,
             "runtime_preferences": _runtime_preferences(ctx, runtime),
@@ -125,7 +125,7 @@ class PackagePass(Pass):
 
 
 def _smoke(artifact: Artifact, ctx: BuildContext, runtime: str, options: BackendOptions,
-           files: dict[str, str | Path]) -> dict[str, Any]:
+           files: dict[str, str | Path]) -> JSONDict:
     """The smoke sample: the first held-out input and what this candidate answers on this host, with the
     tolerance a device's answer must meet. Adds its two files to ``files``."""
     workdir = ctx.workdir
@@ -142,7 +142,7 @@ def _smoke(artifact: Artifact, ctx: BuildContext, runtime: str, options: Backend
             "atol": round(tol * scale + 1e-5, 8)}
 
 
-def _reference_stats(ctx: BuildContext) -> dict[str, Any]:
+def _reference_stats(ctx: BuildContext) -> JSONDict:
     """Statistics of the calibration data and of the FP32 reference model's outputs on it (for drift)."""
     stats_set = _stats_samples(ctx)
     if ctx.reference is None:
@@ -153,7 +153,7 @@ def _reference_stats(ctx: BuildContext) -> dict[str, Any]:
     return reference_stats(stats_set.stacked(), ref_out, len(stats_set))
 
 
-def _provenance(artifact: Artifact, ctx: BuildContext) -> dict[str, Any]:
+def _provenance(artifact: Artifact, ctx: BuildContext) -> JSONDict:
     return {
         "source_sha256": ctx.source.sha256 if ctx.source else None,
         "source_name": ctx.source.name if ctx.source else None,

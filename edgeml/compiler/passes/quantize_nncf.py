@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from openvino import Model
 
 import numpy as np
 
 from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
-from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, validate_config
+from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, Samples, validate_config
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.jsontypes import JSON, as_int
 from edgeml.runtimes.openvino_backend import import_openvino
@@ -27,7 +31,7 @@ PRESETS = ("performance", "mixed")
 TARGET_DEVICES = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
 
-def import_nncf() -> Any:
+def import_nncf() -> ModuleType:
     import_openvino()  # telemetry off before nncf imports openvino_telemetry
     try:
         import nncf
@@ -40,18 +44,18 @@ def import_nncf() -> Any:
 class _Limited:
     """The first ``total`` samples of a SampleSet, iterable as often as NNCF needs."""
 
-    def __init__(self, samples: Any, total: int) -> None:
+    def __init__(self, samples: Samples, total: int) -> None:
         self.samples = samples
         self.total = total
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[object]:
         return itertools.islice(iter(self.samples), self.total)
 
     def __len__(self) -> int:
         return self.total
 
 
-def _feed(raw: Any, input_names: list[str]) -> dict[str, Array]:
+def _feed(raw: object, input_names: list[str]) -> dict[str, Array]:
     if not isinstance(raw, Mapping):
         raise QuantizationError(f"a calibration sample is a {type(raw).__name__}, expected a dict; {CALIBRATION_HINT}")
     missing = [n for n in input_names if n not in raw]
@@ -143,7 +147,7 @@ class QuantizeNncf(Pass):
             digest=digest_files([xml, bin_file]), extra_files=(bin_file,), runtime="openvino", metadata=metadata,
         )
 
-    def _ignored_names(self, model: Any, artifact: Artifact) -> list[str]:
+    def _ignored_names(self, model: Model, artifact: Artifact) -> list[str]:
         """OpenVINO op names to ignore; unknown names/types are a typo in the build config: say so.
 
         A name may also be an ONNX node name: OpenVINO's ONNX frontend names the ops it makes from node

@@ -20,7 +20,11 @@ import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT, OperatorT, SubGraphT, TensorMapT
 
 import numpy as np
 
@@ -36,7 +40,7 @@ SIGNATURE = "serving_default"
 MODES = ("static", "dynamic", "weight_only")
 
 
-def _flatbuffers() -> tuple[Any, Any]:
+def _flatbuffers() -> tuple[ModuleType, ModuleType]:
     try:
         from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
@@ -45,11 +49,11 @@ def _flatbuffers() -> tuple[Any, Any]:
     return schema, flatbuffer_utils
 
 
-def _name(value: Any) -> str:
+def _name(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _drop_unused_tensors(model: Any, sg: Any) -> None:
+def _drop_unused_tensors(model: ModelT, sg: SubGraphT) -> None:
     """Remove tensors no operator or graph I/O refers to (the folded fp16 originals), and empty their
     buffers, so the file does not carry both copies of the weights and calibration sees no orphans."""
     used = {int(i) for op in sg.operators for i in [*op.inputs, *op.outputs] if i >= 0}
@@ -109,7 +113,7 @@ def prepare_for_quantizer(src: Path, dst: Path) -> dict[str, int]:
     if not model.signatureDefs:
         sg = model.subgraphs[0]
 
-        def tensor_map(index: int) -> Any:
+        def tensor_map(index: int) -> TensorMapT:
             tm = schema.TensorMapT()
             tm.name = _name(sg.tensors[index].name)
             tm.tensorIndex = int(index)
@@ -126,7 +130,7 @@ def prepare_for_quantizer(src: Path, dst: Path) -> dict[str, int]:
     return {"fp16_constants_folded": folded, "signature_added": added, "opcodes_upgraded": upgraded}
 
 
-def _opcode_index(model: Any, schema: Any, builtin: int) -> int:
+def _opcode_index(model: ModelT, schema: ModuleType, builtin: int) -> int:
     for i, code in enumerate(model.operatorCodes):
         if int(code.builtinCode) == builtin:
             return i
@@ -165,7 +169,7 @@ def float_interface(src: Path, dst: Path) -> int:
         remap[index] = len(sg.tensors) - 1
         return remap[index]
 
-    def op(builtin: int, inputs: list[int], outputs: list[int]) -> Any:
+    def op(builtin: int, inputs: list[int], outputs: list[int]) -> OperatorT:
         o = schema.OperatorT()
         o.opcodeIndex = _opcode_index(model, schema, builtin)
         o.inputs, o.outputs = inputs, outputs
