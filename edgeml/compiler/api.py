@@ -65,14 +65,7 @@ def compile(model: str | Path | BuildRequest, target: str | Path | TargetProfile
     arguments (their defaults and meaning: :class:`edgeml.compiler.request.BuildRequest`).
     Raises :class:`ModelCheckError`, :class:`FidelityError` or another :class:`CompileError`.
     """
-    if isinstance(model, BuildRequest):
-        if target is not None or options:
-            raise TypeError("compile(request) takes no other arguments: set them on the BuildRequest")
-        request = model
-    elif target is None:
-        raise TypeError("compile() needs a target (a profile id, a .toml file or a TargetProfile)")
-    else:
-        request = BuildRequest(model, target, **options)
+    request = _as_request(model, target, options)
     started = time.perf_counter()
     resolved = _resolve(request)
     report = BuildReport(model=str(resolved.source), target=resolved.profile.id, precision=request.precision,
@@ -103,6 +96,17 @@ def compile(model: str | Path | BuildRequest, target: str | Path | TargetProfile
     report.data["log"] = list(log_lines)
     report.total_seconds = time.perf_counter() - started
     return BuildResult(resolved.output, report)
+
+
+def _as_request(model: str | Path | BuildRequest, target: str | Path | TargetProfile | None,
+                options: BuildOptions) -> BuildRequest:
+    if isinstance(model, BuildRequest):
+        if target is not None or options:
+            raise TypeError("compile(request) takes no other arguments: set them on the BuildRequest")
+        return model
+    if target is None:
+        raise TypeError("compile() needs a target (a profile id, a .toml file or a TargetProfile)")
+    return BuildRequest(model, target, **options)
 
 
 def _resolve(request: BuildRequest) -> _Resolved:

@@ -18,15 +18,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from onnx import ModelProto, NodeProto
-    from onnxruntime import InferenceSession
-
 import numpy as np
 
 from edgeml.compiler.arrays import Array
 from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
+    from onnxruntime import InferenceSession
 
 MAX_SAMPLES = 8          # a few samples rank layers reliably; every tensor of every sample is kept in memory
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}

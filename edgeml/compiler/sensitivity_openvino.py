@@ -16,14 +16,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from openvino import Input, Model, Node, Output
-
 import numpy as np
 
 from edgeml.compiler.arrays import Array
 from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError
+
+if TYPE_CHECKING:
+    from openvino import Input, Model, Node, Output
 
 SKIPPED_TYPES = {"Parameter", "Result", "Constant", "Convert", "FakeQuantize"}
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from edgeml.errors import ConfigError, MissingExtraError
+
 if TYPE_CHECKING:
     from ai_edge_litert.schema_py_generated import OperatorCode, Tensor
-
-from edgeml.errors import ConfigError, MissingExtraError
 
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8
 

@@ -14,14 +14,14 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-if TYPE_CHECKING:
-    from onnx import GraphProto, ModelProto, NodeProto
-
 from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.tflite_io import tflite_source_problems
 from edgeml.errors import ConfigError, ModelCheckError
 from edgeml.targets import TargetProfile
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto, NodeProto
 
 
 def _checker_problems(model: ModelProto) -> list[str]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from openvino import Model
-
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import ConfigError, ConversionError
 from edgeml.jsontypes import JSON
 from edgeml.runtimes.openvino_backend import import_openvino
+
+if TYPE_CHECKING:
+    from openvino import Model
 
 
 def input_shapes_of(model: Model) -> dict[str, str]:

@@ -29,9 +29,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ai_edge_litert.schema_py_generated import ModelT
-
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
@@ -45,6 +42,9 @@ from edgeml.errors import ConfigError, ConversionError
 from edgeml.jsontypes import JSON
 from edgeml.paths import cache_dir
 from edgeml.toolchains import Toolchain, require
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 OUTPUT_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_integer_quant.tflite"}

@@ -12,14 +12,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from onnx import GraphProto
-
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
 from edgeml.jsontypes import JSON
+
+if TYPE_CHECKING:
+    from onnx import GraphProto
 
 # Kept in float32 on top of the converter's own block list (ML ops, NMS, RoiAlign, ...): ops that
 # compute indices or random values, where half precision changes the result rather than rounding it.

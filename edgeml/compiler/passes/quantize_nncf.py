@@ -12,9 +12,6 @@ from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from openvino import Model
-
 import numpy as np
 
 from edgeml.compiler.arrays import Array
@@ -25,6 +22,9 @@ from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.jsontypes import JSON, as_int
 from edgeml.runtimes.openvino_backend import import_openvino
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
+
+if TYPE_CHECKING:
+    from openvino import Model
 
 PRESETS = ("performance", "mixed")
 # OpenVINO device of the target profile -> NNCF's hardware config (which ops/schemes it quantizes).

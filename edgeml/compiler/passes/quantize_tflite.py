@@ -23,9 +23,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ai_edge_litert.schema_py_generated import ModelT, OperatorT, SubGraphT, TensorMapT
-
 import numpy as np
 
 from edgeml.compiler.arrays import Array
@@ -35,6 +32,9 @@ from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.jsontypes import JSON
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT, OperatorT, SubGraphT, TensorMapT
 
 SIGNATURE = "serving_default"
 MODES = ("static", "dynamic", "weight_only")
