@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from edgeml import cli
 from edgeml.bundle import SigningKey, generate_key
 from edgeml.compiler import api
-from edgeml.compiler.data import Preprocess
-from edgeml.compiler.request import BuildRequest, Thresholds
+from edgeml.compiler.preprocess import Preprocess
 from edgeml.compiler.report import BuildReport, Candidate
+from edgeml.compiler.request import BuildRequest, Thresholds
 from edgeml.errors import FidelityError, ModelCheckError
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
