@@ -101,19 +101,25 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", required=True, help="Target profile id (edgeml targets list) or a .toml file.")
 @click.option("--precision", "-p", type=click.Choice(request.PRECISION_CHOICES), default=request.DEFAULT_PRECISION,
-              show_default=True, help="auto builds every precision the target allows and keeps the fastest that passes.")
+              show_default=True,
+              help="auto builds every precision the target allows and keeps the fastest that passes.")
 @click.option("--runtime", help="Build only for this runtime of the target.")
 @click.option("--calibration", "-c", type=click.Path(), help="Calibration samples: .npz, .npy or an image folder.")
-@click.option("--eval", "evaluation", type=click.Path(), help="Held-out evaluation samples (default: part of --calibration).")
+@click.option("--eval", "evaluation", type=click.Path(),
+              help="Held-out evaluation samples (default: part of --calibration).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt) of the evaluation samples.")
-@click.option("--class-names", type=click.Path(dir_okay=False), help="Text file, one class name per line, shipped in the bundle.")
+@click.option("--class-names", type=click.Path(dir_okay=False),
+              help="Text file, one class name per line, shipped in the bundle.")
 @click.option("--key", "-k", help="Signing key name or path (default: 'default').")
 @click.option("--name", help="Bundle name (default: model file name).")
 @click.option("--version", "bundle_version", default=request.DEFAULT_VERSION, show_default=True,
               help="Bundle version (semver).")
-@click.option("--input-shape", multiple=True, metavar="NAME=1x3x224x224", help="Fix a dynamic input shape (repeatable).")
-@click.option("--preprocess", help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
-@click.option("--fallback", is_flag=True, help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
+@click.option("--input-shape", multiple=True, metavar="NAME=1x3x224x224",
+              help="Fix a dynamic input shape (repeatable).")
+@click.option("--preprocess",
+              help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
+@click.option("--fallback", is_flag=True,
+              help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
 @click.option("--exclude-node", multiple=True, help="Never quantize this node (repeatable).")
 @click.option("--exclude-op-type", multiple=True, help="Never quantize nodes of this op type (repeatable).")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight quantization (onnxruntime INT8).")

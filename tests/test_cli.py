@@ -33,7 +33,8 @@ def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[BuildR
         calls.append(request)
         cand = Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.0, "p99_ms": 2.0}, speedup=1.0)
         report = BuildReport(model=str(request.model), target=str(request.target), precision=request.precision,
-                             candidates=[cand], chosen=cand, why="only candidate", baseline={"p50_ms": 1.0, "p99_ms": 2.0})
+                             candidates=[cand], chosen=cand, why="only candidate",
+                             baseline={"p50_ms": 1.0, "p99_ms": 2.0})
         return api.BuildResult(tmp_path / "out.edgepkg", report)
 
     monkeypatch.setattr(api, "compile", fake)

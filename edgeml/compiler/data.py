@@ -120,7 +120,8 @@ def _rank_split(name: str, arr: Array, spec: TensorSpec | None, source: str) -> 
                 raise ConfigError(f"input '{name}'{_from(source)} has dtype {arr.dtype}; the model wants {dtype}")
             parts = [p.astype(dtype) for p in parts]
         for part in parts[:1]:
-            bad = [(d, a) for d, a in zip(spec.shape, part.shape, strict=False) if isinstance(d, int) and d > 0 and d != a]
+            bad = [(d, a) for d, a in zip(spec.shape, part.shape, strict=False)
+                   if isinstance(d, int) and d > 0 and d != a]
             if bad:
                 raise ConfigError(f"input '{name}'{_from(source)}: a sample has shape {list(part.shape)}; "
                                   f"the model wants {list(spec.shape)}")

@@ -43,7 +43,8 @@ def _openvino_devices() -> tuple[str, ...]:
     return tuple(import_openvino().Core().available_devices)
 
 
-def host_options(target: TargetProfile, runtime: str, threads: int = DEFAULT_THREADS) -> tuple[BackendOptions, list[str]]:
+def host_options(target: TargetProfile, runtime: str,
+                 threads: int = DEFAULT_THREADS) -> tuple[BackendOptions, list[str]]:
     """Backend options for running ``target``'s ``runtime`` on this host, and what had to be substituted."""
     opts = target.options(runtime)
     notes: list[str] = []

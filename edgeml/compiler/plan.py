@@ -17,7 +17,8 @@ Step = tuple[str, dict[str, JSON]]
 PLANS: dict[tuple[str, str], list[Step]] = {
     ("onnxruntime", "fp32"): [],
     ("onnxruntime", "fp16"): [("fp16", {"keep_io_types": True})],
-    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False, "calibration_method": DEFAULT_CALIBRATION_METHOD})],
+    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False,
+                                                "calibration_method": DEFAULT_CALIBRATION_METHOD})],
     ("openvino", "fp32"): [("convert_openvino", {})],
     ("openvino", "fp16"): [("convert_openvino", {"compress_to_fp16": True})],
     ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "performance"})],
@@ -46,7 +47,8 @@ def has_plan(runtime: str, precision: str) -> bool:
 
 
 def candidate_steps(runtime: str, precision: str, *, exclude_nodes: Sequence[str] = (),
-                    exclude_op_types: Sequence[str] = (), quant_options: Mapping[str, JSON] | None = None) -> list[Step]:
+                    exclude_op_types: Sequence[str] = (),
+                    quant_options: Mapping[str, JSON] | None = None) -> list[Step]:
     """The row for (runtime, precision), with exclusions and quantizer options applied."""
     steps = []
     for name, config in PLANS[(runtime, precision)]:

@@ -53,7 +53,8 @@ class Preprocess:
                 std=tuple(as_float(v) for v in as_list(data.get("std", [1.0, 1.0, 1.0]))),
             )
         except (TypeError, IndexError) as exc:
-            raise ConfigError(f"preprocess: {exc} (e.g. {{\"size\": [224, 224], \"mean\": [0.485, 0.456, 0.406]}})") from exc
+            example = '{"size": [224, 224], "mean": [0.485, 0.456, 0.406]}'
+            raise ConfigError(f"preprocess: {exc} (e.g. {example})") from exc
 
     def apply(self, path: Path, dtype: str = "float32") -> Array:
         """One image file -> an array of shape [1, C, H, W] (NCHW) or [1, H, W, C] (NHWC)."""

@@ -87,7 +87,8 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
     version (for FP16 the names go to the fp16 pass's ``block_nodes``), ``samples`` feed dicts (the
     first few are used). For an OpenVINO IR pair (``.xml``: the FP32 IR and its NNCF INT8 version) the
     names are OpenVINO op names for ``quantize_nncf``'s ``ignored_names`` (see
-    :mod:`edgeml.compiler.sensitivity_openvino`). Only nodes present under the same name and op type in both graphs are ranked.
+    :mod:`edgeml.compiler.sensitivity_openvino`). Only nodes present under the same name and op type in
+    both graphs are ranked.
     Nodes whose own damage is not positive are never returned, so the list can be shorter than
     ``top_k``. The names are accepted by ``quantize_ort``'s ``exclude_nodes``.
     """

@@ -93,7 +93,8 @@ def io_entries(mapping: Mapping[str, JSON], side: str) -> list[tuple[str, str, P
     for raw in as_list(mapping.get(side, [])):
         e = as_dict(raw)
         perm = e["perm"]
-        out.append((as_str(e["onnx"]), as_str(e["tflite"]), None if perm is None else [as_int(i) for i in as_list(perm)]))
+        dims = None if perm is None else [as_int(i) for i in as_list(perm)]
+        out.append((as_str(e["onnx"]), as_str(e["tflite"]), dims))
     return out
 
 

@@ -40,7 +40,8 @@ class BenchmarkPass(Pass):
         base = ctx.baseline
         baseline = (base.path, base.runtime, BackendOptions(num_threads=threads)) if base else None
         result = measure(
-            artifact.path, runtime, options, samples[0], seconds=as_float(cfg["seconds"]), warmup=int(as_float(cfg["warmup"])),
+            artifact.path, runtime, options, samples[0], seconds=as_float(cfg["seconds"]),
+            warmup=int(as_float(cfg["warmup"])),
             max_iters=int(as_float(cfg["max_iters"])), baseline=baseline,
             progress=lambda done, total: ctx.progress(label, done, total),
         )

@@ -55,7 +55,8 @@ def _static_shape_problems(model: ModelProto, target: TargetProfile) -> list[str
         if v.name in inits:
             continue
         dims = v.type.tensor_type.shape.dim
-        shown = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+        shown = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                 for d in dims]
         if any(not s.isdigit() for s in shown):
             example = "x".join(s if s.isdigit() else "1" for s in shown)
             problems.append(f"input '{v.name}' has dynamic shape [{', '.join(shown)}] but target {target.id} needs "

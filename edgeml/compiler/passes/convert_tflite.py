@@ -161,7 +161,8 @@ class ConvertTflite(Pass):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         produced = _find_run(runs_dir(), base_key, quant_key, "model" + OUTPUT_SUFFIX[precision])
         if produced is None:
-            produced = self._convert_once(toolchain, artifact.path, f"{base_key}{'-q' + quant_key if quant_key else ''}",
+            run_key = f"{base_key}{'-q' + quant_key if quant_key else ''}"
+            produced = self._convert_once(toolchain, artifact.path, run_key,
                                           inputs, shapes, calib, ctx)
         final = ctx.workdir / f"{artifact.path.stem}_{precision}.tflite"
         renamed = name_io_like_onnx(produced, final, inputs, outputs)
@@ -353,7 +354,8 @@ def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[TensorS
     return [c for c in chosen if c is not None]
 
 
-def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[TensorSpec], onnx_outputs: Sequence[TensorSpec]) -> int:
+def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[TensorSpec],
+                      onnx_outputs: Sequence[TensorSpec]) -> int:
     """Copy ``src`` to ``dst`` with its input/output tensors (and signature entries) named as in the
     ONNX model, so runtimes address the candidate exactly like the reference. Returns how many
     tensors were renamed."""
@@ -415,7 +417,8 @@ def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, JSON]) ->
         perm_buffer.data = np.frombuffer(np.asarray(back, dtype=np.int32).tobytes(), dtype=np.uint8)
         model.buffers.append(perm_buffer)
         perm_tensor = schema.TensorT()
-        perm_tensor.name, perm_tensor.type, perm_tensor.shape = f"{name}/to_onnx_layout/perm", schema.TensorType.INT32, [len(back)]
+        perm_tensor.name, perm_tensor.type = f"{name}/to_onnx_layout/perm", schema.TensorType.INT32
+        perm_tensor.shape = [len(back)]
         perm_tensor.buffer = len(model.buffers) - 1
         out = schema.TensorT()
         out.name, out.type, out.buffer = name, tensor.type, 0

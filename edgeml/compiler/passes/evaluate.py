@@ -5,9 +5,9 @@ Per output: ``cosine`` similarity, ``snr_db`` (signal-to-noise of the difference
 identical outputs), ``max_abs_error``, and ``agreement`` — the fraction of positions whose arg-max over
 the last axis matches (class outputs, see :func:`is_class_output`: ``[N, C]`` scores, or probability
 distributions along the last axis of a higher-rank output) or whose value matches exactly (integer
-outputs such as predicted labels); other outputs (maps, boxes) have no agreement, only the other metrics. With labels, task ``accuracy`` of both
-models and the ``accuracy_drop``. A candidate fails when any output misses a threshold; the failure
-lists every miss with the numbers.
+outputs such as predicted labels); other outputs (maps, boxes) have no agreement, only the other
+metrics. With labels, task ``accuracy`` of both models and the ``accuracy_drop``. A candidate fails
+when any output misses a threshold; the failure lists every miss with the numbers.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ class EvaluatePass(Pass):
         try:
             thresholds = Thresholds.from_json(config)
         except ConfigError as exc:
-            raise ConfigError(f"pass 'evaluate': {exc}; known options: {', '.join(Thresholds.__dataclass_fields__)}, enforce") from exc
+            known = ", ".join(Thresholds.__dataclass_fields__)
+            raise ConfigError(f"pass 'evaluate': {exc}; known options: {known}, enforce") from exc
         samples: SampleSet | None = ctx.evaluation
         if samples is None or not len(samples):
             raise CompileError("evaluate needs held-out samples (BuildContext.evaluation)")
@@ -148,5 +149,6 @@ class EvaluatePass(Pass):
         ctx.log(f"evaluate {runtime}/{artifact.precision}: agreement={report['agreement']} cosine={report['cosine']}"
                 f" {'passed' if report['passed'] else 'FAILED'}")
         if enforce and not report["passed"]:
-            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: " + "; ".join(as_strs(report["failures"])))
+            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: "
+                                + "; ".join(as_strs(report["failures"])))
         return artifact.evolve(metadata={**artifact.metadata, "fidelity": report})

@@ -81,7 +81,8 @@ class Fp16(Pass):
                 node_block_list=self.opt_strs("block_nodes") or None,
             )
         except Exception as exc:
-            raise QuantizationError(f"FP16 conversion of {artifact.path.name} failed: {type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"FP16 conversion of {artifact.path.name} failed: {type(exc).__name__}: {exc}") from exc
 
         topological_sort(converted.graph)
         ctx.workdir.mkdir(parents=True, exist_ok=True)

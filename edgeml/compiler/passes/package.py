@@ -74,7 +74,7 @@ def _runtime_preferences(ctx: BuildContext, runtime: str) -> list[str]:
 
 
 def _stats_samples(ctx: BuildContext) -> SampleSet:
-    samples: SampleSet | None = ctx.calibration if ctx.calibration is not None and len(ctx.calibration) else ctx.evaluation
+    samples = ctx.calibration if ctx.calibration is not None and len(ctx.calibration) else ctx.evaluation
     if samples is None or not len(samples):
         raise CompileError("package needs sample inputs for the smoke test and reference statistics")
     return samples.subset(list(range(min(len(samples), MAX_STATS_SAMPLES))))
@@ -118,7 +118,8 @@ class PackagePass(Pass):
             (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = ctx.workdir / "labels.txt"
             manifest["labels"] = {"file": "labels.txt", "count": len(ctx.class_names)}
-        signed = pack_bundle(output, manifest, files, key, compression=_str_or_none(self.config.get("compression", "zstd")))
+        compression = _str_or_none(self.config.get("compression", "zstd"))
+        signed = pack_bundle(output, manifest, files, key, compression=compression)
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})

@@ -82,7 +82,8 @@ class QuantizeNncf(Pass):
     def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["preset"] not in PRESETS:
-            raise ConfigError(f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
+            raise ConfigError(
+                f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
         if as_int(merged["subset_size"]) < 1:
             raise ConfigError(f"pass '{self.name}': subset_size must be >= 1, got {merged['subset_size']}")
         super().__init__(**merged)
@@ -120,7 +121,8 @@ class QuantizeNncf(Pass):
         except QuantizationError:
             raise
         except Exception as exc:
-            raise QuantizationError(f"NNCF could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"NNCF could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}") from exc
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / f"{artifact.path.stem}.int8.xml"

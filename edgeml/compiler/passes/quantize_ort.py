@@ -134,7 +134,8 @@ def constants_to_initializers(model: ModelProto) -> int:
     keep, moved = [], 0
     for node in model.graph.node:
         attrs = list(node.attribute)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1 and attrs[0].name == "value":
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1
+                and attrs[0].name == "value"):
             tensor = type(attrs[0].t)()
             tensor.CopyFrom(attrs[0].t)
             tensor.name = node.output[0]
