@@ -12,11 +12,13 @@ from typing import ClassVar
 
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_info, host_options, measure
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.request import DEFAULT_BENCH_SECONDS
 from edgeml.errors import CompileError, ConfigError
 from edgeml.jsontypes import JSON, as_float
 from edgeml.runtimes import BackendOptions
 
-_OPTIONS: dict[str, JSON] = {"seconds": 2.0, "warmup": 5, "max_iters": 1000, "threads": DEFAULT_THREADS}
+_OPTIONS: dict[str, JSON] = {"seconds": DEFAULT_BENCH_SECONDS, "warmup": 5, "max_iters": 1000,
+                             "threads": DEFAULT_THREADS}
 
 
 class BenchmarkPass(Pass):
