@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgeml._version import __version__
 from edgeml.errors import EdgeMLError
 
-__version__ = "0.1.0"
 __all__ = ["EdgeMLError", "__version__", "compile", "load"]
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ import click
 
 from edgeml.cli_tables import Table, print_table
 from edgeml.cli_toolchain import toolchain
+from edgeml.compiler import request
 from edgeml.errors import BundleError, ConfigError, EdgeMLError, KeyStoreError
 
 EXIT_OK = 0
@@ -97,29 +98,43 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", required=True, help="Target profile id (edgeml targets list) or a .toml file.")
-@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="auto",
-              show_default=True, help="auto builds every precision the target allows and keeps the fastest that passes.")
+@click.option("--precision", "-p", type=click.Choice(request.PRECISION_CHOICES), default=request.DEFAULT_PRECISION,
+              show_default=True,
+              help="auto builds every precision the target allows and keeps the fastest that passes.")
 @click.option("--runtime", help="Build only for this runtime of the target.")
 @click.option("--calibration", "-c", type=click.Path(), help="Calibration samples: .npz, .npy or an image folder.")
-@click.option("--eval", "evaluation", type=click.Path(), help="Held-out evaluation samples (default: part of --calibration).")
+@click.option("--eval", "evaluation", type=click.Path(),
+              help="Held-out evaluation samples (default: part of --calibration).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt) of the evaluation samples.")
-@click.option("--class-names", type=click.Path(dir_okay=False), help="Text file, one class name per line, shipped in the bundle.")
+@click.option("--class-names", type=click.Path(dir_okay=False),
+              help="Text file, one class name per line, shipped in the bundle.")
 @click.option("--key", "-k", help="Signing key name or path (default: 'default').")
 @click.option("--name", help="Bundle name (default: model file name).")
-@click.option("--version", "bundle_version", default="1.0.0", show_default=True, help="Bundle version (semver).")
-@click.option("--input-shape", multiple=True, metavar="NAME=1x3x224x224", help="Fix a dynamic input shape (repeatable).")
-@click.option("--preprocess", help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
-@click.option("--fallback", is_flag=True, help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
+@click.option("--version", "bundle_version", default=request.DEFAULT_VERSION, show_default=True,
+              help="Bundle version (semver).")
+@click.option("--input-shape", multiple=True, metavar="NAME=1x3x224x224",
+              help="Fix a dynamic input shape (repeatable).")
+@click.option("--preprocess",
+              help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
+@click.option("--fallback", is_flag=True,
+              help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
 @click.option("--exclude-node", multiple=True, help="Never quantize this node (repeatable).")
 @click.option("--exclude-op-type", multiple=True, help="Never quantize nodes of this op type (repeatable).")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight quantization (onnxruntime INT8).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--min-agreement", type=float, default=0.97, show_default=True, help="Minimum top-1 agreement per output.")
-@click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Minimum cosine similarity per output.")
-@click.option("--min-snr-db", type=float, default=None, help="Minimum SNR (dB) per output (off by default).")
-@click.option("--max-abs-error", type=float, default=None, help="Maximum absolute error per output (off by default).")
-@click.option("--max-drop", type=float, default=0.02, show_default=True, help="Maximum task-accuracy drop (needs --labels).")
-@click.option("--bench-seconds", type=float, default=2.0, show_default=True, help="Benchmark time per candidate.")
+@click.option("--calibration-method", type=click.Choice(request.CALIBRATION_METHODS),
+              default=request.DEFAULT_CALIBRATION_METHOD, show_default=True)
+@click.option("--min-agreement", type=float, default=request.DEFAULT_GATE.min_agreement, show_default=True,
+              help="Minimum top-1 agreement per output.")
+@click.option("--min-cosine", type=float, default=request.DEFAULT_GATE.min_cosine, show_default=True,
+              help="Minimum cosine similarity per output.")
+@click.option("--min-snr-db", type=float, default=request.DEFAULT_GATE.min_snr_db,
+              help="Minimum SNR (dB) per output (off by default).")
+@click.option("--max-abs-error", type=float, default=request.DEFAULT_GATE.max_abs_error,
+              help="Maximum absolute error per output (off by default).")
+@click.option("--max-drop", type=float, default=request.DEFAULT_GATE.max_drop, show_default=True,
+              help="Maximum task-accuracy drop (needs --labels).")
+@click.option("--bench-seconds", type=float, default=request.DEFAULT_BENCH_SECONDS, show_default=True,
+              help="Benchmark time per candidate.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every step instead of reusing the build cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
@@ -136,19 +151,18 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
     names = None
     if class_names:
         names = [ln.strip() for ln in Path(class_names).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    input_shapes = parse_input_shape(input_shape)
-    prep = _preprocess(preprocess)
+    build_request = request.BuildRequest(
+        model, target, precision=precision, runtime=runtime, output=output, calibration=calibration,
+        evaluation=evaluation, labels=labels, key=key, name=name, version=bundle_version,
+        input_shapes=parse_input_shape(input_shape), min_agreement=min_agreement, min_cosine=min_cosine,
+        min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
+        exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
+        calibration_method=calibration_method, preprocess=_preprocess(preprocess), class_names=names,
+        benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
+    )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
     with contextlib.redirect_stdout(sys.stderr):
-        result = api.compile(
-            model, target, precision=precision, runtime=runtime, output=output, calibration=calibration,
-            evaluation=evaluation, labels=labels, key=key, name=name, version=bundle_version,
-            input_shapes=input_shapes, min_agreement=min_agreement, min_cosine=min_cosine,
-            min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
-            exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
-            calibration_method=calibration_method, preprocess=prep, class_names=names,
-            benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
-        )
+        result = api.compile(build_request)
     if as_json:
         _print_json({**result.report.to_json(), "bundle": str(result.bundle_path)})
         return

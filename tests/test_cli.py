@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from edgeml import cli
 from edgeml.bundle import SigningKey, generate_key
 from edgeml.compiler import api
+from edgeml.compiler.preprocess import Preprocess
 from edgeml.compiler.report import BuildReport, Candidate
+from edgeml.compiler.request import BuildRequest, Thresholds
 from edgeml.errors import FidelityError, ModelCheckError
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
@@ -41,47 +43,53 @@ def _line_with(text: str, *values: str) -> str:
 
 
 @pytest.fixture
-def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
+def fake_compile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[BuildRequest]:
+    calls: list[BuildRequest] = []
 
-    def fake(model: Any, target: Any, **kwargs: Any) -> api.BuildResult:
-        calls.append({"model": model, "target": target, **kwargs})
+    def fake(request: BuildRequest) -> api.BuildResult:
+        calls.append(request)
         cand = Candidate("onnxruntime", "fp32", status="passed", benchmark={"p50_ms": 1.0, "p99_ms": 2.0}, speedup=1.0)
-        report = BuildReport(model=str(model), target=str(target), precision=kwargs["precision"], candidates=[cand],
-                             chosen=cand, why="only candidate", baseline={"p50_ms": 1.0, "p99_ms": 2.0})
+        report = BuildReport(model=str(request.model), target=str(request.target), precision=request.precision,
+                             candidates=[cand], chosen=cand, why="only candidate",
+                             baseline={"p50_ms": 1.0, "p99_ms": 2.0})
         return api.BuildResult(tmp_path / "out.edgepkg", report)
 
     monkeypatch.setattr(api, "compile", fake)
     return calls
 
 
-def test_build_turns_flags_into_one_compile_call(fake_compile, tmp_path: Path) -> None:
+def test_build_turns_flags_into_one_build_request(fake_compile, tmp_path: Path) -> None:
     res = _run("build", "m.onnx", "--target", "intel-npu", "--precision", "int8", "--calibration", "cal.npz",
                "--eval", "ev.npz", "--labels", "l.npy", "--key", "team", "--input-shape", "input=1x3x224x224",
                "--input-shape", "mask=1X1", "--fallback", "--exclude-node", "conv1", "--exclude-op-type", "Softmax",
                "--min-agreement", "0.99", "--max-drop", "0.005", "--min-snr-db", "20", "--version", "2.0.0",
-               "--name", "det", "--preprocess", '{"size": [224, 224]}', "--no-cache", "-o", "out.edgepkg")
+               "--name", "det", "--preprocess", '{"size": [224, 224]}', "--no-cache", "-o", "out.edgepkg",
+               "--calibration-method", "entropy", "--per-channel")
     assert res.exit_code == 0, res.output
-    (call,) = fake_compile
-    assert call["model"] == "m.onnx" and call["target"] == "intel-npu"
-    assert call["precision"] == "int8" and call["calibration"] == "cal.npz" and call["evaluation"] == "ev.npz"
-    assert call["labels"] == "l.npy" and call["key"] == "team" and call["output"] == "out.edgepkg"
-    assert call["input_shapes"] == {"input": [1, 3, 224, 224], "mask": [1, 1]}
-    assert call["fallback"] is True and call["exclude_nodes"] == ["conv1"] and call["exclude_op_types"] == ["Softmax"]
-    assert call["min_agreement"] == 0.99 and call["max_drop"] == 0.005 and call["min_snr_db"] == 20.0
-    assert call["min_cosine"] == 0.98 and call["max_abs_error"] is None
-    assert call["version"] == "2.0.0" and call["name"] == "det" and call["preprocess"] == {"size": [224, 224]}
-    assert call["use_cache"] is False
+    (req,) = fake_compile
+    assert req.model == "m.onnx" and req.target == "intel-npu"
+    assert req.precision == "int8" and req.calibration == "cal.npz" and req.evaluation == "ev.npz"
+    assert req.labels == "l.npy" and req.key == "team" and req.output == "out.edgepkg"
+    assert req.input_shapes == {"input": [1, 3, 224, 224], "mask": [1, 1]}
+    assert req.fallback is True and req.exclude_nodes == ["conv1"] and req.exclude_op_types == ["Softmax"]
+    assert req.thresholds == Thresholds(min_agreement=0.99, min_cosine=0.98, min_snr_db=20.0, max_drop=0.005)
+    assert req.quant_options == {"per_channel": True, "calibration_method": "entropy"}
+    assert req.version == "2.0.0" and req.name == "det" and req.preprocess == Preprocess(size=(224, 224))
+    assert req.use_cache is False
     assert "onnxruntime/fp32" in res.output and "bundle:" in res.output
 
 
-def test_build_defaults_and_json_output(fake_compile) -> None:
+def test_build_defaults_are_the_build_requests(fake_compile) -> None:
     res = _run("build", "m.onnx", "-t", "x86-cpu", "--json")
     assert res.exit_code == 0
-    assert fake_compile[0]["precision"] == "auto" and fake_compile[0]["input_shapes"] is None
-    assert fake_compile[0]["progress"] is False
+    assert fake_compile == [BuildRequest("m.onnx", "x86-cpu", progress=False, exclude_nodes=[], exclude_op_types=[])]
     data = json.loads(res.output)
     assert data["chosen"] == "onnxruntime/fp32" and data["bundle"].endswith("out.edgepkg")
+
+
+def test_a_bad_request_is_a_usage_error_before_compile(fake_compile) -> None:
+    res = _run("build", "m.onnx", "-t", "x86-cpu", "--version", "one")
+    assert res.exit_code == 2 and "one" in res.output and not fake_compile
 
 
 @pytest.mark.parametrize("value", ["input", "input=", "=1x2", "input=1xa"])

@@ -1,7 +1,7 @@
 """Sample data for a build: calibration (quantizers), held-out evaluation (the fidelity gate),
 reference statistics and the bundle's smoke sample.
 
-A :class:`SampleSet` is a list of feeds (``dict[input name, np.ndarray]``, one sample each, shaped like
+A :class:`SampleSet` is a list of feeds (``dict[input name, Array]``, one sample each, shaped like
 the model's inputs with batch 1) plus optional labels. Sources:
 
 - ``.npz``: one array per model input, keyed by input name, first axis = samples;
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
+from edgeml.compiler.preprocess import Preprocess
+from edgeml.compiler.request import LabelSource, SampleSource
 from edgeml.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -34,7 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 class SampleSet:
     """Feeds (one dict per sample) and optional labels (one per sample)."""
 
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], labels: np.ndarray | None = None,
+    def __init__(self, feeds: Sequence[dict[str, Array]], labels: Array | None = None,
                  source: str = "") -> None:
         self.feeds = list(feeds)
         if labels is not None:
@@ -57,7 +58,7 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.feeds)
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[dict[str, Array]]:
         if self._progress is None:
             yield from self.feeds
             return
@@ -66,14 +67,14 @@ class SampleSet:
             yield feed
             self._progress(self._label, i + 1, total)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, Array]:
         return self.feeds[index]
 
     def subset(self, indices: Sequence[int]) -> SampleSet:
         labels = self.labels[list(indices)] if self.labels is not None else None
         return SampleSet([self.feeds[i] for i in indices], labels, self.source)
 
-    def stacked(self) -> dict[str, np.ndarray]:
+    def stacked(self) -> dict[str, Array]:
         """All samples concatenated along the batch axis, per input."""
         if not self.feeds:
             return {}
@@ -93,75 +94,11 @@ class SampleSet:
         return h.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes a model input: resize to ``size`` (width, height), colour order, then
-    ``(pixel * scale - mean) / std`` per channel, then ``layout``. Written into the bundle manifest."""
-
-    size: tuple[int, int] | None = None
-    layout: str = "NCHW"
-    color: str = "RGB"
-    scale: float = 1 / 255
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ConfigError(f"preprocess layout '{self.layout}' must be NCHW or NHWC")
-        if self.color not in ("RGB", "BGR", "GRAY"):
-            raise ConfigError(f"preprocess color '{self.color}' must be RGB, BGR or GRAY")
-        if any(s == 0 for s in self.std):
-            raise ConfigError("preprocess std must not contain 0")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"size": list(self.size) if self.size else None, "layout": self.layout, "color": self.color,
-                "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Preprocess:
-        allowed = {"size", "layout", "color", "scale", "mean", "std"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"preprocess key '{unknown[0]}' is unknown (allowed: {', '.join(sorted(allowed))})")
-        size = data.get("size")
-        return cls(
-            size=(int(size[0]), int(size[1])) if size else None,
-            layout=str(data.get("layout", "NCHW")), color=str(data.get("color", "RGB")),
-            scale=float(data.get("scale", 1 / 255)),
-            mean=tuple(float(v) for v in data.get("mean", (0.0, 0.0, 0.0))),
-            std=tuple(float(v) for v in data.get("std", (1.0, 1.0, 1.0))),
-        )
-
-    def apply(self, path: Path, dtype: str = "float32") -> np.ndarray:
-        """One image file -> an array of shape [1, C, H, W] (NCHW) or [1, H, W, C] (NHWC)."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as opened:
-                img = opened.convert("L" if self.color == "GRAY" else "RGB")
-                if self.size:
-                    img = img.resize(self.size, Image.Resampling.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32)
-        except OSError as exc:
-            raise ConfigError(f"cannot read image {path}: {exc}") from exc
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if self.color == "BGR":
-            arr = arr[:, :, ::-1]
-        channels = arr.shape[2]
-        mean = np.asarray(self.mean[:channels], dtype=np.float32)
-        std = np.asarray(self.std[:channels], dtype=np.float32)
-        arr = (arr * np.float32(self.scale) - mean) / std
-        if self.layout == "NCHW":
-            arr = arr.transpose(2, 0, 1)
-        return np.ascontiguousarray(arr[None]).astype(dtype)
-
-
 def _from(source: str) -> str:
     return f" (from {source})" if source else ""
 
 
-def _rank_split(name: str, arr: np.ndarray, spec: TensorSpec | None, source: str) -> list[np.ndarray]:
+def _rank_split(name: str, arr: Array, spec: TensorSpec | None, source: str) -> list[Array]:
     """Split an array whose first axis counts samples into batch-1 feeds shaped like the input."""
     if arr.ndim == 0:
         raise ConfigError(f"input '{name}'{_from(source)} is a scalar; the first axis must count samples")
@@ -183,15 +120,16 @@ def _rank_split(name: str, arr: np.ndarray, spec: TensorSpec | None, source: str
                 raise ConfigError(f"input '{name}'{_from(source)} has dtype {arr.dtype}; the model wants {dtype}")
             parts = [p.astype(dtype) for p in parts]
         for part in parts[:1]:
-            bad = [(d, a) for d, a in zip(spec.shape, part.shape, strict=False) if isinstance(d, int) and d > 0 and d != a]
+            bad = [(d, a) for d, a in zip(spec.shape, part.shape, strict=False)
+                   if isinstance(d, int) and d > 0 and d != a]
             if bad:
                 raise ConfigError(f"input '{name}'{_from(source)}: a sample has shape {list(part.shape)}; "
                                   f"the model wants {list(spec.shape)}")
     return [np.ascontiguousarray(p) for p in parts]
 
 
-def from_arrays(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], source: str = "",
-                labels: np.ndarray | None = None) -> SampleSet:
+def from_arrays(arrays: Mapping[str, Array], specs: Sequence[TensorSpec], source: str = "",
+                labels: Array | None = None) -> SampleSet:
     by_name = {s.name: s for s in specs}
     missing = [n for n in by_name if n not in arrays]
     unknown = [n for n in arrays if n not in by_name]
@@ -209,7 +147,7 @@ def from_arrays(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], s
     return SampleSet(feeds, labels, source)
 
 
-def load_labels(path: str | Path) -> np.ndarray:
+def load_labels(path: str | Path) -> Array:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist")
@@ -224,8 +162,8 @@ def load_labels(path: str | Path) -> np.ndarray:
     raise ConfigError(f"labels file {path} must be .npy or .txt (one integer per line)")
 
 
-def load_samples(source: Any, specs: Sequence[TensorSpec], *, preprocess: Preprocess | None = None,
-                 labels: Any = None) -> SampleSet:
+def load_samples(source: SampleSource, specs: Sequence[TensorSpec], *, preprocess: Preprocess | None = None,
+                 labels: LabelSource | None = None) -> SampleSet:
     """Load samples from any supported source (see the module docstring) for a model with ``specs``."""
     label_array = None if labels is None else (
         load_labels(labels) if isinstance(labels, (str, Path)) else np.asarray(labels))
@@ -251,7 +189,7 @@ def _single_input(specs: Sequence[TensorSpec], what: str) -> str:
 
 
 def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,
-               labels: np.ndarray | None) -> SampleSet:
+               labels: Array | None) -> SampleSet:
     if path.is_dir():
         return _load_images(path, specs, preprocess, labels)
     if not path.is_file():
@@ -268,7 +206,7 @@ def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess |
 
 
 def _load_images(folder: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,
-                 labels: np.ndarray | None) -> SampleSet:
+                 labels: Array | None) -> SampleSet:
     name = _single_input(specs, f"image folder {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -299,9 +237,9 @@ def _default_preprocess(spec: TensorSpec) -> Preprocess:
                       "(size WxH, layout NCHW/NHWC, mean/std)")
 
 
-def _from_iterable(source: Iterable[Any], specs: Sequence[TensorSpec], labels: np.ndarray | None) -> SampleSet:
+def _from_iterable(source: Iterable[object], specs: Sequence[TensorSpec], labels: Array | None) -> SampleSet:
     by_name = {s.name: s for s in specs}
-    feeds: list[dict[str, np.ndarray]] = []
+    feeds: list[dict[str, Array]] = []
     for i, item in enumerate(source):
         if isinstance(item, Mapping):
             raw = {str(k): np.asarray(v) for k, v in item.items()}

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array, FloatArray
 from edgeml.compiler.data import SampleSet
 from edgeml.errors import RuntimeBackendError
-from edgeml.runtimes import BackendOptions, open_model
+from edgeml.jsontypes import JSONDict, as_dict, as_float, as_int, as_str, as_strs, to_json
+from edgeml.runtimes import Backend, BackendOptions, open_model
 from edgeml.targets import TargetProfile
 
 DEFAULT_THREADS = 2
@@ -42,7 +43,8 @@ def _openvino_devices() -> tuple[str, ...]:
     return tuple(import_openvino().Core().available_devices)
 
 
-def host_options(target: TargetProfile, runtime: str, threads: int = DEFAULT_THREADS) -> tuple[BackendOptions, list[str]]:
+def host_options(target: TargetProfile, runtime: str,
+                 threads: int = DEFAULT_THREADS) -> tuple[BackendOptions, list[str]]:
     """Backend options for running ``target``'s ``runtime`` on this host, and what had to be substituted."""
     opts = target.options(runtime)
     notes: list[str] = []
@@ -65,9 +67,9 @@ def host_options(target: TargetProfile, runtime: str, threads: int = DEFAULT_THR
     return BackendOptions(num_threads=threads or opts.num_threads), notes
 
 
-def run_outputs(model: Path, runtime: str, options: BackendOptions, samples: SampleSet) -> dict[str, np.ndarray]:
+def run_outputs(model: Path, runtime: str, options: BackendOptions, samples: SampleSet) -> dict[str, Array]:
     """Every output over every sample, concatenated along the first axis."""
-    collected: dict[str, list[np.ndarray]] = {}
+    collected: dict[str, list[Array]] = {}
     with open_model(model, runtime, options) as backend:
         for feed in samples:
             for name, value in backend.run(backend.check_feeds(feed)).items():
@@ -106,9 +108,9 @@ class _RssSampler:
 Baseline = tuple[Path, str, BackendOptions]   # (model, runtime, options) a candidate is timed against
 
 
-def measure(model: Path, runtime: str, options: BackendOptions, feed: Mapping[str, np.ndarray], *,
+def measure(model: Path, runtime: str, options: BackendOptions, feed: Mapping[str, Array], *,
             seconds: float = 2.0, warmup: int = 5, max_iters: int = 1000, min_iters: int = 10,
-            baseline: Baseline | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            baseline: Baseline | None = None, progress: Callable[[int, int], None] | None = None) -> JSONDict:
     """Latency percentiles, throughput, load time and peak memory of one model on this host.
 
     Measured in a fresh Python process: peak resident memory then belongs to this model alone (in the
@@ -126,7 +128,7 @@ def measure(model: Path, runtime: str, options: BackendOptions, feed: Mapping[st
     with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp:
         work = Path(tmp)
         np.savez(work / "feed.npz", **dict(feed))  # type: ignore[arg-type]
-        job: dict[str, Any] = {
+        job: JSONDict = {
             "model": str(model), "runtime": runtime, "feed": str(work / "feed.npz"),
             "options": _options_json(options), "seconds": seconds, "warmup": warmup,
             "max_iters": max_iters, "min_iters": min_iters, "baseline": None}
@@ -137,7 +139,7 @@ def measure(model: Path, runtime: str, options: BackendOptions, feed: Mapping[st
         with open(work / "stderr.txt", "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", "edgeml.compiler.benchproc", str(work / "job.json")],
                                     stdout=subprocess.PIPE, stderr=err, text=True)
-            result: dict[str, Any] | None = None
+            result: JSONDict | None = None
             assert proc.stdout is not None
             for line in proc.stdout:
                 kind, _, payload = line.strip().partition(" ")
@@ -154,21 +156,24 @@ def measure(model: Path, runtime: str, options: BackendOptions, feed: Mapping[st
     return result
 
 
-def _options_json(o: BackendOptions) -> dict[str, Any]:
-    return {"providers": list(o.providers), "provider_options": {k: dict(v) for k, v in o.provider_options.items()},
-            "device": o.device, "properties": dict(o.properties), "num_threads": o.num_threads,
+def _options_json(o: BackendOptions) -> JSONDict:
+    return {"providers": list(o.providers), "provider_options": to_json(o.provider_options),
+            "device": o.device, "properties": to_json(o.properties), "num_threads": o.num_threads,
             "cache_dir": str(o.cache_dir) if o.cache_dir else None}
 
 
-def options_from_json(data: Mapping[str, Any]) -> BackendOptions:
-    return BackendOptions(providers=tuple(data["providers"]), provider_options=data["provider_options"],
-                          device=data["device"], properties=data["properties"], num_threads=data["num_threads"],
-                          cache_dir=Path(data["cache_dir"]) if data["cache_dir"] else None)
+def options_from_json(data: JSONDict) -> BackendOptions:
+    device, cache = data["device"], data["cache_dir"]
+    return BackendOptions(providers=tuple(as_strs(data["providers"])),
+                          provider_options={k: as_dict(v) for k, v in as_dict(data["provider_options"]).items()},
+                          device=None if device is None else as_str(device), properties=as_dict(data["properties"]),
+                          num_threads=as_int(data["num_threads"]),
+                          cache_dir=Path(as_str(cache)) if cache else None)
 
 
-def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mapping[str, np.ndarray], *,
+def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mapping[str, Array], *,
                  seconds: float, warmup: int, max_iters: int, min_iters: int, baseline: Baseline | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[int, int], None] | None = None) -> JSONDict:
     """The measurement itself, in the calling process (the benchmark child runs this)."""
     backends = []
     try:
@@ -189,27 +194,7 @@ def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mappi
             for _ in range(warmup):
                 base.run(base_feed)
             runners.append((base, base_feed))
-        times: list[list[float]] = [[] for _ in runners]
-        deadline = time.perf_counter() + seconds
-        expected = max_iters
-        block = 1
-        while len(times[0]) < max_iters and (len(times[0]) < min_iters or time.perf_counter() < deadline):
-            # alternate in blocks of ~BLOCK_SECONDS, not single runs: a runtime's worker threads keep
-            # spinning for a moment after each run and would steal the cores from the other one
-            for (b, f), ts in zip(runners, times, strict=True):
-                b.run(f)  # first run after a switch: not timed
-                for _ in range(block):
-                    start = time.perf_counter()
-                    b.run(f)
-                    ts.append(time.perf_counter() - start)
-            n = len(times[0])
-            per = sum(sum(ts) for ts in times) / n
-            block = max(1, min(50, int(BLOCK_SECONDS / max(per, 1e-9))))
-            if expected == max_iters and n >= min_iters:
-                # estimate the total once, so a progress bar has a meaningful end
-                expected = max(min_iters, min(max_iters, int(seconds / max(per, 1e-9))))
-            if progress:
-                progress(min(n, expected), expected)
+        times = _timed_runs(runners, seconds=seconds, max_iters=max_iters, min_iters=min_iters, progress=progress)
         device = backend.device
     finally:
         for b in backends:
@@ -225,19 +210,46 @@ def measure_here(model: Path, runtime: str, options: BackendOptions, feed: Mappi
         paired = _stats(np.asarray(times[1]) * 1000)
         result["paired_baseline"] = {"model": str(baseline[0]), "runtime": baseline[1],
                                      **{k: paired[k] for k in ("p50_ms", "p90_ms", "p99_ms")}}
-        result["speedup"] = round(paired["p50_ms"] / max(result["p50_ms"], 1e-9), 3)
+        result["speedup"] = round(as_float(paired["p50_ms"]) / max(as_float(result["p50_ms"]), 1e-9), 3)
     return result
 
 
-def _stats(ms: np.ndarray) -> dict[str, Any]:
+def _timed_runs(runners: list[tuple[Backend, dict[str, Array]]], *, seconds: float, max_iters: int, min_iters: int,
+                progress: Callable[[int, int], None] | None) -> list[list[float]]:
+    """Seconds per run of each (backend, feed), the runners taking turns until time or iterations run out."""
+    times: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + seconds
+    expected = max_iters
+    block = 1
+    while len(times[0]) < max_iters and (len(times[0]) < min_iters or time.perf_counter() < deadline):
+        # alternate in blocks of ~BLOCK_SECONDS, not single runs: a runtime's worker threads keep
+        # spinning for a moment after each run and would steal the cores from the other one
+        for (b, f), ts in zip(runners, times, strict=True):
+            b.run(f)  # first run after a switch: not timed
+            for _ in range(block):
+                start = time.perf_counter()
+                b.run(f)
+                ts.append(time.perf_counter() - start)
+        n = len(times[0])
+        per = sum(sum(ts) for ts in times) / n
+        block = max(1, min(50, int(BLOCK_SECONDS / max(per, 1e-9))))
+        if expected == max_iters and n >= min_iters:
+            # estimate the total once, so a progress bar has a meaningful end
+            expected = max(min_iters, min(max_iters, int(seconds / max(per, 1e-9))))
+        if progress:
+            progress(min(n, expected), expected)
+    return times
+
+
+def _stats(ms: FloatArray) -> JSONDict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
             "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
             "throughput_ips": round(float(1000 / ms.mean()), 2), "iterations": len(ms)}
 
 
 @cache
-def host_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
+def host_info() -> JSONDict:
+    info: JSONDict = {"machine": platform.machine(), "system": platform.system(),
                             "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import CompileError, MissingExtraError
+from edgeml.jsontypes import JSON, as_dict, as_list
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, ValueInfoProto
 
 # ONNX TensorProto element types -> numpy dtype names
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
@@ -26,7 +31,7 @@ def digest_files(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def import_onnx() -> Any:
+def import_onnx() -> ModuleType:
     try:
         import onnx
     except ImportError as exc:
@@ -34,7 +39,7 @@ def import_onnx() -> Any:
     return onnx
 
 
-def load_onnx(path: Path) -> Any:
+def load_onnx(path: Path) -> ModelProto:
     onnx = import_onnx()
     try:
         return onnx.load(str(path))
@@ -42,7 +47,7 @@ def load_onnx(path: Path) -> Any:
         raise CompileError(f"{path} is not a readable ONNX model: {exc}") from exc
 
 
-def save_onnx(model: Any, path: Path) -> list[Path]:
+def save_onnx(model: ModelProto, path: Path) -> list[Path]:
     """Save a model; weights go to an external file only when protobuf's 2 GB limit requires it.
     Returns the files written (model first)."""
     onnx = import_onnx()
@@ -55,7 +60,7 @@ def save_onnx(model: Any, path: Path) -> list[Path]:
     return [path]
 
 
-def _dims(value_info: Any) -> tuple[int | str, ...]:
+def _dims(value_info: ValueInfoProto) -> tuple[int | str, ...]:
     dims: list[int | str] = []
     for i, d in enumerate(value_info.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -65,11 +70,11 @@ def _dims(value_info: Any) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
-def onnx_specs(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def onnx_specs(model: ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Graph inputs (without initializers) and outputs, with named dynamic dimensions."""
     inits = {i.name for i in model.graph.initializer}
 
-    def spec(v: Any) -> TensorSpec:
+    def spec(v: ValueInfoProto) -> TensorSpec:
         elem = v.type.tensor_type.elem_type
         return TensorSpec(v.name, ONNX_DTYPES.get(elem, f"onnx:{elem}"), _dims(v))
 
@@ -78,15 +83,15 @@ def onnx_specs(model: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
-def specs_to_json(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+def specs_to_json(specs: Sequence[TensorSpec]) -> list[JSON]:
     return [s.to_json() for s in specs]
 
 
-def specs_from_json(data: Sequence[Any]) -> list[TensorSpec]:
-    return [TensorSpec.from_json(d) for d in data]
+def specs_from_json(data: JSON) -> list[TensorSpec]:
+    return [TensorSpec.from_json(as_dict(d)) for d in as_list(data)]
 
 
-def onnx_opset(model: Any) -> int:
+def onnx_opset(model: ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)

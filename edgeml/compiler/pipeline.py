@@ -19,22 +19,23 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from edgeml.compiler.passes.base import Artifact, BuildContext, get_pass
+from edgeml._version import __version__
+from edgeml.compiler.passes.base import Artifact, BuildContext, Pass, get_pass
+from edgeml.jsontypes import JSON, JSONDict, as_dict, as_list, as_str, as_strs
 from edgeml.paths import cache_dir
 
-Step = tuple[str, dict[str, Any]]
+Step = tuple[str, dict[str, JSON]]
 
 
 @dataclass
 class StepRecord:
     name: str
-    config: dict[str, Any]
+    config: dict[str, JSON]
     seconds: float
     cached: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONDict:
         return {"name": self.name, "config": self.config, "seconds": round(self.seconds, 3), "cached": self.cached}
 
 
@@ -42,7 +43,7 @@ def build_cache_root() -> Path:
     return cache_dir() / "build"
 
 
-def artifact_to_json(artifact: Artifact, root: Path) -> dict[str, Any]:
+def artifact_to_json(artifact: Artifact, root: Path) -> JSONDict:
     def rel(p: Path) -> str:
         try:
             return str(p.resolve().relative_to(root.resolve()))
@@ -54,16 +55,16 @@ def artifact_to_json(artifact: Artifact, root: Path) -> dict[str, Any]:
             "runtime": artifact.runtime, "metadata": artifact.metadata}
 
 
-def artifact_from_json(data: dict[str, Any], root: Path) -> Artifact:
-    return Artifact(path=root / data["path"], format=data["format"], precision=data["precision"],
-                    digest=data["digest"], extra_files=tuple(root / p for p in data["extra_files"]),
-                    runtime=data["runtime"], metadata=data["metadata"])
+def artifact_from_json(data: JSONDict, root: Path) -> Artifact:
+    runtime = data["runtime"]
+    return Artifact(path=root / as_str(data["path"]), format=as_str(data["format"]),
+                    precision=as_str(data["precision"]), digest=as_str(data["digest"]),
+                    extra_files=tuple(root / p for p in as_strs(data["extra_files"])),
+                    runtime=None if runtime is None else as_str(runtime), metadata=dict(as_dict(data["metadata"])))
 
 
 def _step_key(pass_key: str, name: str, ctx: BuildContext, uses_calibration: bool) -> str:
-    import edgeml
-
-    parts = [pass_key, name, edgeml.__version__]
+    parts = [pass_key, name, __version__]
     fingerprint = getattr(ctx.calibration, "fingerprint", None)
     if uses_calibration and fingerprint is not None:
         parts.append(fingerprint())
@@ -112,12 +113,12 @@ def run_steps(artifact: Artifact, steps: Sequence[Step], ctx: BuildContext, *, s
     return artifact
 
 
-def _record(artifact: Artifact, name: str, config: dict[str, Any]) -> Artifact:
-    passes = [*artifact.metadata.get("passes", []), {"name": name, "config": config}]
+def _record(artifact: Artifact, name: str, config: dict[str, JSON]) -> Artifact:
+    passes: list[JSON] = [*as_list(artifact.metadata.get("passes", [])), {"name": name, "config": config}]
     return artifact.evolve(metadata={**artifact.metadata, "passes": passes})
 
 
-def _run_into_cache(p: Any, artifact: Artifact, ctx: BuildContext, entry: Path, config: dict[str, Any]) -> Artifact:
+def _run_into_cache(p: Pass, artifact: Artifact, ctx: BuildContext, entry: Path, config: dict[str, JSON]) -> Artifact:
     staging = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
     staging.mkdir(parents=True)
     try:

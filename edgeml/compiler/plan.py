@@ -8,14 +8,17 @@ is simply not buildable yet; the report says so. Adding a converter is one row h
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
-Step = tuple[str, dict[str, Any]]
+from edgeml.compiler.request import DEFAULT_CALIBRATION_METHOD
+from edgeml.jsontypes import JSON
+
+Step = tuple[str, dict[str, JSON]]
 
 PLANS: dict[tuple[str, str], list[Step]] = {
     ("onnxruntime", "fp32"): [],
     ("onnxruntime", "fp16"): [("fp16", {"keep_io_types": True})],
-    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False, "calibration_method": "minmax"})],
+    ("onnxruntime", "int8"): [("quantize_ort", {"per_channel": False,
+                                                "calibration_method": DEFAULT_CALIBRATION_METHOD})],
     ("openvino", "fp32"): [("convert_openvino", {})],
     ("openvino", "fp16"): [("convert_openvino", {"compress_to_fp16": True})],
     ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "performance"})],
@@ -35,7 +38,7 @@ QUANT_OPTIONS = {"quantize_ort": ("per_channel", "calibration_method", "max_samp
 
 
 def prefix_steps(input_shapes: Mapping[str, Sequence[int]] | None, runtimes: Iterable[str]) -> list[Step]:
-    load_cfg: dict[str, Any] = {"input_shapes": {k: list(v) for k, v in input_shapes.items()}} if input_shapes else {}
+    load_cfg: dict[str, JSON] = {"input_shapes": {k: list(v) for k, v in input_shapes.items()}} if input_shapes else {}
     return [("load", load_cfg), ("check", {"runtimes": sorted(runtimes)}), ("optimize", {})]
 
 
@@ -44,7 +47,8 @@ def has_plan(runtime: str, precision: str) -> bool:
 
 
 def candidate_steps(runtime: str, precision: str, *, exclude_nodes: Sequence[str] = (),
-                    exclude_op_types: Sequence[str] = (), quant_options: Mapping[str, Any] | None = None) -> list[Step]:
+                    exclude_op_types: Sequence[str] = (),
+                    quant_options: Mapping[str, JSON] | None = None) -> list[Step]:
     """The row for (runtime, precision), with exclusions and quantizer options applied."""
     steps = []
     for name, config in PLANS[(runtime, precision)]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -18,8 +21,8 @@ class ProgressBars:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> ProgressFn:
         if not self.enabled:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from edgeml.cli_tables import Table, print_table
+from edgeml.jsontypes import JSONDict, as_float
 
 
 @dataclass
@@ -21,13 +22,22 @@ class Candidate:
     precision: str
     status: str = "pending"                    # passed | failed (fidelity) | error | skipped
     reason: str = ""
-    fidelity: dict[str, Any] | None = None
-    benchmark: dict[str, Any] | None = None
+    fidelity: JSONDict | None = None
+    benchmark: JSONDict | None = None
     size_bytes: int | None = None
     build_seconds: float = 0.0
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[JSONDict] = field(default_factory=list)
     excluded_nodes: list[str] = field(default_factory=list)   # kept in float by --fallback
     speedup: float | None = None               # baseline p50 / this p50 (>1 = faster than the FP32 baseline)
+    planned: str = ""                          # the precision of its plan row (``precision`` may become mixed)
+
+    def __post_init__(self) -> None:
+        self.planned = self.planned or self.precision
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(runtime, planned precision): which plan row this candidate is, stable across a fallback."""
+        return (self.runtime, self.planned)
 
     @property
     def label(self) -> str:
@@ -35,9 +45,9 @@ class Candidate:
 
     @property
     def p50(self) -> float | None:
-        return None if not self.benchmark else float(self.benchmark["p50_ms"])
+        return None if not self.benchmark else as_float(self.benchmark["p50_ms"])
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONDict:
         return {"runtime": self.runtime, "precision": self.precision, "status": self.status, "reason": self.reason,
                 "fidelity": self.fidelity, "benchmark": self.benchmark, "size_bytes": self.size_bytes,
                 "build_seconds": round(self.build_seconds, 3), "steps": self.steps,
@@ -53,12 +63,12 @@ class BuildReport:
     chosen: Candidate | None = None
     why: str = ""
     notes: list[str] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None      # the source model, FP32, plain onnxruntime, same host and run
+    baseline: JSONDict | None = None      # the source model, FP32, plain onnxruntime, same host and run
     bundle: str | None = None
     total_seconds: float = 0.0
-    data: dict[str, Any] = field(default_factory=dict)
+    data: JSONDict = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONDict:
         return {"model": self.model, "target": self.target, "precision": self.precision,
                 "candidates": [c.to_json() for c in self.candidates],
                 "chosen": self.chosen.label if self.chosen else None, "why": self.why, "notes": self.notes,
@@ -102,7 +112,7 @@ def print_report(report: BuildReport, stream: IO[str] | None = None) -> None:
         out.write(f"note: {note}\n")
 
 
-def _fmt(value: Any, spec: str) -> str:
+def _fmt(value: object, spec: str) -> str:
     return "-" if value is None else spec.format(value)
 
 
@@ -124,7 +134,7 @@ def choose(report: BuildReport) -> Candidate | None:
 
     floats = [c for c in passed if c.precision == "fp32"]
     fastest_float = min(floats, key=cost) if floats else None
-    base_p50 = report.baseline["p50_ms"] if report.baseline else None
+    base_p50 = as_float(report.baseline["p50_ms"]) if report.baseline else None
     for c in passed:
         if c.precision == "fp32":
             continue

@@ -16,23 +16,23 @@ import itertools
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
+from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
+    from onnxruntime import InferenceSession
 
 MAX_SAMPLES = 8          # a few samples rank layers reliably; every tensor of every sample is kept in memory
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
-def _nmse(candidate: np.ndarray, reference: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    diff = candidate.astype(np.float64).ravel() - ref
-    return float(diff @ diff / max(float(ref @ ref), 1e-12))
-
-
-def _expose_all(model: Any, names: Iterable[str], path: Path) -> None:
+def _expose_all(model: ModelProto, names: Iterable[str], path: Path) -> None:
     """Save ``model`` with every tensor in ``names`` added as a graph output."""
     from onnx import helper, save
 
@@ -43,7 +43,7 @@ def _expose_all(model: Any, names: Iterable[str], path: Path) -> None:
     save(model, str(path))
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path) -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -53,21 +53,21 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _after_qdq(candidate: Any) -> dict[str, str]:
+def _after_qdq(candidate: ModelProto) -> dict[str, str]:
     """{tensor: the DequantizeLinear output consumers read instead} for tensors behind a Q → DQ pair."""
     quantized_by = {n.input[0]: n.output[0] for n in candidate.graph.node if n.op_type == "QuantizeLinear"}
     dequantized_by = {n.input[0]: n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
     return {t: dequantized_by[q] for t, q in quantized_by.items() if q in dequantized_by}
 
 
-def _before_qdq(candidate: Any) -> dict[str, str]:
+def _before_qdq(candidate: ModelProto) -> dict[str, str]:
     """{DequantizeLinear output: the float tensor that was quantized} (weights included)."""
     quantized_from = {n.output[0]: n.input[0] for n in candidate.graph.node if n.op_type == "QuantizeLinear"}
     return {n.output[0]: quantized_from.get(n.input[0], n.input[0])
             for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
 
 
-def _own_quantization(candidate: Any, nodes: list[Any]) -> list[Any]:
+def _own_quantization(candidate: ModelProto, nodes: list[NodeProto]) -> list[NodeProto]:
     """The nodes that quantize something of their own: int8 weights, or an output that is re-quantized.
 
     Pass-through ops (pooling, Flatten, Resize...) that only read dequantized tensors compute in float;
@@ -79,19 +79,7 @@ def _own_quantization(candidate: Any, nodes: list[Any]) -> list[Any]:
             if any(before.get(i) in initializers for i in n.input) or any(o in after for o in n.output)]
 
 
-def own_damage(error_out: float, error_in: float) -> float:
-    """Error a node adds, weighted by the share of its output error that is new.
-
-    ``out − in`` alone blames nodes that merely amplify error arriving from upstream (a Gemm after a
-    badly quantized Conv); ``(out − in)² / out`` keeps the full increment for a node that creates its
-    error and shrinks it for one that passes it on.
-    """
-    if error_out <= error_in:
-        return 0.0
-    return (error_out - error_in) ** 2 / error_out
-
-
-def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
+def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Mapping[str, Array]],
                          top_k: int) -> list[str]:
     """Names (in the reference graph) of the ``top_k`` quantized nodes whose quantization hurts most.
 
@@ -99,7 +87,8 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
     version (for FP16 the names go to the fp16 pass's ``block_nodes``), ``samples`` feed dicts (the
     first few are used). For an OpenVINO IR pair (``.xml``: the FP32 IR and its NNCF INT8 version) the
     names are OpenVINO op names for ``quantize_nncf``'s ``ignored_names`` (see
-    :mod:`edgeml.compiler.sensitivity_openvino`). Only nodes present under the same name and op type in both graphs are ranked.
+    :mod:`edgeml.compiler.sensitivity_openvino`). Only nodes present under the same name and op type in
+    both graphs are ranked.
     Nodes whose own damage is not positive are never returned, so the list can be shorter than
     ``top_k``. The names are accepted by ``quantize_ort``'s ``exclude_nodes``.
     """
@@ -148,15 +137,8 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
     return top_names(scores, top_k)
 
 
-def top_names(scores: Mapping[str, tuple[float, float]], top_k: int) -> list[str]:
-    """Names by (own damage, output error), worst first. Nodes without own damage still fill the list
-    (behind all others) so a caller that widens ``top_k`` after a failed gate keeps making progress."""
-    ranked = sorted(scores.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
-    return [name for name, _ in ranked[:top_k]]
-
-
-def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]],
-                   feeds: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+def _tensor_errors(ref_model: ModelProto, cand_model: ModelProto, pairs: list[tuple[str, str]],
+                   feeds: list[Mapping[str, Array]]) -> dict[str, float]:
     """Mean NMSE of each (reference tensor, candidate tensor) pair over the samples, by reference name."""
     errors: dict[str, list[float]] = {r: [] for r, _ in pairs}
     ref_names = [r for r, _ in pairs]
@@ -174,5 +156,5 @@ def _tensor_errors(ref_model: Any, cand_model: Any, pairs: list[tuple[str, str]]
             for (name, _), r, c in zip(pairs, ref_out, cand_out, strict=True):
                 r, c = np.asarray(r), np.asarray(c)
                 if r.shape == c.shape and np.issubdtype(r.dtype, np.floating) and np.issubdtype(c.dtype, np.floating):
-                    errors[name].append(_nmse(c, r))
+                    errors[name].append(nmse(c, r))
     return {t: float(np.mean(v)) for t, v in errors.items() if v}

@@ -13,20 +13,26 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
+from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
 from edgeml.errors import CompileError
+
+if TYPE_CHECKING:
+    from openvino import Input, Model, Node, Output
 
 SKIPPED_TYPES = {"Parameter", "Result", "Constant", "Convert", "FakeQuantize"}
 
 
-def _source(port: Any) -> Any:
+def _source(port: Input) -> Output:
     return port.get_source_output()
 
 
-def _is_weight_chain(output: Any) -> bool:
+def _is_weight_chain(output: Output) -> bool:
     """Does this input come from NNCF's compressed weights (int8/uint8 constant, converted and scaled)?"""
     node = output.get_node()
     for _ in range(4):  # Multiply <- (Subtract <-) Convert <- Constant
@@ -38,19 +44,13 @@ def _is_weight_chain(output: Any) -> bool:
     return False
 
 
-def _before_fake_quantize(output: Any) -> Any:
+def _before_fake_quantize(output: Output) -> Output:
     node = output.get_node()
     return _source(node.input(0)) if node.get_type_name() == "FakeQuantize" else output
 
 
-def _nmse(candidate: np.ndarray, reference: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    diff = candidate.astype(np.float64).ravel() - ref
-    return float(diff @ diff / max(float(ref @ ref), 1e-12))
-
-
-def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mapping[str, np.ndarray]],
-                      input_names: list[str]) -> list[list[np.ndarray]]:
+def _run_with_outputs(ov: ModuleType, model: Model, wanted: list[Output], feeds: list[Mapping[str, Array]],
+                      input_names: list[str]) -> list[list[Array]]:
     """Values of ``wanted`` outputs (in order) for each feed."""
     results = model.add_outputs(wanted) if wanted else []
     index = {r.get_node().get_friendly_name(): i for i, r in enumerate(model.outputs)}
@@ -64,17 +64,16 @@ def _run_with_outputs(ov: Any, model: Any, wanted: list[Any], feeds: list[Mappin
     return values
 
 
-def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mapping[str, np.ndarray]],
+def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mapping[str, Array]],
                        top_k: int, max_samples: int = 8) -> list[str]:
     """Friendly names of the ``top_k`` quantized ops of ``candidate`` (NNCF IR) that hurt most."""
-    from edgeml.compiler.sensitivity import own_damage, top_names
     from edgeml.runtimes.openvino_backend import import_openvino
 
     ov = import_openvino()
     core = ov.Core()
     ref_model, cand_model = core.read_model(str(reference)), core.read_model(str(candidate))
     ref_ops = {op.get_friendly_name(): op for op in ref_model.get_ops()}
-    chosen: list[tuple[Any, Any, list[tuple[Any, Any]]]] = []     # (cand op, ref op, [(cand in, ref in)])
+    chosen: list[tuple[Node, Node, list[tuple[Output, Output]]]] = []     # (cand op, ref op, [(cand in, ref in)])
     for op in cand_model.get_ordered_ops():
         twin = ref_ops.get(op.get_friendly_name())
         if op.get_type_name() in SKIPPED_TYPES or twin is None or twin.get_type_name() != op.get_type_name():
@@ -104,7 +103,7 @@ def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mappi
     errors = np.zeros(len(cand_wanted))
     for cand_row, ref_row in zip(cand_values, ref_values, strict=True):
         for i, (c, r) in enumerate(zip(cand_row, ref_row, strict=True)):
-            errors[i] += _nmse(c, r) / len(feeds) if c.shape == r.shape else 0.0
+            errors[i] += nmse(c, r) / len(feeds) if c.shape == r.shape else 0.0
 
     scores: dict[str, tuple[float, float]] = {}
     offset = len(chosen)

@@ -28,15 +28,17 @@ C > 1 (class = arg-max per sample) or integer ``[N]`` labels (class = the value,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
+
+from edgeml.compiler.arrays import Array
+from edgeml.jsontypes import JSONDict
 
 SCHEMA_VERSION = 1
 DEFAULT_BINS = 20
 
 
-def histogram(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, list[Any]]:
+def histogram(values: Array, bins: int = DEFAULT_BINS) -> dict[str, list[float] | list[int]]:
     v = values.astype(np.float64).ravel()
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if lo == hi:
@@ -46,7 +48,7 @@ def histogram(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, list[An
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def class_distribution(value: np.ndarray) -> dict[str, Any] | None:
+def class_distribution(value: Array) -> JSONDict | None:
     if value.dtype.kind == "f" and value.ndim == 2 and value.shape[1] > 1:
         classes = int(value.shape[1])
         counts = np.bincount(value.argmax(1), minlength=classes)
@@ -58,10 +60,10 @@ def class_distribution(value: np.ndarray) -> dict[str, Any] | None:
     return {"classes": classes, "counts": [int(c) for c in counts]}
 
 
-def tensor_stats(value: np.ndarray, bins: int = DEFAULT_BINS, *, is_output: bool = False) -> dict[str, Any]:
+def tensor_stats(value: Array, bins: int = DEFAULT_BINS, *, is_output: bool = False) -> JSONDict:
     v = np.asarray(value)
     numeric = v.astype(np.float64) if v.dtype.kind in "fiub" else np.zeros(0)
-    stats: dict[str, Any] = {
+    stats: JSONDict = {
         "dtype": str(v.dtype), "count": int(numeric.size),
         "mean": float(numeric.mean()) if numeric.size else 0.0,
         "std": float(numeric.std()) if numeric.size else 0.0,
@@ -76,8 +78,8 @@ def tensor_stats(value: np.ndarray, bins: int = DEFAULT_BINS, *, is_output: bool
     return stats
 
 
-def reference_stats(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], samples: int,
-                    bins: int = DEFAULT_BINS) -> dict[str, Any]:
+def reference_stats(inputs: Mapping[str, Array], outputs: Mapping[str, Array], samples: int,
+                    bins: int = DEFAULT_BINS) -> JSONDict:
     """``inputs``/``outputs``: every sample concatenated along the first axis, per tensor."""
     return {
         "schema": SCHEMA_VERSION, "samples": int(samples), "bins": bins,

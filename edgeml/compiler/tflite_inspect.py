@@ -14,9 +14,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from edgeml.errors import ConfigError, MissingExtraError
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import OperatorCode, Tensor
 
 TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8
 
@@ -98,7 +102,7 @@ _TYPE_NAMES = {
 }
 
 
-def _schema() -> Any:
+def _schema() -> ModuleType:
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError as exc:
@@ -112,7 +116,7 @@ def is_tflite(path: Path) -> bool:
     return len(head) == 8 and head[4:8] == TFLITE_MAGIC
 
 
-def _builtin_names(schema: Any) -> dict[int, str]:
+def _builtin_names(schema: ModuleType) -> dict[int, str]:
     ops = schema.BuiltinOperator
     return {v: k for k, v in vars(ops).items() if not k.startswith("_") and isinstance(v, int)}
 
@@ -161,11 +165,11 @@ def inspect_tflite(path: str | Path) -> TfliteInfo:
                       dict(weight_dtypes), int(model.SubgraphsLength()), meta)
 
 
-def _is_custom(oc: Any, schema: Any) -> bool:
+def _is_custom(oc: OperatorCode, schema: ModuleType) -> bool:
     return max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())) == schema.BuiltinOperator.CUSTOM
 
 
-def _tensor(t: Any) -> TensorInfo:
+def _tensor(t: Tensor) -> TensorInfo:
     sig = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()
     shape = tuple(int(d) if d >= 0 else "?" for d in (sig if not isinstance(sig, int) else ()))
     q = t.Quantization()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.tflite_inspect import (
+    TensorInfo,
     TfliteInfo,
     custom_op_problems,
     describe_custom_ops,
@@ -25,6 +27,10 @@ from edgeml.compiler.tflite_inspect import (
     probe_litert,
 )
 from edgeml.errors import CompileError
+from edgeml.jsontypes import JSON, JSONDict, as_dict, as_int, as_list, as_str
+
+if TYPE_CHECKING:
+    from edgeml.compiler.passes.base import Artifact, BuildContext
 
 Perm = list[int] | None
 
@@ -37,12 +43,15 @@ def _channels_first(rank: int) -> list[int]:
     return [0, rank - 1, *range(1, rank - 1)]
 
 
-def _matches(a: Sequence[Any], b: Sequence[Any]) -> bool:
+Dim = int | str                     # a static dimension or a named dynamic one
+
+
+def _matches(a: Sequence[Dim], b: Sequence[Dim]) -> bool:
     return len(a) == len(b) and all(not isinstance(x, int) or not isinstance(y, int) or x == y
                                     for x, y in zip(a, b, strict=True))
 
 
-def _perm_between(onnx_shape: Sequence[Any], tflite_shape: Sequence[Any]) -> tuple[Perm, bool]:
+def _perm_between(onnx_shape: Sequence[Dim], tflite_shape: Sequence[Dim]) -> tuple[Perm, bool]:
     """(perm, certain): the permutation that turns the ONNX-layout array into the TFLite one."""
     rank = len(onnx_shape)
     if _matches(onnx_shape, tflite_shape):
@@ -57,18 +66,18 @@ def _perm_between(onnx_shape: Sequence[Any], tflite_shape: Sequence[Any]) -> tup
                        "in NCHW or NHWC order")
 
 
-def io_map(onnx_inputs: Sequence[TensorSpec], onnx_outputs: Sequence[TensorSpec], info: TfliteInfo) -> dict[str, Any]:
+def io_map(onnx_inputs: Sequence[TensorSpec], onnx_outputs: Sequence[TensorSpec], info: TfliteInfo) -> JSONDict:
     """{"inputs": [...], "outputs": [...]}: each entry {"onnx", "tflite", "perm", "certain"}.
 
     Tensors pair up by name (onnx2tf copies the ONNX names with ``-coion``), else by position. ``perm``
     maps an ONNX-layout array to the TFLite layout (``np.transpose(x, perm)``), None for identity.
     """
 
-    def pair(onnx_specs: Sequence[TensorSpec], tfl: Sequence[Any]) -> list[dict[str, Any]]:
+    def pair(onnx_specs: Sequence[TensorSpec], tfl: Sequence[TensorInfo]) -> list[JSON]:
         if len(onnx_specs) != len(tfl):
             raise CompileError(f"the TFLite model has {len(tfl)} tensors where the ONNX model has {len(onnx_specs)}")
         by_name = {t.name: t for t in tfl}
-        out = []
+        out: list[JSON] = []
         for i, spec in enumerate(onnx_specs):
             t = by_name.get(spec.name) or tfl[i]
             perm, certain = _perm_between(spec.shape, t.shape)
@@ -78,30 +87,41 @@ def io_map(onnx_inputs: Sequence[TensorSpec], onnx_outputs: Sequence[TensorSpec]
     return {"inputs": pair(onnx_inputs, info.inputs), "outputs": pair(onnx_outputs, info.outputs)}
 
 
-def is_identity(mapping: Mapping[str, Any]) -> bool:
-    """True when a TFLite model is a drop-in replacement: same names, same layouts."""
-    return all(e["onnx"] == e["tflite"] and e["perm"] is None
-               for e in [*mapping.get("inputs", []), *mapping.get("outputs", [])])
-
-
-def to_tflite_feeds(feeds: Mapping[str, np.ndarray], mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for e in mapping["inputs"]:
-        x = np.asarray(feeds[e["onnx"]])
-        out[e["tflite"]] = np.ascontiguousarray(np.transpose(x, e["perm"])) if e["perm"] else x
+def io_entries(mapping: Mapping[str, JSON], side: str) -> list[tuple[str, str, Perm]]:
+    """(onnx name, tflite name, perm) of each input or output (``side``) of an :func:`io_map`."""
+    out: list[tuple[str, str, Perm]] = []
+    for raw in as_list(mapping.get(side, [])):
+        e = as_dict(raw)
+        perm = e["perm"]
+        dims = None if perm is None else [as_int(i) for i in as_list(perm)]
+        out.append((as_str(e["onnx"]), as_str(e["tflite"]), dims))
     return out
 
 
-def to_onnx_outputs(outputs: Mapping[str, np.ndarray], mapping: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def is_identity(mapping: Mapping[str, JSON]) -> bool:
+    """True when a TFLite model is a drop-in replacement: same names, same layouts."""
+    return all(onnx == tflite and perm is None
+               for onnx, tflite, perm in [*io_entries(mapping, "inputs"), *io_entries(mapping, "outputs")])
+
+
+def to_tflite_feeds(feeds: Mapping[str, Array], mapping: Mapping[str, JSON]) -> dict[str, Array]:
     out = {}
-    for e in mapping["outputs"]:
-        y = np.asarray(outputs[e["tflite"]])
-        out[e["onnx"]] = np.transpose(y, np.argsort(e["perm"])) if e["perm"] else y
+    for onnx, tflite, perm in io_entries(mapping, "inputs"):
+        x = np.asarray(feeds[onnx])
+        out[tflite] = np.ascontiguousarray(np.transpose(x, perm)) if perm else x
+    return out
+
+
+def to_onnx_outputs(outputs: Mapping[str, Array], mapping: Mapping[str, JSON]) -> dict[str, Array]:
+    out = {}
+    for onnx, tflite, perm in io_entries(mapping, "outputs"):
+        y = np.asarray(outputs[tflite])
+        out[onnx] = np.transpose(y, np.argsort(perm)) if perm else y
     return out
 
 
 def tflite_specs(info: TfliteInfo) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    def spec(t: Any) -> TensorSpec:
+    def spec(t: TensorInfo) -> TensorSpec:
         return TensorSpec(t.name, t.dtype, tuple(t.shape))
 
     return [spec(t) for t in info.inputs], [spec(t) for t in info.outputs]
@@ -129,7 +149,7 @@ def tflite_source_problems(path: Path, runtimes: Sequence[str], target_id: str) 
     return problems, notes
 
 
-def load_tflite(artifact: Any, config: Mapping[str, Any], ctx: Any) -> Any:
+def load_tflite(artifact: Artifact, config: Mapping[str, JSON], ctx: BuildContext) -> Artifact:
     """The ``load`` pass for a ``.tflite`` source: copy it into the work directory and describe it.
 
     The artifact is already a LiteRT model (``runtime="litert"``); its precision is read from the

@@ -16,9 +16,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from edgeml.compiler.arrays import Array
+from edgeml.jsontypes import JSON, JSONDict, as_dict, as_float, as_int, as_list, as_str, as_strs
 from edgeml.targets import TargetProfile
+
+if TYPE_CHECKING:
+    from edgeml.compiler.data import SampleSet
 
 FORMATS = ("onnx", "openvino", "tflite")
 
@@ -38,10 +43,17 @@ class Artifact:
     digest: str
     extra_files: tuple[Path, ...] = ()
     runtime: str | None = None                   # the runtime this artifact is meant for, once converted
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: JSONDict = field(default_factory=dict)
 
-    def evolve(self, **changes: Any) -> Artifact:
-        return replace(self, **changes)
+    def evolve(self, *, path: Path | None = None, format: str | None = None, precision: str | None = None,
+               digest: str | None = None, extra_files: tuple[Path, ...] | None = None, runtime: str | None = None,
+               metadata: JSONDict | None = None) -> Artifact:
+        """A copy with the given fields changed (``None``: unchanged)."""
+        return replace(
+            self, path=path or self.path, format=format or self.format, precision=precision or self.precision,
+            digest=digest or self.digest, extra_files=self.extra_files if extra_files is None else extra_files,
+            runtime=runtime or self.runtime, metadata=self.metadata if metadata is None else metadata,
+        )
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -52,20 +64,51 @@ class Artifact:
         return sum(p.stat().st_size for p in self.files)
 
 
+@dataclass(frozen=True)
+class SourceModel:
+    """The model the user gave: its file name and sha256 (provenance in the bundle)."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BaselineModel:
+    """What the benchmark pass times each candidate against, in the same process (the source model,
+    FP32, under plain onnxruntime)."""
+
+    path: Path
+    runtime: str
+
+
+def _no_progress(label: str, done: int, total: int) -> None:
+    return None
+
+
+def _no_log(message: str) -> None:
+    return None
+
+
 @dataclass
 class BuildContext:
     """Everything a pass may need besides its own config: the target, the work directory, the
-    calibration/evaluation data and a progress callback. Passes write new files only under ``workdir``.
+    calibration/evaluation data, what the build learned before this pass and the progress/log callbacks.
+    Passes write new files only under ``workdir``.
     """
 
     target: TargetProfile
     workdir: Path
     reference: Artifact | None = None            # the loaded FP32 source model
-    calibration: Any = None                      # edgeml.compiler.data.SampleSet or None
-    evaluation: Any = None                       # held-out samples (and labels) for the fidelity gate
-    progress: Callable[[str, int, int], None] = lambda label, done, total: None
-    log: Callable[[str], None] = lambda message: None
-    options: dict[str, Any] = field(default_factory=dict)
+    optimized: Artifact | None = None            # after load -> check -> optimize: every candidate's start
+    calibration: SampleSet | None = None
+    evaluation: SampleSet | None = None          # held-out samples (and labels) for the fidelity gate
+    reference_outputs: dict[str, Array] | None = None   # the reference on ``evaluation``, run once
+    source: SourceModel | None = None
+    baseline: BaselineModel | None = None
+    preprocess: JSONDict | None = None           # the declared image preprocessing, shipped in the bundle
+    class_names: tuple[str, ...] = ()
+    progress: Callable[[str, int, int], None] = _no_progress
+    log: Callable[[str], None] = _no_log
 
 
 class Pass(abc.ABC):
@@ -74,13 +117,39 @@ class Pass(abc.ABC):
     name: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Pass]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             Pass.registry[cls.name] = cls
 
-    def __init__(self, **config: Any) -> None:
-        self.config = config
+    def __init__(self, **config: JSON) -> None:
+        self.config: dict[str, JSON] = config
+
+    # typed reads of the config (validated when the pass was made; a wrong type here is a bug)
+    def opt_str(self, key: str) -> str:
+        return as_str(self.config[key])
+
+    def opt_bool(self, key: str) -> bool:
+        value = self.config[key]
+        if not isinstance(value, bool):
+            raise TypeError(f"pass '{self.name}': option {key} must be true or false, got {value!r}")
+        return value
+
+    def opt_int(self, key: str) -> int:
+        return as_int(self.config[key])
+
+    def opt_float(self, key: str) -> float:
+        return as_float(self.config[key])
+
+    def opt_strs(self, key: str) -> list[str]:
+        return as_strs(self.config[key])
+
+    def opt_shapes(self, key: str) -> dict[str, list[int]] | None:
+        """An ``{input name: [dims]}`` option, or None when unset."""
+        value = self.config.get(key)
+        if value is None:
+            return None
+        return {name: [as_int(d) for d in as_list(dims)] for name, dims in as_dict(value).items()}
 
     @abc.abstractmethod
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:

@@ -1,22 +1,24 @@
 """``benchmark``: latency (p50/p90/p99), throughput, peak memory (resident-set growth of a fresh
 process while the model loads and warms up) and file size of a candidate on this host, through the
-same runtime backend a device uses. When the build names a baseline (``ctx.options["baseline_model"]``
-= ``{"path", "runtime"}``: the source model under plain onnxruntime), its runs alternate with the
+same runtime backend a device uses. When the build names a baseline (``ctx.baseline``: the source model
+under plain onnxruntime), its runs alternate with the
 candidate's in the same process and ``speedup`` compares the two under identical load.
 Never cached: timings belong to this run on this machine.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_info, host_options, measure
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.request import DEFAULT_BENCH_SECONDS
 from edgeml.errors import CompileError, ConfigError
+from edgeml.jsontypes import JSON, as_float
 from edgeml.runtimes import BackendOptions
 
-_OPTIONS = {"seconds": 2.0, "warmup": 5, "max_iters": 1000, "threads": DEFAULT_THREADS}
+_OPTIONS: dict[str, JSON] = {"seconds": DEFAULT_BENCH_SECONDS, "warmup": 5, "max_iters": 1000,
+                             "threads": DEFAULT_THREADS}
 
 
 class BenchmarkPass(Pass):
@@ -29,18 +31,20 @@ class BenchmarkPass(Pass):
         unknown = sorted(set(self.config) - set(_OPTIONS))
         if unknown:
             raise ConfigError(f"pass 'benchmark' has no option '{unknown[0]}' (known: {', '.join(_OPTIONS)})")
-        cfg: dict[str, Any] = {**_OPTIONS, **self.config}
+        cfg = {**_OPTIONS, **self.config}
+        threads = int(as_float(cfg["threads"]))
         samples = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else ctx.calibration
         if samples is None or not len(samples):
             raise CompileError("benchmark needs at least one sample input (BuildContext.evaluation)")
         runtime = artifact.runtime or "onnxruntime"
-        options, notes = host_options(ctx.target, runtime, int(cfg["threads"]))
+        options, notes = host_options(ctx.target, runtime, threads)
         label = f"benchmark {runtime}/{artifact.precision}"
-        base = ctx.options.get("baseline_model")
-        baseline = (Path(base["path"]), base["runtime"], BackendOptions(num_threads=int(cfg["threads"]))) if base else None
+        base = ctx.baseline
+        baseline = (base.path, base.runtime, BackendOptions(num_threads=threads)) if base else None
         result = measure(
-            artifact.path, runtime, options, samples[0], seconds=float(cfg["seconds"]), warmup=int(cfg["warmup"]),
-            max_iters=int(cfg["max_iters"]), baseline=baseline,
+            artifact.path, runtime, options, samples[0], seconds=as_float(cfg["seconds"]),
+            warmup=int(as_float(cfg["warmup"])),
+            max_iters=int(as_float(cfg["max_iters"])), baseline=baseline,
             progress=lambda done, total: ctx.progress(label, done, total),
         )
         result.update(size_bytes=artifact.size_bytes, host=host_info(), notes=notes)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
@@ -19,8 +20,11 @@ from edgeml.compiler.tflite_io import tflite_source_problems
 from edgeml.errors import ConfigError, ModelCheckError
 from edgeml.targets import TargetProfile
 
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto, NodeProto
 
-def _checker_problems(model: Any) -> list[str]:
+
+def _checker_problems(model: ModelProto) -> list[str]:
     onnx = import_onnx()
     problems = []
     try:
@@ -34,7 +38,7 @@ def _checker_problems(model: Any) -> list[str]:
     return problems
 
 
-def _opset_problems(model: Any, target: TargetProfile) -> list[str]:
+def _opset_problems(model: ModelProto, target: TargetProfile) -> list[str]:
     opset = onnx_opset(model)
     if opset > target.max_opset:
         return [f"opset {opset} is above target {target.id}'s maximum {target.max_opset}: re-export the model "
@@ -42,7 +46,7 @@ def _opset_problems(model: Any, target: TargetProfile) -> list[str]:
     return []
 
 
-def _static_shape_problems(model: Any, target: TargetProfile) -> list[str]:
+def _static_shape_problems(model: ModelProto, target: TargetProfile) -> list[str]:
     if not target.static_shapes:
         return []
     inits = {i.name for i in model.graph.initializer}
@@ -51,7 +55,8 @@ def _static_shape_problems(model: Any, target: TargetProfile) -> list[str]:
         if v.name in inits:
             continue
         dims = v.type.tensor_type.shape.dim
-        shown = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+        shown = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                 for d in dims]
         if any(not s.isdigit() for s in shown):
             example = "x".join(s if s.isdigit() else "1" for s in shown)
             problems.append(f"input '{v.name}' has dynamic shape [{', '.join(shown)}] but target {target.id} needs "
@@ -71,7 +76,7 @@ def _ort_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
     return kernels
 
 
-def _ort_problems(model: Any) -> list[str]:
+def _ort_problems(model: ModelProto) -> list[str]:
     """Operators ONNX Runtime's CPU kernels cannot run (every target's provider list ends in CPU here;
     TensorRT/CUDA take subsets of these operators and fall back to CPU for the rest)."""
     kernels = _ort_kernels()
@@ -108,7 +113,7 @@ def _runs_without_kernel(op_type: str, domain: str, version: int) -> bool:
     return bool(schema.has_function or schema.has_context_dependent_function)
 
 
-def _all_nodes(graph: Any) -> Iterable[Any]:
+def _all_nodes(graph: GraphProto) -> Iterable[NodeProto]:
     for node in graph.node:
         yield node
         for attr in node.attribute:
@@ -118,7 +123,7 @@ def _all_nodes(graph: Any) -> Iterable[Any]:
                 yield from _all_nodes(g)
 
 
-def _openvino_problems(path: Any, target: TargetProfile) -> tuple[list[str], list[str]]:
+def _openvino_problems(path: Path, target: TargetProfile) -> tuple[list[str], list[str]]:
     from edgeml.runtimes.openvino_backend import import_openvino
 
     ov = import_openvino()
@@ -154,7 +159,7 @@ class CheckPass(Pass):
         if unknown:
             raise ConfigError(f"pass 'check' has no option '{unknown[0]}' (known: runtimes)")
         target = ctx.target
-        runtimes = list(self.config.get("runtimes") or target.runtimes)
+        runtimes = self.opt_strs("runtimes") if self.config.get("runtimes") else list(target.runtimes)
         if artifact.format == "tflite":  # custom ops and the runtime that can run them: tflite_io
             tfl_problems, tfl_notes = tflite_source_problems(artifact.path, target.runtimes, target.id)
             if tfl_problems:

@@ -8,25 +8,29 @@ that stays dynamic fails the build naming the inputs, instead of failing later o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import ConfigError, ConversionError
+from edgeml.jsontypes import JSON
 from edgeml.runtimes.openvino_backend import import_openvino
 
+if TYPE_CHECKING:
+    from openvino import Model
 
-def input_shapes_of(model: Any) -> dict[str, str]:
+
+def input_shapes_of(model: Model) -> dict[str, str]:
     """{input name: shape as OpenVINO prints it, '?' for dynamic dims} of an ``openvino.Model``."""
     return {port.get_any_name(): str(port.get_partial_shape()) for port in model.inputs}
 
 
-def dynamic_inputs(model: Any) -> list[str]:
+def dynamic_inputs(model: Model) -> list[str]:
     return [port.get_any_name() for port in model.inputs if port.get_partial_shape().is_dynamic]
 
 
-def _check_shapes(pass_name: str, shapes: Any) -> dict[str, list[int]]:
+def _check_shapes(pass_name: str, shapes: JSON) -> dict[str, list[int]]:
     if not isinstance(shapes, Mapping):
         raise ConfigError(f"pass '{pass_name}': input_shapes must map input names to lists of ints, got {shapes!r}")
     out: dict[str, list[int]] = {}
@@ -41,7 +45,7 @@ def _check_shapes(pass_name: str, shapes: Any) -> dict[str, list[int]]:
     return out
 
 
-def reshape_inputs(model: Any, shapes: Mapping[str, list[int]], source: str) -> None:
+def reshape_inputs(model: Model, shapes: Mapping[str, list[int]], source: str) -> None:
     """Fix the named inputs of an ``openvino.Model`` to static shapes, in place."""
     ov = import_openvino()
     known = {name for port in model.inputs for name in port.get_names()}
@@ -64,9 +68,9 @@ class ConvertOpenVino(Pass):
     """ONNX model → OpenVINO IR for the ``openvino`` runtime (intel-npu, x86-cpu's OpenVINO path)."""
 
     name = "convert_openvino"
-    defaults: Mapping[str, Any] = {"compress_to_fp16": False, "input_shapes": None}
+    defaults: Mapping[str, JSON] = {"compress_to_fp16": False, "input_shapes": None}
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["input_shapes"] is not None:
             merged["input_shapes"] = _check_shapes(self.name, merged["input_shapes"])
@@ -81,7 +85,7 @@ class ConvertOpenVino(Pass):
         except Exception as exc:
             raise ConversionError(f"OpenVINO cannot convert {artifact.path.name}: {exc}") from exc
         shapes_before = input_shapes_of(model)
-        shapes = self.config["input_shapes"]
+        shapes = self.opt_shapes("input_shapes")
         if shapes:
             reshape_inputs(model, shapes, artifact.path.name)
         still_dynamic = dynamic_inputs(model)
@@ -95,7 +99,7 @@ class ConvertOpenVino(Pass):
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / f"{artifact.path.stem}.xml"
-        compress = self.config["compress_to_fp16"]
+        compress = self.opt_bool("compress_to_fp16")
         try:
             ov.save_model(model, str(xml), compress_to_fp16=compress)
         except Exception as exc:

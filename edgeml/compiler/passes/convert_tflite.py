@@ -27,18 +27,24 @@ import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.bundle.manifest import TensorSpec
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, onnx_specs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
-from edgeml.compiler.tflite_io import io_map
+from edgeml.compiler.tflite_io import io_entries, io_map
 from edgeml.errors import ConfigError, ConversionError
+from edgeml.jsontypes import JSON
 from edgeml.paths import cache_dir
-from edgeml.toolchains import require
+from edgeml.toolchains import Toolchain, require
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT
 
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 OUTPUT_SUFFIX = {"fp32": "_float32.tflite", "fp16": "_float16.tflite", "int8": "_integer_quant.tflite"}
@@ -64,7 +70,7 @@ def write_sample_file(directory: Path) -> Path:
     return path
 
 
-def _static_shapes(inputs: list[Any], configured: Mapping[str, list[int]] | None,
+def _static_shapes(inputs: list[TensorSpec], configured: Mapping[str, list[int]] | None,
                    ctx: BuildContext) -> dict[str, list[int]]:
     """Static shapes for inputs with dynamic dims: the configured ones, else the first sample's."""
     shapes: dict[str, list[int]] = {}
@@ -89,13 +95,13 @@ def _static_shapes(inputs: list[Any], configured: Mapping[str, list[int]] | None
     return shapes
 
 
-def _calibration_arrays(ctx: BuildContext, inputs: list[Any], shapes: Mapping[str, list[int]],
-                        limit: int) -> dict[str, np.ndarray]:
+def _calibration_arrays(ctx: BuildContext, inputs: list[TensorSpec], shapes: Mapping[str, list[int]],
+                        limit: int) -> dict[str, Array]:
     samples = ctx.calibration
     if samples is None or not len(samples):
         raise ConversionError("convert_tflite precision int8 needs calibration data: pass --calibration "
                               "(a .npz/.npy or an image folder) so the INT8 ranges come from real inputs")
-    arrays: dict[str, list[np.ndarray]] = {s.name: [] for s in inputs}
+    arrays: dict[str, list[Array]] = {s.name: [] for s in inputs}
     for i, feed in enumerate(samples):
         if i >= limit:
             break
@@ -120,12 +126,13 @@ class ConvertTflite(Pass):
     ``quant_type`` (per-channel | per-tensor), ``calibration_samples`` (100), ``timeout_s`` (1800)."""
 
     name = "convert_tflite"
-    defaults: Mapping[str, Any] = {"precision": "fp32", "keep_layout": True, "input_shapes": None,
+    defaults: Mapping[str, JSON] = {"precision": "fp32", "keep_layout": True, "input_shapes": None,
                                    "quant_type": "per-channel", "calibration_samples": 100, "timeout_s": 1800.0}
 
-    def __init__(self, **config: Any) -> None:
-        if isinstance(config.get("timeout_s"), int) and not isinstance(config.get("timeout_s"), bool):
-            config["timeout_s"] = float(config["timeout_s"])
+    def __init__(self, **config: JSON) -> None:
+        timeout = config.get("timeout_s")
+        if isinstance(timeout, int) and not isinstance(timeout, bool):
+            config["timeout_s"] = float(timeout)
         merged = validate_config(self.name, config, self.defaults)
         if merged["precision"] not in OUTPUT_SUFFIX:
             raise ConfigError(f"pass '{self.name}': precision must be one of {', '.join(OUTPUT_SUFFIX)}, "
@@ -141,35 +148,22 @@ class ConvertTflite(Pass):
             raise ConversionError(f"convert_tflite needs an ONNX or TFLite model, got {artifact.format} "
                                   f"({artifact.path})")
         toolchain = require("tflite", "converting ONNX models to TFLite")
-        cfg = self.config
-        precision = cfg["precision"]
+        precision = self.opt_str("precision")
         inputs, outputs = onnx_specs(load_onnx(artifact.path))
-        shapes = _static_shapes(inputs, cfg["input_shapes"], ctx)
-        calib = (_calibration_arrays(ctx, inputs, shapes, int(cfg["calibration_samples"]))
+        shapes = _static_shapes(inputs, self.opt_shapes("input_shapes"), ctx)
+        calib = (_calibration_arrays(ctx, inputs, shapes, self.opt_int("calibration_samples"))
                  if precision == "int8" else None)
 
-        base_key = _key({"digest": artifact.digest, "keep": cfg["keep_layout"], "shapes": shapes,
+        base_key = _key({"digest": artifact.digest, "keep": self.opt_bool("keep_layout"), "shapes": shapes,
                          "tool": toolchain.marker.get("recipe_hash")})
         quant_key = _key({"calib": {n: hashlib.sha256(a.tobytes()).hexdigest() for n, a in (calib or {}).items()},
-                          "qt": cfg["quant_type"]}) if calib is not None else ""
+                          "qt": self.opt_str("quant_type")}) if calib is not None else ""
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        stem = "model"
-        runs = runs_dir()
-        produced = _find_run(runs, base_key, quant_key, stem + OUTPUT_SUFFIX[precision])
+        produced = _find_run(runs_dir(), base_key, quant_key, "model" + OUTPUT_SUFFIX[precision])
         if produced is None:
-            name = f"onnx2tf-{base_key}{'-q' + quant_key if quant_key else ''}"
-            staging = runs / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-            try:
-                self._convert(toolchain, artifact.path, staging, stem, inputs, shapes, calib, ctx)
-                if not (staging / "out" / (stem + OUTPUT_SUFFIX[precision])).exists():
-                    raise ConversionError(f"onnx2tf finished but wrote no {stem + OUTPUT_SUFFIX[precision]}; "
-                                          f"see {staging / 'onnx2tf.log'}")
-                with contextlib.suppress(OSError):  # a concurrent build renamed the same run first
-                    os.rename(staging, runs / name)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging, ignore_errors=True)
-            produced = runs / name / "out" / (stem + OUTPUT_SUFFIX[precision])
+            run_key = f"{base_key}{'-q' + quant_key if quant_key else ''}"
+            produced = self._convert_once(toolchain, artifact.path, run_key,
+                                          inputs, shapes, calib, ctx)
         final = ctx.workdir / f"{artifact.path.stem}_{precision}.tflite"
         renamed = name_io_like_onnx(produced, final, inputs, outputs)
 
@@ -196,22 +190,41 @@ class ConvertTflite(Pass):
         return artifact.evolve(path=final, format="tflite", precision=precision, digest=digest_files([final]),
                                extra_files=(), runtime="litert", metadata=metadata)
 
+    def _convert_once(self, toolchain: Toolchain, source: Path, run_key: str, inputs: list[TensorSpec],
+                      shapes: dict[str, list[int]], calib: dict[str, Array] | None, ctx: BuildContext) -> Path:
+        """Run onnx2tf into a staging directory renamed to ``runs_dir()/onnx2tf-<run_key>`` when it
+        succeeded, so an interrupted conversion never leaves a run that looks complete."""
+        stem, runs = "model", runs_dir()
+        wanted = stem + OUTPUT_SUFFIX[self.opt_str("precision")]
+        name = f"onnx2tf-{run_key}"
+        staging = runs / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        try:
+            self._convert(toolchain, source, staging, stem, inputs, shapes, calib, ctx)
+            if not (staging / "out" / wanted).exists():
+                raise ConversionError(f"onnx2tf finished but wrote no {wanted}; see {staging / 'onnx2tf.log'}")
+            with contextlib.suppress(OSError):  # a concurrent build renamed the same run first
+                os.rename(staging, runs / name)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return runs / name / "out" / wanted
+
     def _from_tflite(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
         """A ``.tflite`` source is already a LiteRT model: fp32 keeps it as it is (whatever precision its
         weights have), int8 quantizes it with ai-edge-quantizer; fp16 is not offered for it."""
-        precision = self.config["precision"]
+        precision = self.opt_str("precision")
         if precision == "int8":
             from edgeml.compiler.passes.quantize_tflite import QuantizeTflite
 
-            return QuantizeTflite(mode="static", calibration_samples=int(self.config["calibration_samples"])).run(
+            return QuantizeTflite(mode="static", calibration_samples=self.opt_int("calibration_samples")).run(
                 artifact, ctx)
         if precision == "fp16":
             raise ConversionError("a .tflite source is built as it is (precision fp32, keeping its own weights) "
                                   "or quantized (int8); re-quantizing it to fp16 is not supported")
         return artifact.evolve(runtime="litert")
 
-    def _convert(self, toolchain: Any, model: Path, run_dir: Path, stem: str, inputs: list[Any],
-                 shapes: Mapping[str, list[int]], calib: Mapping[str, np.ndarray] | None,
+    def _convert(self, toolchain: Toolchain, model: Path, run_dir: Path, stem: str, inputs: list[TensorSpec],
+                 shapes: Mapping[str, list[int]], calib: Mapping[str, Array] | None,
                  ctx: BuildContext) -> Path:
         run_dir.mkdir(parents=True)
         renamed_nodes = write_tf_safe_onnx(model, run_dir / f"{stem}.onnx")
@@ -220,12 +233,12 @@ class ConvertTflite(Pass):
         write_sample_file(run_dir)
         out_dir = run_dir / "out"
         args = ["onnx2tf", "-i", f"{stem}.onnx", "-o", str(out_dir)]
-        if self.config["keep_layout"]:
+        if self.opt_bool("keep_layout"):
             args += ["-k", *[s.name for s in inputs]]
         if shapes:
             args += ["-ois", *[f"{n}:{','.join(map(str, d))}" for n, d in shapes.items()]]
         if calib is not None:
-            args += ["-oiqt", "-qt", self.config["quant_type"]]
+            args += ["-oiqt", "-qt", self.opt_str("quant_type")]
             for i, (name, array) in enumerate(calib.items()):
                 npy = run_dir / f"calib_{i}.npy"
                 np.save(npy, array)
@@ -233,9 +246,9 @@ class ConvertTflite(Pass):
         ctx.log(f"convert_tflite: running {' '.join(args)}")
         env = {**_NO_NETWORK, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         try:
-            proc = toolchain.run(args, cwd=run_dir, timeout=float(self.config["timeout_s"]), env=env)
+            proc = toolchain.run(args, cwd=run_dir, timeout=self.opt_float("timeout_s"), env=env)
         except subprocess.TimeoutExpired as exc:
-            raise ConversionError(f"onnx2tf timed out after {self.config['timeout_s']} s on {model.name}; "
+            raise ConversionError(f"onnx2tf timed out after {self.opt_float('timeout_s')} s on {model.name}; "
                                   "raise the convert_tflite timeout_s option") from exc
         log = run_dir / "onnx2tf.log"
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
@@ -273,11 +286,11 @@ def write_tf_safe_onnx(src: Path, dst: Path) -> int:
     return renamed
 
 
-def _text(value: Any) -> str:
+def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _signature_names(model: Any) -> dict[str, str]:
+def _signature_names(model: ModelT) -> dict[str, str]:
     """{tensor name: signature name} over every signature's inputs and outputs."""
     names = {}
     for sig in model.signatureDefs or []:
@@ -298,15 +311,15 @@ def _ordinal(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _shape_fits(onnx_shape: Sequence[Any], shape: Sequence[int]) -> bool:
-    def same(a: Sequence[Any], b: Sequence[int]) -> bool:
+def _shape_fits(onnx_shape: Sequence[int | str], shape: Sequence[int]) -> bool:
+    def same(a: Sequence[int | str], b: Sequence[int]) -> bool:
         return len(a) == len(b) and all(not isinstance(x, int) or x == y for x, y in zip(a, b, strict=True))
 
     rank = len(onnx_shape)
     return same(onnx_shape, shape) or (rank >= 3 and same([onnx_shape[0], *onnx_shape[2:], onnx_shape[1]], shape))
 
 
-def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[Any]) -> list[str]:
+def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[TensorSpec]) -> list[str]:
     """The ONNX name for each TFLite I/O tensor given as (tensor name, signature name, shape).
 
     onnx2tf does not keep ONNX names reliably (its ``-coion`` needs ``flatc`` and ONNX names without
@@ -341,7 +354,8 @@ def _pair(tensors: Sequence[tuple[str, str, list[int]]], specs: Sequence[Any]) -
     return [c for c in chosen if c is not None]
 
 
-def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[Any], onnx_outputs: Sequence[Any]) -> int:
+def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[TensorSpec],
+                      onnx_outputs: Sequence[TensorSpec]) -> int:
     """Copy ``src`` to ``dst`` with its input/output tensors (and signature entries) named as in the
     ONNX model, so runtimes address the candidate exactly like the reference. Returns how many
     tensors were renamed."""
@@ -370,14 +384,14 @@ def name_io_like_onnx(src: Path, dst: Path, onnx_inputs: Sequence[Any], onnx_out
     return renamed
 
 
-def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, Any]) -> list[str]:
+def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, JSON]) -> list[str]:
     """Append a TRANSPOSE after every output onnx2tf left channels-last, in place, so the model's
     outputs have the ONNX shapes and names (a drop-in for the reference, the gate and the agent).
     Returns the names of the outputs transposed."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    todo = {e["tflite"]: e["perm"] for e in mapping["outputs"] if e["perm"]}
+    todo = {tflite: perm for _, tflite, perm in io_entries(mapping, "outputs") if perm}
     if not todo:
         return []
     model = flatbuffer_utils.read_model(str(path))
@@ -403,7 +417,8 @@ def transpose_outputs_to_onnx_layout(path: Path, mapping: Mapping[str, Any]) -> 
         perm_buffer.data = np.frombuffer(np.asarray(back, dtype=np.int32).tobytes(), dtype=np.uint8)
         model.buffers.append(perm_buffer)
         perm_tensor = schema.TensorT()
-        perm_tensor.name, perm_tensor.type, perm_tensor.shape = f"{name}/to_onnx_layout/perm", schema.TensorType.INT32, [len(back)]
+        perm_tensor.name, perm_tensor.type = f"{name}/to_onnx_layout/perm", schema.TensorType.INT32
+        perm_tensor.shape = [len(back)]
         perm_tensor.buffer = len(model.buffers) - 1
         out = schema.TensorT()
         out.name, out.type, out.buffer = name, tensor.type, 0
@@ -438,7 +453,7 @@ def runs_dir() -> Path:
     return path
 
 
-def _key(data: Mapping[str, Any]) -> str:
+def _key(data: Mapping[str, JSON]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -5,43 +5,31 @@ Per output: ``cosine`` similarity, ``snr_db`` (signal-to-noise of the difference
 identical outputs), ``max_abs_error``, and ``agreement`` — the fraction of positions whose arg-max over
 the last axis matches (class outputs, see :func:`is_class_output`: ``[N, C]`` scores, or probability
 distributions along the last axis of a higher-rank output) or whose value matches exactly (integer
-outputs such as predicted labels); other outputs (maps, boxes) have no agreement, only the other metrics. With labels, task ``accuracy`` of both
-models and the ``accuracy_drop``. A candidate fails when any output misses a threshold; the failure
-lists every miss with the numbers.
+outputs such as predicted labels); other outputs (maps, boxes) have no agreement, only the other
+metrics. With labels, task ``accuracy`` of both models and the ``accuracy_drop``. A candidate fails
+when any output misses a threshold; the failure lists every miss with the numbers.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
+from edgeml.compiler.request import Thresholds
 from edgeml.errors import CompileError, ConfigError, FidelityError
+from edgeml.jsontypes import JSONDict, as_strs
 from edgeml.runtimes import BackendOptions
 
 SNR_CAP_DB = 120.0
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The gate. ``None`` turns a check off. ``max_drop`` is absolute (0.01 = one accuracy point)."""
-
-    min_agreement: float | None = 0.97
-    min_cosine: float | None = 0.98
-    min_snr_db: float | None = None
-    max_abs_error: float | None = None
-    max_drop: float | None = 0.02
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]:
+def output_metrics(ref: Array, cand: Array) -> dict[str, float | None]:
     if ref.shape != cand.shape:
         raise CompileError(f"candidate output shape {list(cand.shape)} differs from the reference {list(ref.shape)}")
     out: dict[str, float | None] = {"agreement": None, "cosine": None, "snr_db": None, "max_abs_error": None}
@@ -61,7 +49,7 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, float | None]
     return out
 
 
-def is_class_output(ref: np.ndarray) -> bool:
+def is_class_output(ref: Array) -> bool:
     """Scores over classes along the last axis: ``[N, C]`` (logits or probabilities), or a higher-rank
     output whose last axis holds probability distributions (``[N, T, C]`` sequence recognisers). The
     arg-max of anything else (a detector's probability map, box coordinates) is noise, not a class."""
@@ -73,7 +61,7 @@ def is_class_output(ref: np.ndarray) -> bool:
     return bool(ref.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
 
 
-def predictions(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+def predictions(outputs: dict[str, Array]) -> Array | None:
     """The predicted class per sample: an integer [N] output (labels), else arg-max of a [N, C] output."""
     for value in outputs.values():
         if value.dtype.kind in "iu" and value.ndim == 1:
@@ -84,8 +72,8 @@ def predictions(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], labels: np.ndarray | None,
-            thresholds: Thresholds) -> dict[str, Any]:
+def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Array | None,
+            thresholds: Thresholds) -> JSONDict:
     """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out."""
     per_output = {name: output_metrics(ref, candidate[name]) for name, ref in reference.items() if name in candidate}
     failures = []
@@ -99,7 +87,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
                 continue
             if (op == ">=" and value < limit) or (op == "<=" and value > limit):
                 failures.append(f"output '{name}': {metric} {value:.4f} (needs {op} {limit})")
-    report: dict[str, Any] = {"outputs": per_output, "samples": None, "thresholds": thresholds.to_json()}
+    report: JSONDict = {"outputs": per_output, "samples": None, "thresholds": thresholds.to_json()}
     if labels is not None:
         ref_pred, cand_pred = predictions(reference), predictions(candidate)
         if ref_pred is None or cand_pred is None:
@@ -120,16 +108,16 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     return report
 
 
-def reference_outputs(ctx: BuildContext, samples: SampleSet) -> dict[str, np.ndarray]:
+def reference_outputs(ctx: BuildContext, samples: SampleSet) -> dict[str, Array]:
     """The FP32 source model's outputs under ONNX Runtime CPU, computed once per build."""
-    cached = ctx.options.get("_reference_outputs")
+    cached = ctx.reference_outputs
     if cached is None:
         if ctx.reference is None:
             raise CompileError("evaluate needs the reference model (BuildContext.reference)")
         options = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
         ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
         cached = run_outputs(ctx.reference.path, ref_runtime, options, samples)
-        ctx.options["_reference_outputs"] = cached
+        ctx.reference_outputs = cached
     return dict(cached)
 
 
@@ -143,9 +131,10 @@ class EvaluatePass(Pass):
         config = dict(self.config)
         enforce = bool(config.pop("enforce", True))
         try:
-            thresholds = Thresholds(**config)
-        except TypeError as exc:
-            raise ConfigError(f"pass 'evaluate': {exc}; known options: {', '.join(Thresholds.__dataclass_fields__)}, enforce") from exc
+            thresholds = Thresholds.from_json(config)
+        except ConfigError as exc:
+            known = ", ".join(Thresholds.__dataclass_fields__)
+            raise ConfigError(f"pass 'evaluate': {exc}; known options: {known}, enforce") from exc
         samples: SampleSet | None = ctx.evaluation
         if samples is None or not len(samples):
             raise CompileError("evaluate needs held-out samples (BuildContext.evaluation)")
@@ -160,5 +149,6 @@ class EvaluatePass(Pass):
         ctx.log(f"evaluate {runtime}/{artifact.precision}: agreement={report['agreement']} cosine={report['cosine']}"
                 f" {'passed' if report['passed'] else 'FAILED'}")
         if enforce and not report["passed"]:
-            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: " + "; ".join(report["failures"]))
+            raise FidelityError(f"{runtime}/{artifact.precision} fails the fidelity gate: "
+                                + "; ".join(as_strs(report["failures"])))
         return artifact.evolve(metadata={**artifact.metadata, "fidelity": report})

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.errors import MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
+from edgeml.jsontypes import JSON
+
+if TYPE_CHECKING:
+    from onnx import GraphProto
 
 # Kept in float32 on top of the converter's own block list (ML ops, NMS, RoiAlign, ...): ops that
 # compute indices or random values, where half precision changes the result rather than rounding it.
 EXTRA_BLOCKED_OPS = ("Range", "RandomUniformLike", "RandomNormalLike")
 
 
-def topological_sort(graph: Any) -> None:
+def topological_sort(graph: GraphProto) -> None:
     """Reorder ``graph.node`` so every node follows its producers (in place).
 
     The converter appends the float32→float16 Casts of kept IO types at the end of the graph, which
@@ -52,9 +56,9 @@ class Fp16(Pass):
     """Convert float tensors and initializers to float16, keeping blocked ops in float32."""
 
     name = "fp16"
-    defaults: Mapping[str, Any] = {"keep_io_types": True, "block_op_types": [], "block_nodes": []}
+    defaults: Mapping[str, JSON] = {"keep_io_types": True, "block_op_types": [], "block_nodes": []}
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         super().__init__(**validate_config(self.name, config, self.defaults))
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
@@ -69,16 +73,16 @@ class Fp16(Pass):
         except ImportError as exc:
             raise MissingExtraError("onnxruntime", "compile", "FP16 conversion") from exc
 
-        cfg = self.config
-        blocked = sorted({*float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *cfg["block_op_types"]})
+        blocked = sorted({*float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_BLOCKED_OPS, *self.opt_strs("block_op_types")})
         model = onnx.load(str(artifact.path))
         try:
             converted = float16.convert_float_to_float16(
-                model, keep_io_types=cfg["keep_io_types"], op_block_list=blocked,
-                node_block_list=list(cfg["block_nodes"]) or None,
+                model, keep_io_types=self.opt_bool("keep_io_types"), op_block_list=blocked,
+                node_block_list=self.opt_strs("block_nodes") or None,
             )
         except Exception as exc:
-            raise QuantizationError(f"FP16 conversion of {artifact.path.name} failed: {type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"FP16 conversion of {artifact.path.name} failed: {type(exc).__name__}: {exc}") from exc
 
         topological_sort(converted.graph)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -95,12 +99,12 @@ class Fp16(Pass):
             ) from exc
 
         kept_fp32 = Counter(n.op_type for n in model.graph.node if n.op_type in blocked)
-        kept_fp32.update(n.op_type for n in model.graph.node if n.name in set(cfg["block_nodes"]))
+        kept_fp32.update(n.op_type for n in model.graph.node if n.name in set(self.opt_strs("block_nodes")))
         ctx.log(f"fp16: {artifact.path.name} -> {output.name}")
         metadata = {
             **artifact.metadata,
             "converter": "onnxruntime.transformers.float16",
-            "keep_io_types": cfg["keep_io_types"],
+            "keep_io_types": self.opt_bool("keep_io_types"),
             "kept_fp32": dict(sorted(kept_fp32.items())),
             "cast_nodes": sum(1 for n in converted.graph.node if n.op_type == "Cast"),
         }

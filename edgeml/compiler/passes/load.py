@@ -8,15 +8,19 @@ because some targets (NPU, TensorRT engines) need static shapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from edgeml.compiler.modelinfo import digest_files, load_onnx, onnx_specs, save_onnx, specs_to_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.tflite_io import load_tflite
 from edgeml.errors import CompileError, ConfigError
+from edgeml.jsontypes import JSON, as_dict, as_int, as_list
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 
-def _fix_input_shapes(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> None:
+def _fix_input_shapes(model: ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> None:
     """Set the named inputs' dimensions; output dims that used the same symbols become static too."""
     inputs = {v.name: v for v in model.graph.input}
     unknown = [n for n in input_shapes if n not in inputs]
@@ -49,10 +53,11 @@ def _fix_input_shapes(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> 
     del model.graph.value_info[:]
 
 
-def _load_onnx(artifact: Artifact, config: Mapping[str, Any], ctx: BuildContext) -> Artifact:
+def _load_onnx(artifact: Artifact, config: Mapping[str, JSON], ctx: BuildContext) -> Artifact:
     model = load_onnx(artifact.path)
-    if config.get("input_shapes"):
-        _fix_input_shapes(model, config["input_shapes"])
+    shapes = config.get("input_shapes")
+    if shapes:
+        _fix_input_shapes(model, {name: [as_int(d) for d in as_list(dims)] for name, dims in as_dict(shapes).items()})
     files = save_onnx(model, ctx.workdir / "model.onnx")
     inputs, outputs = onnx_specs(model)
     return Artifact(
@@ -66,7 +71,7 @@ def _load_onnx(artifact: Artifact, config: Mapping[str, Any], ctx: BuildContext)
 FORMATS_BY_SUFFIX: dict[str, str] = {".onnx": "onnx", ".tflite": "tflite"}
 
 # file suffix -> loader
-LOADERS: dict[str, Callable[[Artifact, Mapping[str, Any], BuildContext], Artifact]] = {
+LOADERS: dict[str, Callable[[Artifact, Mapping[str, JSON], BuildContext], Artifact]] = {
     ".onnx": _load_onnx,
     ".tflite": load_tflite,  # edgeml/compiler/tflite_io.py
 }

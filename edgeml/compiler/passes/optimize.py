@@ -10,7 +10,7 @@ break a build.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, save_onnx
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
@@ -48,7 +48,7 @@ class OptimizePass(Pass):
         staged = ctx.workdir / "ort-basic.onnx"
         try:
             _ort_basic(str(artifact.path), str(staged))
-            model: Any = load_onnx(staged)
+            model = load_onnx(staged)
             onnx.checker.check_model(model)
             model = onnx.shape_inference.infer_shapes(model)
         except Exception as exc:  # any failure leaves the model as it was

@@ -15,17 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from edgeml.bundle import TensorSpec, load_signing_key, pack_bundle
+from edgeml._version import __version__
+from edgeml.bundle import SigningKey, TensorSpec, load_signing_key, pack_bundle
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.modelinfo import specs_from_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.stats import reference_stats
 from edgeml.errors import CompileError, ConfigError, KeyStoreError
+from edgeml.jsontypes import JSON, JSONDict, as_dict, as_list
 from edgeml.paths import keys_dir
 from edgeml.runtimes import BackendOptions, open_model
 
@@ -35,11 +37,11 @@ MAX_STATS_SAMPLES = 128  # outputs of every sample are held in memory (a 640x640
 _OPTIONS = ("name", "version", "output", "key", "compression")
 
 
-def config_hash(config: Any) -> str:
+def config_hash(config: JSON) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_key(key: str | Path | None) -> Any:
+def resolve_key(key: str | Path | None) -> SigningKey:
     """The signing key: a name in the key directory or a path; default 'default'."""
     name = key or "default"
     path = Path(name)
@@ -49,10 +51,10 @@ def resolve_key(key: str | Path | None) -> Any:
     return load_signing_key(name)
 
 
-def _merge_specs(actual: list[TensorSpec], declared: list[TensorSpec]) -> list[dict[str, Any]]:
+def _merge_specs(actual: list[TensorSpec], declared: list[TensorSpec]) -> list[JSON]:
     """Names and dtypes as the candidate's runtime reports them; dynamic dims keep the source's names."""
     by_name = {s.name: s for s in declared}
-    out = []
+    out: list[JSON] = []
     for spec in actual:
         src = by_name.get(spec.name)
         shape = list(spec.shape)
@@ -72,7 +74,7 @@ def _runtime_preferences(ctx: BuildContext, runtime: str) -> list[str]:
 
 
 def _stats_samples(ctx: BuildContext) -> SampleSet:
-    samples: SampleSet | None = ctx.calibration if ctx.calibration is not None and len(ctx.calibration) else ctx.evaluation
+    samples = ctx.calibration if ctx.calibration is not None and len(ctx.calibration) else ctx.evaluation
     if samples is None or not len(samples):
         raise CompileError("package needs sample inputs for the smoke test and reference statistics")
     return samples.subset(list(range(min(len(samples), MAX_STATS_SAMPLES))))
@@ -89,70 +91,78 @@ class PackagePass(Pass):
         unknown = sorted(set(self.config) - set(_OPTIONS))
         if unknown:
             raise ConfigError(f"pass 'package' has no option '{unknown[0]}' (known: {', '.join(_OPTIONS)})")
-        output = Path(self.config["output"])
-        key = resolve_key(self.config.get("key"))
+        output = Path(str(self.config["output"]))
+        key = resolve_key(_str_or_none(self.config.get("key")))
         runtime = artifact.runtime or "onnxruntime"
-        workdir = ctx.workdir
-
-        # smoke sample: the first held-out input and what this candidate answers on this host
-        smoke_source = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else _stats_samples(ctx)
-        smoke_in = smoke_source[0]
         options, _ = host_options(ctx.target, runtime)
-        expected = run_outputs(artifact.path, runtime, options, SampleSet([smoke_in]))
-        np.savez(workdir / "smoke-input.npz", **smoke_in)
-        np.savez(workdir / "smoke-expected.npz", **expected)  # type: ignore[arg-type]
-        scale = max((float(np.max(np.abs(v))) for v in expected.values() if v.size and v.dtype.kind == "f"), default=1.0)
-        tol = SMOKE_TOLERANCE.get(artifact.precision, 1e-1)
-
-        # reference statistics over the calibration data, from the FP32 reference model
-        stats_set = _stats_samples(ctx)
-        if ctx.reference is None:
-            raise CompileError("package needs the reference model (BuildContext.reference)")
-        ref_opts = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
-        ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
-        ref_out = run_outputs(ctx.reference.path, ref_runtime, ref_opts, stats_set)
-        stats = reference_stats(stats_set.stacked(), ref_out, len(stats_set))
-
+        files: dict[str, str | Path] = {f"model/{p.name}": p for p in artifact.files}
+        smoke = _smoke(artifact, ctx, runtime, options, files)
         with open_model(artifact.path, runtime, options) as backend:
             actual_in, actual_out = backend.inputs, backend.outputs
         declared_in = specs_from_json(artifact.metadata.get("inputs", []))
         declared_out = specs_from_json(artifact.metadata.get("outputs", []))
-
-        files: dict[str, str | Path] = {f"model/{p.name}": p for p in artifact.files}
-        files["smoke/input.npz"] = workdir / "smoke-input.npz"
-        files["smoke/expected.npz"] = workdir / "smoke-expected.npz"
-        manifest: dict[str, Any] = {
+        manifest: JSONDict = {
             "name": self.config["name"], "version": self.config["version"],
             "target": ctx.target.to_json(), "runtime": runtime,
             "runtime_preferences": _runtime_preferences(ctx, runtime),
             "precision": artifact.precision, "model": f"model/{artifact.path.name}",
             "inputs": _merge_specs(actual_in, declared_in), "outputs": _merge_specs(actual_out, declared_out),
             "fidelity": artifact.metadata.get("fidelity"), "benchmark": artifact.metadata.get("benchmark"),
-            "reference_stats": stats,
-            "provenance": {
-                "source_sha256": ctx.options.get("source_sha256"), "source_name": ctx.options.get("source_name"),
-                "edgeml_version": _edgeml_version(),
-                "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
-                           for p in artifact.metadata.get("passes", [])],
-            },
-            "smoke": {"input": "smoke/input.npz", "expected": "smoke/expected.npz",
-                      "rtol": tol, "atol": round(tol * scale + 1e-5, 8)},
+            "reference_stats": _reference_stats(ctx),
+            "provenance": _provenance(artifact, ctx),
+            "smoke": smoke,
         }
-        preprocess = ctx.options.get("preprocess")
-        if preprocess:
-            manifest["preprocess"] = preprocess
-        class_names = ctx.options.get("class_names")
-        if class_names:
-            (workdir / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-            files["labels.txt"] = workdir / "labels.txt"
-            manifest["labels"] = {"file": "labels.txt", "count": len(class_names)}
-        signed = pack_bundle(output, manifest, files, key, compression=self.config.get("compression", "zstd"))
+        if ctx.preprocess:
+            manifest["preprocess"] = ctx.preprocess
+        if ctx.class_names:
+            (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
+            files["labels.txt"] = ctx.workdir / "labels.txt"
+            manifest["labels"] = {"file": "labels.txt", "count": len(ctx.class_names)}
+        compression = _str_or_none(self.config.get("compression", "zstd"))
+        signed = pack_bundle(output, manifest, files, key, compression=compression)
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})
 
 
-def _edgeml_version() -> str:
-    import edgeml
+def _smoke(artifact: Artifact, ctx: BuildContext, runtime: str, options: BackendOptions,
+           files: dict[str, str | Path]) -> JSONDict:
+    """The smoke sample: the first held-out input and what this candidate answers on this host, with the
+    tolerance a device's answer must meet. Adds its two files to ``files``."""
+    workdir = ctx.workdir
+    smoke_source = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else _stats_samples(ctx)
+    smoke_in = smoke_source[0]
+    expected = run_outputs(artifact.path, runtime, options, SampleSet([smoke_in]))
+    np.savez(workdir / "smoke-input.npz", **smoke_in)  # type: ignore[arg-type]
+    np.savez(workdir / "smoke-expected.npz", **expected)  # type: ignore[arg-type]
+    files["smoke/input.npz"] = workdir / "smoke-input.npz"
+    files["smoke/expected.npz"] = workdir / "smoke-expected.npz"
+    scale = max((float(np.max(np.abs(v))) for v in expected.values() if v.size and v.dtype.kind == "f"), default=1.0)
+    tol = SMOKE_TOLERANCE.get(artifact.precision, 1e-1)
+    return {"input": "smoke/input.npz", "expected": "smoke/expected.npz", "rtol": tol,
+            "atol": round(tol * scale + 1e-5, 8)}
 
-    return edgeml.__version__
+
+def _reference_stats(ctx: BuildContext) -> JSONDict:
+    """Statistics of the calibration data and of the FP32 reference model's outputs on it (for drift)."""
+    stats_set = _stats_samples(ctx)
+    if ctx.reference is None:
+        raise CompileError("package needs the reference model (BuildContext.reference)")
+    ref_opts = BackendOptions(providers=("CPUExecutionProvider",), num_threads=DEFAULT_THREADS)
+    ref_runtime = "litert" if ctx.reference.format == "tflite" else "onnxruntime"  # a .tflite source
+    ref_out = run_outputs(ctx.reference.path, ref_runtime, ref_opts, stats_set)
+    return reference_stats(stats_set.stacked(), ref_out, len(stats_set))
+
+
+def _provenance(artifact: Artifact, ctx: BuildContext) -> JSONDict:
+    return {
+        "source_sha256": ctx.source.sha256 if ctx.source else None,
+        "source_name": ctx.source.name if ctx.source else None,
+        "edgeml_version": __version__,
+        "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
+                   for p in map(as_dict, as_list(artifact.metadata.get("passes", [])))],
+    }
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
-from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, validate_config
+from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, Samples, validate_config
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+from edgeml.jsontypes import JSON, as_int
 from edgeml.runtimes.openvino_backend import import_openvino
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
+
+if TYPE_CHECKING:
+    from openvino import Model
 
 PRESETS = ("performance", "mixed")
 # OpenVINO device of the target profile -> NNCF's hardware config (which ops/schemes it quantizes).
 TARGET_DEVICES = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
 
-def import_nncf() -> Any:
+def import_nncf() -> ModuleType:
     import_openvino()  # telemetry off before nncf imports openvino_telemetry
     try:
         import nncf
@@ -38,18 +44,18 @@ def import_nncf() -> Any:
 class _Limited:
     """The first ``total`` samples of a SampleSet, iterable as often as NNCF needs."""
 
-    def __init__(self, samples: Any, total: int) -> None:
+    def __init__(self, samples: Samples, total: int) -> None:
         self.samples = samples
         self.total = total
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[object]:
         return itertools.islice(iter(self.samples), self.total)
 
     def __len__(self) -> int:
         return self.total
 
 
-def _feed(raw: Any, input_names: list[str]) -> dict[str, np.ndarray]:
+def _feed(raw: object, input_names: list[str]) -> dict[str, Array]:
     if not isinstance(raw, Mapping):
         raise QuantizationError(f"a calibration sample is a {type(raw).__name__}, expected a dict; {CALIBRATION_HINT}")
     missing = [n for n in input_names if n not in raw]
@@ -65,7 +71,7 @@ class QuantizeNncf(Pass):
     """Post-training quantization with ``nncf.quantize`` for the ``openvino`` runtime."""
 
     name = "quantize_nncf"
-    defaults: Mapping[str, Any] = {
+    defaults: Mapping[str, JSON] = {
         "preset": "performance",
         "subset_size": 300,
         "ignored_names": [],
@@ -73,11 +79,12 @@ class QuantizeNncf(Pass):
         "fast_bias_correction": True,
     }
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["preset"] not in PRESETS:
-            raise ConfigError(f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
-        if merged["subset_size"] < 1:
+            raise ConfigError(
+                f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
+        if as_int(merged["subset_size"]) < 1:
             raise ConfigError(f"pass '{self.name}': subset_size must be >= 1, got {merged['subset_size']}")
         super().__init__(**merged)
 
@@ -86,12 +93,11 @@ class QuantizeNncf(Pass):
             raise QuantizationError(f"quantize_nncf needs OpenVINO IR or ONNX, got {artifact.format} ({artifact.path})")
         if ctx.calibration is None:
             raise QuantizationError(f"NNCF quantization needs calibration data: {CALIBRATION_HINT}")
-        total = min(len(ctx.calibration), self.config["subset_size"])
+        total = min(len(ctx.calibration), self.opt_int("subset_size"))
         if total == 0:
             raise QuantizationError(f"the calibration data holds no samples: {CALIBRATION_HINT}")
         ov = import_openvino()
         nncf = import_nncf()
-        cfg = self.config
 
         model = ov.Core().read_model(str(artifact.path))
         ignored_names = self._ignored_names(model, artifact)
@@ -100,22 +106,23 @@ class QuantizeNncf(Pass):
         samples = _Limited(ctx.calibration, total)
         device = TARGET_DEVICES.get(ctx.target.options("openvino").device or "", "ANY")
         ignored = None
-        if cfg["ignored_names"] or cfg["ignored_types"]:
-            ignored = nncf.IgnoredScope(names=ignored_names, types=list(cfg["ignored_types"]),
+        if self.opt_strs("ignored_names") or self.opt_strs("ignored_types"):
+            ignored = nncf.IgnoredScope(names=ignored_names, types=self.opt_strs("ignored_types"),
                                         validate=False)
         try:
             quantized = nncf.quantize(
                 model, nncf.Dataset(samples, lambda raw: _feed(raw, input_names)),
-                preset=nncf.QuantizationPreset(cfg["preset"]),
+                preset=nncf.QuantizationPreset(self.opt_str("preset")),
                 target_device=nncf.TargetDevice[device],
                 subset_size=total,
-                fast_bias_correction=cfg["fast_bias_correction"],
+                fast_bias_correction=self.opt_bool("fast_bias_correction"),
                 ignored_scope=ignored,
             )
         except QuantizationError:
             raise
         except Exception as exc:
-            raise QuantizationError(f"NNCF could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"NNCF could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}") from exc
 
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / f"{artifact.path.stem}.int8.xml"
@@ -124,17 +131,17 @@ class QuantizeNncf(Pass):
         bin_file = xml.with_suffix(".bin")
         fake_quantize = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
         ctx.log(f"quantize_nncf: {artifact.path.name} -> {xml.name} ({fake_quantize} FakeQuantize nodes)")
-        excluded = bool(cfg["ignored_names"] or cfg["ignored_types"])
+        excluded = bool(self.opt_strs("ignored_names") or self.opt_strs("ignored_types"))
         metadata = {
             **artifact.metadata,
             "quantizer": f"nncf {nncf.__version__}",
-            "preset": cfg["preset"],
+            "preset": self.opt_str("preset"),
             "target_device": device,
             "calibration_samples": total,
-            "fast_bias_correction": cfg["fast_bias_correction"],
-            "ignored_names": list(cfg["ignored_names"]),
+            "fast_bias_correction": self.opt_bool("fast_bias_correction"),
+            "ignored_names": self.opt_strs("ignored_names"),
             "ignored_ops": ignored_names,
-            "ignored_types": list(cfg["ignored_types"]),
+            "ignored_types": self.opt_strs("ignored_types"),
             "fake_quantize_nodes": fake_quantize,
         }
         return artifact.evolve(
@@ -142,7 +149,7 @@ class QuantizeNncf(Pass):
             digest=digest_files([xml, bin_file]), extra_files=(bin_file,), runtime="openvino", metadata=metadata,
         )
 
-    def _ignored_names(self, model: Any, artifact: Artifact) -> list[str]:
+    def _ignored_names(self, model: Model, artifact: Artifact) -> list[str]:
         """OpenVINO op names to ignore; unknown names/types are a typo in the build config: say so.
 
         A name may also be an ONNX node name: OpenVINO's ONNX frontend names the ops it makes from node
@@ -153,12 +160,12 @@ class QuantizeNncf(Pass):
         types = {op.get_type_name() for op in model.get_ops()}
         expanded: list[str] = []
         bad_names = []
-        for name in self.config["ignored_names"]:
+        for name in self.opt_strs("ignored_names"):
             matches = sorted(n for n in names if n == name or n.startswith(name + "/"))
             expanded.extend(matches)
             if not matches:
                 bad_names.append(name)
-        bad_types = [t for t in self.config["ignored_types"] if t not in types]
+        bad_types = [t for t in self.opt_strs("ignored_types") if t not in types]
         problems = []
         if bad_names:
             problems.append(f"ignored_names not in the model: {', '.join(bad_names)}")

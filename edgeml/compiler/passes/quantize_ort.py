@@ -10,17 +10,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.ort_entropy import entropy_ranges_file
+from edgeml.compiler.request import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
 from edgeml.fileio import sha256_file
+from edgeml.jsontypes import JSON, JSONDict, as_int, as_list
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
 CALIBRATION_HINT = (
     "pass calibration data with --calibration (a .npz with one array per input, a .npy for a "
     "single-input model, a folder of images with declared preprocessing, or a Python iterable of "
@@ -28,7 +34,7 @@ CALIBRATION_HINT = (
 )
 
 
-def validate_config(pass_name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+def validate_config(pass_name: str, config: Mapping[str, JSON], defaults: Mapping[str, JSON]) -> dict[str, JSON]:
     """Merge ``config`` over ``defaults``; unknown keys and values of the wrong type are ConfigErrors.
 
     Shared by the quantize/convert passes so every pass rejects a typo the same way.
@@ -45,9 +51,9 @@ def validate_config(pass_name: str, config: Mapping[str, Any], defaults: Mapping
             continue
         expected = type(default)
         ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if expected is list:
+        if isinstance(default, list):
             ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-            merged[key] = list(value) if ok else value
+            merged[key] = [str(v) for v in as_list(value)] if ok else value
         if not ok:
             raise ConfigError(
                 f"pass '{pass_name}': option '{key}' must be {expected.__name__}, got {value!r}"
@@ -55,10 +61,18 @@ def validate_config(pass_name: str, config: Mapping[str, Any], defaults: Mapping
     return merged
 
 
-def onnx_input_names(model: Any) -> list[str]:
+def onnx_input_names(model: ModelProto) -> list[str]:
     """Graph inputs that are real inputs (older exporters also list initializers as inputs)."""
     initializers = {i.name for i in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+class Samples(Protocol):
+    """What a quantizer reads calibration samples from: a SampleSet, or any sized iterable of feeds."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[object]: ...
 
 
 class SampleSetReader:
@@ -68,15 +82,16 @@ class SampleSetReader:
     names, not with an onnxruntime stack trace deep inside the calibrator.
     """
 
-    def __init__(self, samples: Any, input_names: list[str], max_samples: int, ctx: BuildContext) -> None:
+    def __init__(self, samples: Samples, input_names: list[str], max_samples: int,
+                 ctx: BuildContext) -> None:
         self.samples = samples
         self.input_names = input_names
         self.total = min(len(samples), max_samples)
         self.ctx = ctx
         self.count = 0
-        self._iter: Iterator[Any] | None = None
+        self._iter: Iterator[object] | None = None
 
-    def _feed(self, raw: Any) -> dict[str, np.ndarray]:
+    def _feed(self, raw: object) -> dict[str, Array]:
         if not isinstance(raw, Mapping):
             raise QuantizationError(
                 f"calibration sample {self.count} is a {type(raw).__name__}, expected a dict of "
@@ -90,7 +105,7 @@ class SampleSetReader:
             )
         return {n: np.asarray(raw[n]) for n in self.input_names}
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    def get_next(self) -> dict[str, Array] | None:
         if self._iter is None:
             self._iter = iter(itertools.islice(iter(self.samples), self.total))
         raw = next(self._iter, None)
@@ -109,7 +124,7 @@ class SampleSetReader:
         return self.total
 
 
-def constants_to_initializers(model: Any) -> int:
+def constants_to_initializers(model: ModelProto) -> int:
     """Move top-level ``Constant`` nodes into initializers, in place; returns how many moved.
 
     Some exporters (paddle2onnx: every PP-OCR model) store all weights as Constant nodes. The quantizer
@@ -120,7 +135,8 @@ def constants_to_initializers(model: Any) -> int:
     keep, moved = [], 0
     for node in model.graph.node:
         attrs = list(node.attribute)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1 and attrs[0].name == "value":
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1
+                and attrs[0].name == "value"):
             tensor = type(attrs[0].t)()
             tensor.CopyFrom(attrs[0].t)
             tensor.name = node.output[0]
@@ -137,7 +153,7 @@ def constants_to_initializers(model: Any) -> int:
 PER_CHANNEL_OPSET = 13   # DequantizeLinear's ``axis`` (one scale per channel) exists from opset 13
 
 
-def _upgrade_for_per_channel(model: Any, name: str) -> bool:
+def _upgrade_for_per_channel(model: ModelProto, name: str) -> bool:
     """Convert an older model to opset 13 in place so per-channel Q/DQ nodes are valid; True if converted."""
     import onnx
     from onnx import version_converter
@@ -180,23 +196,23 @@ class QuantizeOrt(Pass):
     """Static INT8 QDQ quantization through ``onnxruntime.quantization.quantize_static``."""
 
     name = "quantize_ort"
-    defaults: Mapping[str, Any] = {
+    defaults: Mapping[str, JSON] = {
         "per_channel": False,
-        "calibration_method": "minmax",
+        "calibration_method": DEFAULT_CALIBRATION_METHOD,
         "exclude_nodes": [],
         "exclude_op_types": [],
         "max_samples": 64,
         "reduce_range": False,    # 7-bit weights: avoids u8s8 saturation on x86 CPUs without VNNI
     }
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["calibration_method"] not in CALIBRATION_METHODS:
             raise ConfigError(
                 f"pass '{self.name}': calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
                 f"got {merged['calibration_method']!r}"
             )
-        if merged["max_samples"] < 1:
+        if as_int(merged["max_samples"]) < 1:
             raise ConfigError(f"pass '{self.name}': max_samples must be >= 1, got {merged['max_samples']}")
         super().__init__(**merged)
 
@@ -209,73 +225,72 @@ class QuantizeOrt(Pass):
             raise QuantizationError(f"the calibration data holds no samples: {CALIBRATION_HINT}")
         try:
             import onnx
-            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+            import onnxruntime.quantization  # noqa: F401 - checked before any work, used in _quantize
         except ImportError as exc:
             raise MissingExtraError("onnxruntime", "compile", "INT8 quantization") from exc
 
-        cfg = self.config
         model = onnx.load(str(artifact.path), load_external_data=False)
+        excluded_types = self._excluded_types(model, artifact)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        prepared = _prepare(model, artifact, ctx, per_channel=self.opt_bool("per_channel"),
+                            keep_names=bool(self.opt_strs("exclude_nodes")))
+        # TensorRT wants symmetric INT8 for both; CPU kernels are fastest with u8 activations, s8 weights.
+        trt = "TensorrtExecutionProvider" in ctx.target.options("onnxruntime").providers
+        reader = SampleSetReader(ctx.calibration, onnx_input_names(model), self.opt_int("max_samples"), ctx)
+        output = ctx.workdir / f"{artifact.path.stem}.int8.onnx"
+        ranges: Path | None = None
+        try:
+            if self.opt_str("calibration_method") == "entropy":  # onnxruntime's own entropy equals MinMax
+                ranges = entropy_ranges_file(prepared.source, reader, ctx.workdir)
+                if ranges is None:
+                    ctx.log("quantize_ort: this onnxruntime takes no calibration ranges; its entropy equals MinMax")
+            self._quantize(prepared.source, output, reader, trt, artifact.path.name, ranges)
+        finally:
+            prepared.cleanup()
+            if ranges is not None:
+                ranges.unlink(missing_ok=True)
+        excluded = bool(self.opt_strs("exclude_nodes") or excluded_types)
+        return artifact.evolve(
+            path=output, format="onnx", precision="mixed" if excluded else "int8",
+            digest=sha256_file(output), extra_files=(), runtime=artifact.runtime or "onnxruntime",
+            metadata={**artifact.metadata, **self._metadata(prepared, reader, trt, excluded_types)},
+        )
+
+    def _excluded_types(self, model: ModelProto, artifact: Artifact) -> list[str]:
+        """The excluded op types the model has; excluded node names it lacks are a ConfigError (a typo)."""
         node_names = {n.name for n in model.graph.node}
-        unknown = [n for n in cfg["exclude_nodes"] if n not in node_names]
+        unknown = [n for n in self.opt_strs("exclude_nodes") if n not in node_names]
         if unknown:
             raise ConfigError(
                 f"pass '{self.name}': exclude_nodes names node(s) not in {artifact.path.name}: "
                 f"{', '.join(unknown)}"
             )
-        present_types = {n.op_type for n in model.graph.node}
-        excluded_types = sorted(present_types & set(cfg["exclude_op_types"]))
+        return sorted({n.op_type for n in model.graph.node} & set(self.opt_strs("exclude_op_types")))
+
+    def _quantize(self, source: Path, output: Path, reader: SampleSetReader, trt: bool, name: str,
+                  ranges: Path | None) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
         # None = onnxruntime's own default set; with exclusions, that same set minus the excluded types.
         op_types = None
-        if cfg["exclude_op_types"]:
-            op_types = sorted({*QDQRegistry, *QLinearOpsRegistry} - set(cfg["exclude_op_types"]))
-
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
-        stem = artifact.path.stem
-        source = artifact.path
-        moved = constants_to_initializers(model)
-        upgraded = cfg["per_channel"] and _upgrade_for_per_channel(model, artifact.path.name)
-        if upgraded:
-            ctx.log(f"quantize_ort: {artifact.path.name} upgraded to opset {PER_CHANNEL_OPSET} for per-channel scales")
-        weights_file = ctx.workdir / f"{stem}.weights.onnx"
-        if moved or upgraded:
-            onnx.save(model, str(weights_file))
-            source = weights_file
-            ctx.log(f"quantize_ort: {moved} Constant nodes of {artifact.path.name} moved to initializers (weights)")
-        prepared = ctx.workdir / f"{stem}.preprocessed.onnx"
-        # Graph optimization may fuse or rename nodes, which would break exclusions by name.
-        skip_reason = _preprocess(source, prepared, skip_optimization=bool(cfg["exclude_nodes"]))
-        if skip_reason is None:
-            source = prepared
-            ctx.log(f"quantize_ort: pre-processed {artifact.path.name} (shape inference + optimization)")
-        else:
-            ctx.log(f"quantize_ort: skipped quant_pre_process ({skip_reason}); quantizing without it")
-
-        trt = "TensorrtExecutionProvider" in ctx.target.options("onnxruntime").providers
-        # TensorRT wants symmetric INT8 for both; CPU kernels are fastest with u8 activations, s8 weights.
-        activation_type = QuantType.QInt8 if trt else QuantType.QUInt8
+        if self.opt_strs("exclude_op_types"):
+            op_types = sorted({*QDQRegistry, *QLinearOpsRegistry} - set(self.opt_strs("exclude_op_types")))
         method = {
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
-        }[cfg["calibration_method"]]
-        reader = SampleSetReader(ctx.calibration, onnx_input_names(model), cfg["max_samples"], ctx)
-        output = ctx.workdir / f"{stem}.int8.onnx"
-        ranges: Path | None = None
+        }[self.opt_str("calibration_method")]
         try:
-            if cfg["calibration_method"] == "entropy":  # onnxruntime's own entropy search equals MinMax: ort_entropy
-                ranges = entropy_ranges_file(source, reader, ctx.workdir)
-                if ranges is None:
-                    ctx.log("quantize_ort: this onnxruntime takes no calibration ranges; its entropy equals MinMax")
             quantize_static(
                 str(source), str(output), reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
-                per_channel=cfg["per_channel"],
-                reduce_range=cfg["reduce_range"],
-                activation_type=activation_type,
+                per_channel=self.opt_bool("per_channel"),
+                reduce_range=self.opt_bool("reduce_range"),
+                activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(cfg["exclude_nodes"]),
+                nodes_to_exclude=self.opt_strs("exclude_nodes"),
                 calibrate_method=method,
                 extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
                 **({"calibration_cache_path": str(ranges)} if ranges else {}),
@@ -284,33 +299,64 @@ class QuantizeOrt(Pass):
             raise
         except Exception as exc:
             raise QuantizationError(
-                f"onnxruntime could not quantize {artifact.path.name}: {type(exc).__name__}: {exc}"
+                f"onnxruntime could not quantize {name}: {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            prepared.unlink(missing_ok=True)
-            weights_file.unlink(missing_ok=True)
-            if ranges is not None:
-                ranges.unlink(missing_ok=True)
 
-        excluded = bool(cfg["exclude_nodes"] or excluded_types)
-        metadata = {
-            **artifact.metadata,
+    def _metadata(self, prepared: _Prepared, reader: SampleSetReader, trt: bool,
+                  excluded_types: list[str]) -> JSONDict:
+        return {
             "quantizer": "onnxruntime",
             "quant_format": "QDQ",
             "activation_type": "int8" if trt else "uint8",
             "weight_type": "int8",
-            "per_channel": cfg["per_channel"],
-            "reduce_range": cfg["reduce_range"],
-            "calibration_method": cfg["calibration_method"],
+            "per_channel": self.opt_bool("per_channel"),
+            "reduce_range": self.opt_bool("reduce_range"),
+            "calibration_method": self.opt_str("calibration_method"),
             "calibration_samples": reader.count,
-            "preprocess": "applied" if skip_reason is None else f"skipped: {skip_reason}",
-            "constants_moved_to_initializers": moved,
-            "opset_upgraded_to": PER_CHANNEL_OPSET if upgraded else None,
-            "excluded_nodes": list(cfg["exclude_nodes"]),
-            "excluded_op_types": excluded_types,
+            "preprocess": "applied" if prepared.skip_reason is None else f"skipped: {prepared.skip_reason}",
+            "constants_moved_to_initializers": prepared.moved,
+            "opset_upgraded_to": PER_CHANNEL_OPSET if prepared.upgraded else None,
+            "excluded_nodes": self.opt_strs("exclude_nodes"),
+            "excluded_op_types": list(excluded_types),
         }
-        return artifact.evolve(
-            path=output, format="onnx", precision="mixed" if excluded else "int8",
-            digest=sha256_file(output), extra_files=(), runtime=artifact.runtime or "onnxruntime",
-            metadata=metadata,
-        )
+
+
+@dataclass
+class _Prepared:
+    """The model the quantizer reads, after the repairs it needs, and the temporary files made for it."""
+
+    source: Path
+    moved: int
+    upgraded: bool
+    skip_reason: str | None
+    temporary: tuple[Path, ...]
+
+    def cleanup(self) -> None:
+        for path in self.temporary:
+            path.unlink(missing_ok=True)
+
+
+def _prepare(model: ModelProto, artifact: Artifact, ctx: BuildContext, *, per_channel: bool,
+             keep_names: bool) -> _Prepared:
+    """Constants to initializers, opset 13 for per-channel scales, and quant_pre_process when it works."""
+    import onnx
+
+    stem, source = artifact.path.stem, artifact.path
+    moved = constants_to_initializers(model)
+    upgraded = per_channel and _upgrade_for_per_channel(model, artifact.path.name)
+    if upgraded:
+        ctx.log(f"quantize_ort: {artifact.path.name} upgraded to opset {PER_CHANNEL_OPSET} for per-channel scales")
+    weights_file = ctx.workdir / f"{stem}.weights.onnx"
+    if moved or upgraded:
+        onnx.save(model, str(weights_file))
+        source = weights_file
+        ctx.log(f"quantize_ort: {moved} Constant nodes of {artifact.path.name} moved to initializers (weights)")
+    prepared = ctx.workdir / f"{stem}.preprocessed.onnx"
+    # Graph optimization may fuse or rename nodes, which would break exclusions by name.
+    skip_reason = _preprocess(source, prepared, skip_optimization=keep_names)
+    if skip_reason is None:
+        source = prepared
+        ctx.log(f"quantize_ort: pre-processed {artifact.path.name} (shape inference + optimization)")
+    else:
+        ctx.log(f"quantize_ort: skipped quant_pre_process ({skip_reason}); quantizing without it")
+    return _Prepared(source, moved, upgraded, skip_reason, (prepared, weights_file))

@@ -20,21 +20,27 @@ import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config
 from edgeml.compiler.tflite_inspect import inspect_tflite
 from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+from edgeml.jsontypes import JSON
+
+if TYPE_CHECKING:
+    from ai_edge_litert.schema_py_generated import ModelT, OperatorT, SubGraphT, TensorMapT
 
 SIGNATURE = "serving_default"
 MODES = ("static", "dynamic", "weight_only")
 
 
-def _flatbuffers() -> tuple[Any, Any]:
+def _flatbuffers() -> tuple[ModuleType, ModuleType]:
     try:
         from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
@@ -43,11 +49,11 @@ def _flatbuffers() -> tuple[Any, Any]:
     return schema, flatbuffer_utils
 
 
-def _name(value: Any) -> str:
+def _name(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _drop_unused_tensors(model: Any, sg: Any) -> None:
+def _drop_unused_tensors(model: ModelT, sg: SubGraphT) -> None:
     """Remove tensors no operator or graph I/O refers to (the folded fp16 originals), and empty their
     buffers, so the file does not carry both copies of the weights and calibration sees no orphans."""
     used = {int(i) for op in sg.operators for i in [*op.inputs, *op.outputs] if i >= 0}
@@ -107,7 +113,7 @@ def prepare_for_quantizer(src: Path, dst: Path) -> dict[str, int]:
     if not model.signatureDefs:
         sg = model.subgraphs[0]
 
-        def tensor_map(index: int) -> Any:
+        def tensor_map(index: int) -> TensorMapT:
             tm = schema.TensorMapT()
             tm.name = _name(sg.tensors[index].name)
             tm.tensorIndex = int(index)
@@ -124,7 +130,7 @@ def prepare_for_quantizer(src: Path, dst: Path) -> dict[str, int]:
     return {"fp16_constants_folded": folded, "signature_added": added, "opcodes_upgraded": upgraded}
 
 
-def _opcode_index(model: Any, schema: Any, builtin: int) -> int:
+def _opcode_index(model: ModelT, schema: ModuleType, builtin: int) -> int:
     for i, code in enumerate(model.operatorCodes):
         if int(code.builtinCode) == builtin:
             return i
@@ -163,7 +169,7 @@ def float_interface(src: Path, dst: Path) -> int:
         remap[index] = len(sg.tensors) - 1
         return remap[index]
 
-    def op(builtin: int, inputs: list[int], outputs: list[int]) -> Any:
+    def op(builtin: int, inputs: list[int], outputs: list[int]) -> OperatorT:
         o = schema.OperatorT()
         o.opcodeIndex = _opcode_index(model, schema, builtin)
         o.inputs, o.outputs = inputs, outputs
@@ -190,9 +196,9 @@ class QuantizeTflite(Pass):
     """Config: ``mode`` (static | dynamic | weight_only; default static), ``calibration_samples`` (100)."""
 
     name = "quantize_tflite"
-    defaults: Mapping[str, Any] = {"mode": "static", "calibration_samples": 100}
+    defaults: Mapping[str, JSON] = {"mode": "static", "calibration_samples": 100}
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, **config: JSON) -> None:
         merged = validate_config(self.name, config, self.defaults)
         if merged["mode"] not in MODES:
             raise ConfigError(f"pass '{self.name}': mode must be one of {', '.join(MODES)}, got {merged['mode']!r}")
@@ -205,7 +211,7 @@ class QuantizeTflite(Pass):
             from ai_edge_quantizer import quantizer, recipe
         except ImportError as exc:
             raise MissingExtraError("ai-edge-quantizer", "compile", "quantizing .tflite models") from exc
-        mode = self.config["mode"]
+        mode = self.opt_str("mode")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         prepared = ctx.workdir / f"{artifact.path.stem}_prepared.tflite"
         changes = prepare_for_quantizer(artifact.path, prepared)
@@ -240,15 +246,15 @@ class QuantizeTflite(Pass):
         return artifact.evolve(path=out, format="tflite", precision="int8", digest=digest_files([out]),
                                extra_files=(), runtime="litert", metadata=metadata)
 
-    def _calibration(self, ctx: BuildContext, model: Path) -> list[dict[str, np.ndarray]]:
+    def _calibration(self, ctx: BuildContext, model: Path) -> list[dict[str, Array]]:
         samples = ctx.calibration
         if samples is None or not len(samples):
             raise QuantizationError("quantize_tflite mode static needs calibration data: pass --calibration, "
                                     "or use mode dynamic / weight_only")
         names = [t.name for t in inspect_tflite(model).inputs]
-        feeds = []
+        feeds: list[dict[str, Array]] = []
         for i, feed in enumerate(samples):
-            if i >= int(self.config["calibration_samples"]):
+            if i >= self.opt_int("calibration_samples"):
                 break
             missing = [n for n in names if n not in feed]
             if missing:
