@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from edgeml.fleet.api.devices import device_online
 from edgeml.fleet.auth import Viewer
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.models import Device
@@ -82,9 +83,8 @@ def metrics(caller: Viewer, ctx: Ctx) -> PlainTextResponse:
     with ctx.store.session() as session:
         rows = fleet_health(session, since)
         devices = session.query(Device).filter(Device.revoked_at.is_(None)).all()
-    online = [d for d in devices if d.last_seen is not None
-              and (datetime.now(UTC) - (d.last_seen if d.last_seen.tzinfo else d.last_seen.replace(tzinfo=UTC)))
-              .total_seconds() <= ctx.online_window_s and d.mqtt_status != "offline"]
+    now = datetime.now(UTC)
+    online = [d for d in devices if device_online(d, ctx.online_window_s, now)]
     metric("edgeml_fleet_devices", "gauge", "enrolled devices", [({"state": "online"}, len(online)),
                                                                  ({"state": "offline"}, len(devices) - len(online))])
     for name, kind, help_text, attr in (
