@@ -246,9 +246,11 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
     for r in rows:
         per_device_seconds[r.device_id] = per_device_seconds.get(r.device_id, 0.0) + r.window_s
     seconds = max(per_device_seconds.values(), default=0.0)
-    drift_query = select(DriftScore.score).where(DriftScore.model == model, DriftScore.version == version)
-    if ids is not None:
-        drift_query = drift_query.where(DriftScore.device_id.in_(ids))
+    # Fleet-wide, the drift of the devices counted above: one that ran this version last month (and has
+    # moved on) keeps its score row but says nothing about the version's health now. A gate names its
+    # wave's devices itself.
+    drift_query = select(DriftScore.score).where(DriftScore.model == model, DriftScore.version == version,
+                                                 DriftScore.device_id.in_(ids if ids is not None else devices))
     drifts = [s for s in session.execute(drift_query).scalars() if s is not None]
     return VersionHealth(model, version, len(devices), sum(r.requests for r in rows), sum(r.errors for r in rows),
                          seconds, percentile(latency, 50), percentile(latency, 95),

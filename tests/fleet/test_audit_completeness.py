@@ -165,7 +165,8 @@ AUDITED: dict[tuple[str, str], tuple[Callable[[World], Call], str]] = {
 
 def state_changing_routes() -> set[tuple[str, str]]:
     app = create_app(cast(FleetContext, None))
-    return {(method, route.path) for route in api_routes(app) for method in route.methods or () if method in STATE_CHANGING}
+    return {(method, route.path) for route in api_routes(app)
+            for method in route.methods or () if method in STATE_CHANGING}
 
 
 def test_every_state_changing_route_is_in_the_audit_table() -> None:
