@@ -15,8 +15,10 @@ import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +96,31 @@ def _bundle(tmp: Path, key: SigningKey, version: str, seed: int) -> Path:
                        extra={"reference_stats": stats})
 
 
-def _enrolled_agent(stack: ExitStack, tmp: Path, server: ServerProcess, http: httpx.Client, name: str,
+def _enrolled_agent(tmp: Path, server: ServerProcess, enroll_token: str, name: str,
                     bundle: Path) -> tuple[str, AgentProcess]:
-    token = http.post("/v1/enrollment-tokens", json={}).json()["token"]
+    """Enrol with ``edgeml-agent enroll``, install the bundle offline, start ``edgeml-agent run``."""
     agent_dir = tmp / name
-    out = subprocess.run([*AGENT_CLI, "enroll", "--server", server.url, "--token", token, "--data-dir", str(agent_dir),
-                          "--name", name], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*AGENT_CLI, "enroll", "--server", server.url, "--token", enroll_token, "--data-dir",
+                          str(agent_dir), "--name", name], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     device_id = json.loads((agent_dir / "credentials.json").read_text())["device_id"]
     port = free_port()
     config = write_config(tmp / f"{name}.toml", agent_dir, agent_dir / "trusted", port, extra=AGENT_EXTRA)
     install(config, bundle)
-    return device_id, stack.enter_context(AgentProcess(config, port, tmp / f"{name}.log"))
+    return device_id, AgentProcess(config, port, tmp / f"{name}.log").__enter__()
+
+
+AgentJob = Callable[[], tuple[str, AgentProcess]]
+
+
+def _start_agents(stack: ExitStack, jobs: list[AgentJob]) -> list[tuple[str, AgentProcess]]:
+    """Run the jobs side by side (mostly process start-up); every agent that started is stopped with the stack."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+    for f in futures:
+        if f.exception() is None:
+            stack.callback(f.result()[1].stop)
+    return [f.result() for f in futures]
 
 
 @pytest.fixture
@@ -124,10 +139,11 @@ def world(tmp_path: Path) -> Iterator[World]:
         assert http.post("/v1/keys", json={"name": "ci", "public_pem": key.public_pem().decode()}).status_code == 201
         for path in bundles.values():
             assert http.post("/v1/bundles", content=path.read_bytes()).status_code == 201
-        devices = []
-        for name, version, ok, bad, shift in plan:
-            device_id, agent = _enrolled_agent(stack, tmp_path, server, http, name, bundles[version])
-            devices.append(Device(name, version, device_id, agent, ok, bad, shift))
+        tokens = [http.post("/v1/enrollment-tokens", json={}).json()["token"] for _ in plan]
+        running = _start_agents(stack, [partial(_enrolled_agent, tmp_path, server, token, name, bundles[version])
+                                        for (name, version, *_), token in zip(plan, tokens, strict=True)])
+        devices = [Device(name, version, device_id, agent, ok, bad, shift)
+                   for (name, version, ok, bad, shift), (device_id, agent) in zip(plan, running, strict=True)]
         yield World(server, admin, data / "fleet.db", devices, started)
 
 
