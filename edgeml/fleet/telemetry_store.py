@@ -9,7 +9,7 @@ per-window model figures, hourly roll-ups and drift scores from the new ones onl
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -258,9 +258,16 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
 
 
 def fleet_health(session: Session, since: datetime) -> list[VersionHealth]:
+    """Per model version, the figures since ``since``; the request rate is over all that time.
+
+    Agents send no window for a model that served nothing, so the windows' own length is only the time
+    spent serving: a burst of 100 requests nine minutes ago is 0.17 req/s over ten minutes, not 200.
+    """
     pairs = sorted((str(m), str(v)) for m, v in session.execute(
         select(ModelWindow.model, ModelWindow.version).where(ModelWindow.ts >= since).distinct()))
-    return [version_health(session, model=m, version=v, device_ids=None, since=since) for m, v in pairs]
+    seconds = (datetime.now(UTC) - since).total_seconds()
+    return [replace(version_health(session, model=m, version=v, device_ids=None, since=since), seconds=seconds)
+            for m, v in pairs]
 
 
 def update_events(session: Session, *, device_ids: list[str], since: datetime) -> list[DeviceEvent]:

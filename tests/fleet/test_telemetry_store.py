@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgeml.compiler.stats import reference_stats
 from edgeml.fleet.store import Store
@@ -131,8 +132,9 @@ def test_fleet_health_drift_is_that_of_the_devices_in_the_window(db_url: str) ->
         store_messages(s, [old, _telemetry("dev-a", 1, requests=64, errors=0, ms=1.0, stats=live(0.0))])
     with store.session() as s:
         # then the last ten minutes show one device, and its drift, not the old one's
-        [h] = fleet_health(s, NOW - timedelta(minutes=10))
+        [h] = fleet_health(s, datetime.now(UTC) - timedelta(minutes=10))
         assert h.devices == 1 and h.drift is not None and h.drift < 0.1
+        assert h.requests_per_s == pytest.approx(64 / 600, rel=1e-3)   # over the ten minutes, not the window
         # while over three hours both count, and the worst drift is dev-b's
         [h3] = fleet_health(s, NOW - timedelta(hours=3))
         assert h3.devices == 2 and h3.drift is not None and h3.drift > 1.0
