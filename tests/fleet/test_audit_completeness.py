@@ -233,3 +233,20 @@ def test_every_state_changing_route_writes_its_audit_entry(fleet: Fleet, tmp_pat
                             f"source {entries[0].source!r}")
     assert not failures, "\n".join(failures)
 
+
+
+def test_token_revoke_and_key_untrust_are_in_the_audit_log(fleet: Fleet) -> None:
+    # given a viewer token and a trusted key
+    created = fleet.call("POST", "/v1/tokens", json={"name": "leaver", "role": "viewer"}).json()
+    key = SigningKey.generate()
+    fleet.trust(key, name="old-builder")
+    # when an admin revokes the one and untrusts the other
+    assert fleet.call("DELETE", f"/v1/tokens/{created['id']}").status_code == 200
+    assert fleet.call("DELETE", f"/v1/keys/{key.key_id}").status_code == 200
+    # then the audit log (as an admin reads it) names who did it, to what, and what it was called
+    for action, target, name in (("token.revoke", created["id"], "leaver"), ("key.untrust", key.key_id, "old-builder")):
+        [entry] = fleet.call("GET", "/v1/audit", params={"action": action}).json()
+        assert (entry["actor"], entry["target"], entry["details"]) == ("admin", target, {"name": name})
+    # and doing it again changes nothing, so it writes nothing
+    assert fleet.call("DELETE", f"/v1/tokens/{created['id']}").status_code == 200
+    assert len(fleet.call("GET", "/v1/audit", params={"action": "token.revoke"}).json()) == 1
