@@ -248,9 +248,11 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
     seconds = max(per_device_seconds.values(), default=0.0)
     # Fleet-wide, the drift of the devices counted above: one that ran this version last month (and has
     # moved on) keeps its score row but says nothing about the version's health now. A gate names its
-    # wave's devices itself.
+    # wave's devices itself. A subquery, not the ids: a big fleet's list would overflow the bind limit.
+    counted = ids if ids is not None else select(ModelWindow.device_id).where(
+        ModelWindow.model == model, ModelWindow.version == version, ModelWindow.ts >= since)
     drift_query = select(DriftScore.score).where(DriftScore.model == model, DriftScore.version == version,
-                                                 DriftScore.device_id.in_(ids if ids is not None else devices))
+                                                 DriftScore.device_id.in_(counted))
     drifts = [s for s in session.execute(drift_query).scalars() if s is not None]
     return VersionHealth(model, version, len(devices), sum(r.requests for r in rows), sum(r.errors for r in rows),
                          seconds, percentile(latency, 50), percentile(latency, 95),
