@@ -9,7 +9,7 @@ per-window model figures, hourly roll-ups and drift scores from the new ones onl
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -246,9 +246,13 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
     for r in rows:
         per_device_seconds[r.device_id] = per_device_seconds.get(r.device_id, 0.0) + r.window_s
     seconds = max(per_device_seconds.values(), default=0.0)
-    drift_query = select(DriftScore.score).where(DriftScore.model == model, DriftScore.version == version)
-    if ids is not None:
-        drift_query = drift_query.where(DriftScore.device_id.in_(ids))
+    # Fleet-wide, the drift of the devices counted above: one that ran this version last month (and has
+    # moved on) keeps its score row but says nothing about the version's health now. A gate names its
+    # wave's devices itself. A subquery, not the ids: a big fleet's list would overflow the bind limit.
+    counted = ids if ids is not None else select(ModelWindow.device_id).where(
+        ModelWindow.model == model, ModelWindow.version == version, ModelWindow.ts >= since)
+    drift_query = select(DriftScore.score).where(DriftScore.model == model, DriftScore.version == version,
+                                                 DriftScore.device_id.in_(counted))
     drifts = [s for s in session.execute(drift_query).scalars() if s is not None]
     return VersionHealth(model, version, len(devices), sum(r.requests for r in rows), sum(r.errors for r in rows),
                          seconds, percentile(latency, 50), percentile(latency, 95),
@@ -256,9 +260,16 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
 
 
 def fleet_health(session: Session, since: datetime) -> list[VersionHealth]:
+    """Per model version, the figures since ``since``; the request rate is over all that time.
+
+    Agents send no window for a model that served nothing, so the windows' own length is only the time
+    spent serving: a burst of 100 requests nine minutes ago is 0.17 req/s over ten minutes, not 200.
+    """
     pairs = sorted((str(m), str(v)) for m, v in session.execute(
         select(ModelWindow.model, ModelWindow.version).where(ModelWindow.ts >= since).distinct()))
-    return [version_health(session, model=m, version=v, device_ids=None, since=since) for m, v in pairs]
+    seconds = (datetime.now(UTC) - since).total_seconds()
+    return [replace(version_health(session, model=m, version=v, device_ids=None, since=since), seconds=seconds)
+            for m, v in pairs]
 
 
 def update_events(session: Session, *, device_ids: list[str], since: datetime) -> list[DeviceEvent]:

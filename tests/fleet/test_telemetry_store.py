@@ -3,10 +3,12 @@ on SQLite and on the real PostgreSQL."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgeml.compiler.stats import reference_stats
 from edgeml.fleet.store import Store
@@ -14,6 +16,7 @@ from edgeml.fleet.store.models import Bundle, Device
 from edgeml.fleet.store.telemetry_models import DeviceEvent, DeviceMessage, ModelHourly, ModelWindow
 from edgeml.fleet.telemetry_store import (
     Envelope,
+    fleet_health,
     prune,
     record_status,
     store_messages,
@@ -107,6 +110,34 @@ def test_drift_is_scored_against_the_bundle_reference(db_url: str) -> None:
         shifted = version_health(s, model="m", version="1.0.0", device_ids=["dev-b"], since=NOW - timedelta(hours=1))
         assert calm.drift is not None and calm.drift < 0.1
         assert shifted.drift is not None and shifted.drift > 1.0
+    store.close()
+
+
+def test_fleet_health_drift_is_that_of_the_devices_in_the_window(db_url: str) -> None:
+    store = _store(db_url)
+    rng = np.random.default_rng(1)
+    ref = reference_stats({"x": rng.normal(0, 1, (512, 4)).astype(np.float32)}, {}, samples=512)
+    with store.session() as s:
+        s.add(Bundle(id="c" * 64, name="m", version="1.0.0", target="x86-cpu", runtime="onnxruntime",
+                     precision="fp32", key_id="k", size=1, manifest={"reference_stats": ref}, uploaded_by="t"))
+
+    def live(shift: float) -> dict:
+        sx = RunningSummary(ref["inputs"]["x"])
+        sx.update(rng.normal(shift, 1, (256, 4)).astype(np.float32))
+        return {"samples": 64, "inputs": {"x": sx.to_json()}, "outputs": {}}
+
+    # given dev-b drifted hard on 1.0.0 two hours ago (and sent nothing since), dev-a is calm now
+    old = replace(_telemetry("dev-b", 1, requests=64, errors=0, ms=1.0, stats=live(3.0)), ts=NOW - timedelta(hours=2))
+    with store.session() as s:
+        store_messages(s, [old, _telemetry("dev-a", 1, requests=64, errors=0, ms=1.0, stats=live(0.0))])
+    with store.session() as s:
+        # then the last ten minutes show one device, and its drift, not the old one's
+        [h] = fleet_health(s, datetime.now(UTC) - timedelta(minutes=10))
+        assert h.devices == 1 and h.drift is not None and h.drift < 0.1
+        assert h.requests_per_s == pytest.approx(64 / 600, rel=1e-3)   # over the ten minutes, not the window
+        # while over three hours both count, and the worst drift is dev-b's
+        [h3] = fleet_health(s, NOW - timedelta(hours=3))
+        assert h3.devices == 2 and h3.drift is not None and h3.drift > 1.0
     store.close()
 
 

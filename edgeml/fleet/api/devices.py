@@ -40,11 +40,21 @@ router = APIRouter(prefix="/v1", tags=["devices"])
 Ctx = Annotated[FleetContext, Depends(get_context)]
 
 
-def device_out(row: Device, online_window_s: float, now: datetime | None = None) -> DeviceOut:
-    now = now or utcnow()
+def device_online(row: Device, online_window_s: float, now: datetime) -> bool:
+    """Contact within the window, and the broker's retained status (the agent's goodbye or its last will)
+    is not "offline": the one definition the device list, the dashboard and ``/metrics`` share.
+
+    The status alone decides once it says offline, not a comparison with ``last_seen``: that is stamped
+    with the device's clock when telemetry arrives, the status with the server's. A device that comes
+    back publishes "online" again as soon as it reconnects.
+    """
     last_seen = as_utc(row.last_seen)
-    online = (row.revoked_at is None and last_seen is not None
-              and (now - last_seen).total_seconds() <= online_window_s)
+    return (row.revoked_at is None and last_seen is not None and row.mqtt_status != "offline"
+            and (now - last_seen).total_seconds() <= online_window_s)
+
+
+def device_out(row: Device, online_window_s: float, now: datetime | None = None) -> DeviceOut:
+    online = device_online(row, online_window_s, now or utcnow())
     return DeviceOut(id=row.id, name=row.name, group=row.group, tags=list(row.tags), hardware=row.hardware,
                      installed=row.installed, enrolled_at=row.enrolled_at, last_seen=row.last_seen,
                      online=online, revoked=row.revoked_at is not None)

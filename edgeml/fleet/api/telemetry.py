@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
+from edgeml.fleet.api.devices import device_online
 from edgeml.fleet.auth import Viewer
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.models import Device
@@ -72,31 +73,37 @@ def metrics(caller: Viewer, ctx: Ctx) -> PlainTextResponse:
 
     stats = getattr(ctx.ingest, "stats", None)
     if stats is not None:
-        metric("edgeml_fleet_ingest_messages_total", "counter", "telemetry messages received from the broker",
-               [({}, stats.received)])
-        metric("edgeml_fleet_ingest_stored_total", "counter", "messages stored (first time seen)", [({}, stats.stored)])
+        metric("edgeml_fleet_ingest_messages_total", "counter",
+               "MQTT messages (telemetry, events, status) this process's ingest received", [({}, stats.received)])
+        metric("edgeml_fleet_ingest_stored_total", "counter", "messages stored (first time seen)",
+               [({}, stats.stored)])
         metric("edgeml_fleet_ingest_duplicates_total", "counter", "redelivered messages dropped by (device, seq)",
                [({}, stats.duplicates)])
-        metric("edgeml_fleet_ingest_rejected_total", "counter", "malformed or foreign messages", [({}, stats.rejected)])
+        metric("edgeml_fleet_ingest_rejected_total", "counter", "malformed or foreign messages",
+               [({}, stats.rejected)])
     since = datetime.now(UTC) - timedelta(minutes=5)
     with ctx.store.session() as session:
         rows = fleet_health(session, since)
         devices = session.query(Device).filter(Device.revoked_at.is_(None)).all()
-    online = [d for d in devices if d.last_seen is not None
-              and (datetime.now(UTC) - (d.last_seen if d.last_seen.tzinfo else d.last_seen.replace(tzinfo=UTC)))
-              .total_seconds() <= ctx.online_window_s and d.mqtt_status != "offline"]
-    metric("edgeml_fleet_devices", "gauge", "enrolled devices", [({"state": "online"}, len(online)),
-                                                                 ({"state": "offline"}, len(devices) - len(online))])
-    for name, kind, help_text, attr in (
-        ("edgeml_fleet_model_requests_per_second", "gauge", "inference requests per second, last 5 minutes", "requests_per_s"),
-        ("edgeml_fleet_model_error_rate", "gauge", "share of failed requests, last 5 minutes", "error_rate"),
-        ("edgeml_fleet_model_latency_p95_ms", "gauge", "p95 latency in ms across devices, last 5 minutes", "p95_ms"),
-        ("edgeml_fleet_model_drift_psi", "gauge", "largest drift (PSI) of any device against the bundle reference", "drift"),
-    ):
+    now = datetime.now(UTC)
+    online = [d for d in devices if device_online(d, ctx.online_window_s, now)]
+    metric("edgeml_fleet_devices", "gauge", "enrolled devices (not revoked) by state, as in /v1/devices",
+           [({"state": "online"}, len(online)), ({"state": "offline"}, len(devices) - len(online))])
+    for name, help_text, attr in MODEL_GAUGES:
         samples = [({"model": r.model, "version": r.version}, float(getattr(r, attr)))
                    for r in rows if getattr(r, attr) is not None]
-        metric(name, kind, help_text, samples)
+        metric(name, "gauge", help_text, samples)
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+# /v1/health?minutes=5 as gauges: (metric, help, field of the health row)
+MODEL_GAUGES = (
+    ("edgeml_fleet_model_requests_per_second", "inference requests per second, last 5 minutes", "requests_per_s"),
+    ("edgeml_fleet_model_error_rate", "share of failed requests, last 5 minutes", "error_rate"),
+    ("edgeml_fleet_model_latency_p95_ms", "p95 latency in ms across devices, last 5 minutes", "p95_ms"),
+    ("edgeml_fleet_model_drift_psi", "largest drift (PSI) against the bundle reference of the devices reporting "
+                                     "in the last 5 minutes", "drift"),
+)
 
 
 def _escape(value: str) -> str:
