@@ -66,6 +66,11 @@ class Device:
     def infer(self, model: str, inputs: Any = ONE_ROW) -> httpx.Response:
         return httpx.post(f"{self.agent.url}/v1/models/{model}/infer", json={"inputs": inputs}, timeout=30)
 
+    def answering(self, model: str, inputs: Any = ONE_ROW) -> str | None:
+        """The version that answers successfully right now, None while the request fails."""
+        r = self.infer(model, inputs)
+        return str(r.json()["version"]) if r.status_code == 200 else None
+
     def serving(self, model: str, inputs: Any = ONE_ROW) -> str:
         """The version that answers a request right now (the agent's own word, not the fleet's)."""
         r = self.infer(model, inputs)

@@ -87,7 +87,7 @@ def test_error_rate_on_live_traffic_aborts_and_the_fleet_sends_committed_devices
             assert failed["reverted"] == sorted([cam0.device_id, cam1.device_id])
             # which the agents accept: each returns to 1.0.0 and answers from it, three rows included
             wait_for("both agents to serve err@1.0.0 again",
-                     lambda: all(d.serving("err", THREE_ROWS) == "1.0.0" for d in (cam0, cam1)), 45, fleet.logs)
+                     lambda: all(d.answering("err", THREE_ROWS) == "1.0.0" for d in (cam0, cam1)), 45, fleet.logs)
         fleet.wait_installed([cam0, cam1], "err", "1.0.0")
     assert failing.failures > 0 and steady.answers["2.0.0"] > 0   # the live traffic really met 2.0.0
     # the agents went back through their update machine on the fleet's word, as a rollback to 1.0.0
