@@ -219,6 +219,17 @@ def test_a_device_that_rolls_back_by_itself_fails_the_wave_at_once(world: World)
     assert "dev-0 rolled back by itself: error rate 100.0%" in world.audit("rollout.gate_failed")[0]["reasons"][0]
 
 
+def test_a_device_that_refuses_the_version_before_switching_is_not_said_to_have_rolled_back(world: World) -> None:
+    rid = world.rollout(waves=[50, 100])
+    world.tick()
+    world.event("dev-0", "smoke_testing", source="staging")
+    world.event("dev-0", "failed", source="smoke_testing", reason="m@2.0.0: smoke test output 'y' differs")
+    world.tick()
+    state, _, _ = world.state(rid)
+    (reason,) = world.audit("rollout.gate_failed")[0]["reasons"]
+    assert state == "paused" and reason == "device dev-0 refused it in smoke_testing: m@2.0.0: smoke test output 'y' differs"
+
+
 def test_offline_devices_are_counted_after_the_wave_timeout_not_waited_on(world: World) -> None:
     rid = world.rollout(waves=[50, 100], wave_timeout_s=30)
     world.tick()
