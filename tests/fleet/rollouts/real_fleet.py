@@ -200,7 +200,7 @@ class RealFleet:
 
     def logs(self) -> str:
         return self.server.log.read_text()[-4000:] + "".join(
-            f"\n--- {d.name}\n{d.agent.log()[-2500:]}" for d in self.devices)
+            f"\n--- {d.name}\n{d.agent.log_path.read_text(errors='replace')[-2500:]}" for d in self.devices)
 
 
 @contextmanager
