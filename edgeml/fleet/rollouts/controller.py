@@ -228,6 +228,9 @@ class RolloutController:
             state = None
             if body is not None:
                 state = EVENT_STATES.get(str(body.get("state")), "updating")
+                if m.previous_version is None and body.get("previous"):
+                    # sent before the fleet knew what it ran (e.g. it enrolled mid-rollout): its agent says
+                    m.previous_version = str(body["previous"])
             device = devices.get(m.device_id)
             if state in (None, "updating") and device is not None and installed_version(device, r.name) == r.version:
                 state = "installed"  # no event (e.g. it already ran this version), but the ingest saw it

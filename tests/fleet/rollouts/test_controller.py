@@ -230,6 +230,20 @@ def test_a_device_that_refuses_the_version_before_switching_is_not_said_to_have_
     assert state == "paused" and reason == "device dev-0 refused it in smoke_testing: m@2.0.0: smoke test output 'y' differs"
 
 
+def test_the_version_to_go_back_to_is_learnt_from_the_agent_when_the_fleet_did_not_know_it(world: World) -> None:
+    rid = world.rollout(waves=[100])
+    with world.store.session() as s:   # e.g. enrolled mid-rollout: no telemetry yet, nothing recorded
+        for device in s.scalars(select(Device)):
+            device.installed = {}
+    world.tick()
+    world.event("dev-0", "downloading", previous="0.9.0")
+    world.tick()
+    with world.store.session() as s:
+        previous = {m.device_id: m.previous_version for m in s.scalars(select(RolloutDevice))
+                    if m.rollout_id == rid}
+    assert previous["dev-0"] == "0.9.0" and previous["dev-1"] is None
+
+
 def test_offline_devices_are_counted_after_the_wave_timeout_not_waited_on(world: World) -> None:
     rid = world.rollout(waves=[50, 100], wave_timeout_s=30)
     world.tick()

@@ -70,12 +70,14 @@ def test_a_bundle_failing_its_smoke_test_is_refused_and_the_wave_gate_fails(flee
     assert not fleet.decisions(ro, "rollout.wave_passed")
 
 
-def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(fleet: RealFleet) -> None:
+def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(
+        fleet: RealFleet, bundles: tuple[Path, SigningKey, dict[str, Path]]) -> None:
     cam0, cam1 = fleet.devices
     # given a rollout of join@2 over cam-0 and cam-1 (waves 50, 100)
     ro = fleet.rollout("join@2.0.0", waves=[50, 100], observe_s=4, min_requests=0)
-    # when cam-2 enrols into the same group while it runs
-    cam2 = fleet.enroll("cam-2", "cams", installed=[])
+    # when cam-2 enrols into the same group while it runs, and then installs join@1 (the fleet cannot know
+    # that version from the enrolment)
+    cam2 = fleet.enroll("cam-2", "cams", installed=[bundles[2]["join@1"]])
     assert fleet.status(ro)["state"] == "running"
     # then it joins the wave then current, installs 2.0.0 there, and the rollout completes over all three
     done = fleet.wait_stopped(ro)
@@ -84,6 +86,8 @@ def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(fleet: RealFlee
     assert joined["devices"] == [cam2.device_id]
     member = fleet.member(ro, cam2)
     assert member["state"] == "installed" and member["wave"] == joined["wave"]
+    # and the fleet knows the version to send it back to, should a later gate fail (its agent said so)
+    assert member["previous"] == "1.0.0"
     passed = fleet.decisions(ro, "rollout.wave_passed")
     assert [p["wave"] for p in passed] == [1, 2]
     assert [cam0.serving("join"), cam1.serving("join"), cam2.serving("join")] == ["2.0.0"] * 3
