@@ -81,7 +81,8 @@ class Device:
 
 
 class Load:
-    """Constant inference traffic on one device's model; counts answers per version and failures."""
+    """Constant inference traffic on one device's model; counts answers per version and failures.
+    ``inputs`` is one request's inputs, or a function drawing new ones for each request."""
 
     def __init__(self, device: Device, model: str, inputs: Any = ONE_ROW, pause_s: float = 0.03) -> None:
         self.device, self.model, self.inputs, self.pause_s = device, model, inputs, pause_s
@@ -95,7 +96,8 @@ class Load:
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 try:
-                    r = client.post(url, json={"inputs": self.inputs})
+                    inputs = self.inputs() if callable(self.inputs) else self.inputs
+                    r = client.post(url, json={"inputs": inputs})
                     if r.status_code == 200:
                         self.answers[r.json()["version"]] += 1
                     else:

@@ -10,7 +10,7 @@ state — never the agent's own probation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +38,28 @@ def _drift_stats(model: Path) -> dict[str, Any]:
     return dict(reference_stats({"x": calib}, outputs, samples=len(calib)))
 
 
+def draws(mean: float, seed: int) -> Callable[[], list[list[float]]]:
+    """Fresh inputs for each request (8 rows around ``mean``): a live distribution, not one repeated sample."""
+    rng = np.random.default_rng(seed)
+    return lambda: list(rng.normal(mean, 1.0, (8, 4)).tolist())
+
+
 def _bundles(tmp: Path, key: SigningKey) -> dict[str, Path]:
     src, out = tmp / "src", tmp / "bundles"
     src.mkdir()
     out.mkdir()
-    good = tiny_mlp(src / "good.onnx", seed=0)
+    good, v2 = tiny_mlp(src / "good.onnx", seed=0), tiny_mlp(src / "v2.onnx", seed=1)
     stats = {"reference_stats": _drift_stats(good)}
+    stats2 = {"reference_stats": _drift_stats(v2)}   # each bundle carries its own model's output statistics
     return {
         "err@1": make_bundle(out, key, good, name="err", version="1.0.0"),
         "err@2": make_bundle(out, key, failing_on_batches(src / "batches.onnx"), name="err", version="2.0.0"),
         "lat@1": make_bundle(out, key, good, name="lat", version="1.0.0"),
         "lat@2": make_bundle(out, key, slow_model(src / "slow.onnx", layers=12, width=256), name="lat", version="2.0.0"),
         "drift@1": make_bundle(out, key, good, name="drift", version="1.0.0", extra=stats),
-        "drift@2": make_bundle(out, key, tiny_mlp(src / "v2.onnx", seed=1), name="drift", version="2.0.0", extra=stats),
+        "drift@2": make_bundle(out, key, v2, name="drift", version="2.0.0", extra=stats2),
+        "calm@1": make_bundle(out, key, good, name="calm", version="1.0.0", extra=stats),
+        "calm@2": make_bundle(out, key, v2, name="calm", version="2.0.0", extra=stats2),
     }
 
 
@@ -59,8 +68,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealFleet]:
     tmp = tmp_path_factory.mktemp("gates")
     key = SigningKey.generate()
     bundles = _bundles(tmp, key)
-    with real_fleet(tmp, key, bundles, agents=2, installed=[bundles["err@1"], bundles["lat@1"],
-                                                             bundles["drift@1"]]) as fleet:
+    installed = [bundles[f"{model}@1"] for model in ("err", "lat", "drift", "calm")]
+    with real_fleet(tmp, key, bundles, agents=2, installed=installed) as fleet:
         yield fleet
 
 
@@ -80,7 +89,7 @@ def test_error_rate_on_live_traffic_aborts_and_the_fleet_sends_committed_devices
             stopped = fleet.wait_stopped(ro)
             # then the fleet's error-rate gate failed on the errors the agents reported
             assert stopped["state"] == "aborted", stopped
-            assert "error rate" in stopped["reason"], stopped["reason"]
+            assert stopped["reason"].startswith("error rate"), stopped["reason"]   # the fleet's gate, not the agent
             (failed,) = fleet.decisions(ro, "rollout.gate_failed")
             assert failed["wave"] == 2 and failed["figures"]["new"]["errors"] > 0
             # and both devices, cam-0 committed a wave earlier, were sent back with a rollback desired state
@@ -113,7 +122,7 @@ def test_a_slower_version_fails_the_latency_gate_and_the_wave_is_sent_back(fleet
         stopped = fleet.wait_stopped(ro)
         # then the latency gate, judged against 1.0.0's p50, pauses the rollout and sends cam-0 back
         assert stopped["state"] == "paused", stopped
-        assert "p50 latency" in stopped["reason"], stopped["reason"]
+        assert stopped["reason"].startswith("p50 latency"), stopped["reason"]
         (failed,) = fleet.decisions(ro, "rollout.gate_failed")
         assert failed["figures"]["new"]["p50_ms"] > failed["figures"]["latency_limit_ms"]
         assert failed["reverted"] == [cam0.device_id]
@@ -125,17 +134,32 @@ def test_a_slower_version_fails_the_latency_gate_and_the_wave_is_sent_back(fleet
 
 def test_inputs_shifted_from_the_reference_fail_the_drift_gate(fleet: RealFleet) -> None:
     cam0, cam1 = fleet.devices
-    shifted = np.random.default_rng(2).normal(3.0, 1.0, (8, 4)).tolist()
     # given 2.0.0 with the reference statistics of inputs around 0, rolled out with a drift limit
     ro = fleet.rollout("drift@2.0.0", waves=[50, 100], max_drift=0.25)
     fleet.wait_member(ro, cam0, "installed")
     # when cam-0's live inputs are centred on 3 instead
-    with Load(cam0, "drift", shifted):
+    with Load(cam0, "drift", draws(mean=3.0, seed=2)):
         stopped = fleet.wait_stopped(ro)
     # then the drift gate pauses the rollout on the PSI the fleet computed from cam-0's telemetry
     assert stopped["state"] == "paused", stopped
-    assert "input drift" in stopped["reason"], stopped["reason"]
+    assert stopped["reason"].startswith("input drift"), stopped["reason"]
     (failed,) = fleet.decisions(ro, "rollout.gate_failed")
     assert failed["figures"]["new"]["drift"] > 0.25 and failed["reverted"] == [cam0.device_id]
+    # and it is the input tensor that drifted, as cam-0's telemetry shows
+    (score,) = [d for d in fleet.http.get(f"/v1/telemetry/{cam0.device_id}").json()["drift"]
+                if (d["model"], d["version"]) == ("drift", "2.0.0")]
+    assert score["tensors"]["inputs/x"] > 0.25, score
     wait_for("cam-0 to serve drift@1.0.0 again", lambda: cam0.serving("drift") == "1.0.0", 45, fleet.logs)
     assert fleet.member(ro, cam1)["state"] == "pending" and cam1.serving("drift") == "1.0.0"
+
+
+def test_inputs_like_the_reference_pass_the_same_drift_gate(fleet: RealFleet) -> None:
+    """The control for the test above: the same limit, inputs drawn like the calibration data."""
+    cam0, cam1 = fleet.devices
+    ro = fleet.rollout("calm@2.0.0", waves=[50, 100], max_drift=0.25)
+    with Load(cam0, "calm", draws(mean=0.0, seed=3)), Load(cam1, "calm", draws(mean=0.0, seed=4)):
+        done = fleet.wait_stopped(ro)
+    assert done["state"] == "completed", done["reason"]
+    drifts = [p["figures"]["new"]["drift"] for p in fleet.decisions(ro, "rollout.wave_passed")]
+    assert len(drifts) == 2 and all(d is not None and d <= 0.25 for d in drifts), drifts
+    assert cam0.serving("calm") == cam1.serving("calm") == "2.0.0"
