@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -99,15 +100,17 @@ def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(
 
 def test_pause_and_resume_from_the_cli(fleet: RealFleet) -> None:
     cam0, cam1 = fleet.devices
-    observe_s = 4
+    observe_s = 6   # room for the CLI to start on a busy machine before wave 1's observation ends
     ro = fleet.rollout("pr@2.0.0", waves=[50, 100], observe_s=observe_s, min_requests=0)
     fleet.wait_member(ro, cam0, "installed")
     # when an operator pauses it during wave 1's observation
     paused = fleet.cli("rollout", "pause", ro)
     assert paused["state"] == "paused"
-    # then no new wave starts: long after wave 1's observation would have ended, cam-1 was sent nothing.
+    # then no new wave starts: well after wave 1's observation would have ended, cam-1 was sent nothing.
     # (A fixed wait: nothing happening cannot be waited for; it covers the window and three controller ticks.)
-    time.sleep(observe_s + 3)
+    began = fleet.status(ro)["observe_started_at"]
+    ends = datetime.fromisoformat(began).timestamp() + observe_s if began else time.time()
+    time.sleep(max(0.0, ends - time.time()) + 3)
     status = fleet.status(ro)
     assert (status["state"], status["wave"]) == ("paused", 1), status
     assert not fleet.decisions(ro, "rollout.wave_passed")
