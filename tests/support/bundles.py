@@ -46,11 +46,14 @@ def make_bundle(
     runtime: str | None = None,
     precision: str = "fp32",
     extra: Mapping[str, Any] | None = None,
+    smoke_offset: float = 0.0,
 ) -> Path:
     """Write a signed bundle for ``model`` to ``out`` (a file path or a directory) and return its path.
 
     ``runtime`` defaults from the model's suffix; an OpenVINO ``.xml`` takes its ``.bin`` along.
     ``extra`` adds or overrides manifest keys (e.g. ``runtime_preferences``, ``reference_stats``).
+    ``smoke_offset`` shifts the expected smoke outputs away from what the model computes (a bundle whose
+    smoke test fails on the device).
     """
     model = Path(model)
     runtime = runtime or _RUNTIME_BY_SUFFIX.get(model.suffix)
@@ -62,7 +65,8 @@ def make_bundle(
     backend = open_model(model, runtime)
     try:
         feeds = sample_inputs(backend.inputs)
-        expected = backend.run(feeds)
+        expected = {k: v + np.asarray(smoke_offset, dtype=v.dtype) if smoke_offset else v
+                    for k, v in backend.run(feeds).items()}
         inputs = [s.to_json() for s in backend.inputs]
         outputs = [s.to_json() for s in backend.outputs]
     finally:

@@ -71,6 +71,16 @@ def installed_version(device: Device, model: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def failure(body: dict[str, Any], *, rolled_back: bool) -> str:
+    """Why a device failed an update, from its agent's event: it switched and then rolled back by itself,
+    or it refused the version before switching (download, verification, smoke test) and never ran it."""
+    cause = str(body.get("reason") or "no reason given")
+    if rolled_back or body.get("source") == "rolling_back":
+        return f"rolled back by itself: {cause}"
+    step = body.get("source")
+    return f"refused it in {step}: {cause}" if step else f"failed: {cause}"
+
+
 def audit(session: Session, action: str, target: str, **details: Any) -> None:
     session.add(AuditEntry(actor=ACTOR, action=action, target=target, source="fleet", details=details))
 
@@ -205,22 +215,29 @@ class RolloutController:
         # device clocks may lag the server's a little; events from before the send are older attempts
         since = min((m.sent_at for m in watched if m.sent_at is not None), default=r.created_at) - CLOCK_SKEW
         latest: dict[str, dict[str, Any]] = {}
+        rolled_back: set[str] = set()
         for event in self.health.update_events(session, device_ids=[m.device_id for m in watched], since=since):
             # "idle" follows both committed and failed: it says nothing about how the update ended
             if (event.body.get("model") == r.name and event.body.get("version") == r.version
                     and event.body.get("state") != "idle"):
                 latest[event.device_id] = event.body
+                if event.body.get("state") == "rolling_back":
+                    rolled_back.add(event.device_id)
         for m in watched:
             body: dict[str, Any] | None = latest.get(m.device_id)
             state = None
             if body is not None:
                 state = EVENT_STATES.get(str(body.get("state")), "updating")
+                if m.previous_version is None and body.get("previous"):
+                    # sent before the fleet knew what it ran (e.g. it enrolled mid-rollout): its agent says
+                    m.previous_version = str(body["previous"])
             device = devices.get(m.device_id)
             if state in (None, "updating") and device is not None and installed_version(device, r.name) == r.version:
                 state = "installed"  # no event (e.g. it already ran this version), but the ingest saw it
             if state is not None and state != m.state:
                 m.state, m.updated_at = state, self.now()
-                m.reason = str(body.get("reason")) if state == "failed" and body and body.get("reason") else m.reason
+                if state == "failed" and body is not None:
+                    m.reason = failure(body, rolled_back=m.device_id in rolled_back)
 
     def _send_due(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], devices: dict[str, Device],
                   now: datetime) -> list[Issued]:
@@ -249,7 +266,7 @@ class RolloutController:
             audit(session, "rollout.wave_started", r.id, wave=w + 1, devices=sorted(m.device_id for m in wave))
         failed = [m for m in upto if m.state == "failed"]
         if failed:
-            reasons = [f"device {m.device_id} rolled back by itself: {m.reason or 'failed'}" for m in failed]
+            reasons = [f"device {m.device_id} {m.reason or 'failed'}" for m in failed]
             return self._fail(session, r, members, reasons, {"failed_devices": len(failed)}, now)
         waiting = [m for m in wave if m.state in IN_FLIGHT]
         timed_out = (now - r.wave_started_at).total_seconds() >= r.wave_timeout_s

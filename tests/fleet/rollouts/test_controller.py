@@ -219,6 +219,31 @@ def test_a_device_that_rolls_back_by_itself_fails_the_wave_at_once(world: World)
     assert "dev-0 rolled back by itself: error rate 100.0%" in world.audit("rollout.gate_failed")[0]["reasons"][0]
 
 
+def test_a_device_that_refuses_the_version_before_switching_is_not_said_to_have_rolled_back(world: World) -> None:
+    rid = world.rollout(waves=[50, 100])
+    world.tick()
+    world.event("dev-0", "smoke_testing", source="staging")
+    world.event("dev-0", "failed", source="smoke_testing", reason="m@2.0.0: smoke test output 'y' differs")
+    world.tick()
+    state, _, _ = world.state(rid)
+    (reason,) = world.audit("rollout.gate_failed")[0]["reasons"]
+    assert state == "paused" and reason == "device dev-0 refused it in smoke_testing: m@2.0.0: smoke test output 'y' differs"
+
+
+def test_the_version_to_go_back_to_is_learnt_from_the_agent_when_the_fleet_did_not_know_it(world: World) -> None:
+    rid = world.rollout(waves=[100])
+    with world.store.session() as s:   # e.g. enrolled mid-rollout: no telemetry yet, nothing recorded
+        for device in s.scalars(select(Device)):
+            device.installed = {}
+    world.tick()
+    world.event("dev-0", "downloading", previous="0.9.0")
+    world.tick()
+    with world.store.session() as s:
+        previous = {m.device_id: m.previous_version for m in s.scalars(select(RolloutDevice))
+                    if m.rollout_id == rid}
+    assert previous["dev-0"] == "0.9.0" and previous["dev-1"] is None
+
+
 def test_offline_devices_are_counted_after_the_wave_timeout_not_waited_on(world: World) -> None:
     rid = world.rollout(waves=[50, 100], wave_timeout_s=30)
     world.tick()
