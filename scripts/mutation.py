@@ -59,11 +59,11 @@ class Target:
         raise ValueError(f"{self.source} is outside {sorted(LAYOUT)}")
 
 
+BUNDLE_TESTS = ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py",
+                "tests/bundle/test_archive_members.py")
 TARGETS = (
-    Target("verify", "edgeml/bundle/verify.py",
-           ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py")),
-    Target("archive", "edgeml/bundle/archive.py",
-           ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py")),
+    Target("verify", "edgeml/bundle/verify.py", BUNDLE_TESTS),
+    Target("archive", "edgeml/bundle/archive.py", BUNDLE_TESTS),
     Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
     Target("gates", "edgeml/fleet/rollouts/gates.py",
            ("tests/fleet/rollouts/test_plan_and_gates.py", "tests/fleet/rollouts/test_gate_verdicts.py")),
