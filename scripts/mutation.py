@@ -17,6 +17,7 @@ Usage::
     python scripts/mutation.py verify gates       # only these modules
     python scripts/mutation.py --list             # the modules and their test files
     python scripts/mutation.py --jobs 2 --diffs   # 2 workers; show each survivor's diff
+    python scripts/mutation.py machine --only '*x__judge*'   # a slow module: one function's mutants
 
 Score = (killed + timed out) / mutants: a timeout means the mutant hung the tests, which they noticed.
 "no tests" mutants (code no selected test reaches) count as not killed and are listed with survivors.
@@ -154,16 +155,17 @@ def _mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.Compl
         return subprocess.run(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, check=False)
 
 
-def run_target(target: Target, jobs: int, timeout_multiplier: float) -> Outcome:
+def run_target(target: Target, jobs: int, timeout_multiplier: float, only: list[str]) -> Outcome:
     started = time.monotonic()
     try:
         work = prepare(target, timeout_multiplier)
     except FileNotFoundError as exc:
         return Outcome(target, {}, 0.0, error=str(exc))
     log = work / "mutmut-run.log"
-    run = _mutmut(work, "run", "--max-children", str(jobs), log=log)
+    run = _mutmut(work, "run", "--max-children", str(jobs), *only, log=log)
     results = _mutmut(work, "results", "--all", "true")
-    status = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", results.stdout, flags=re.M))
+    found = re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", results.stdout, flags=re.M)
+    status = {name: s for name, s in found if s != "not checked"}     # --only leaves the others unchecked
     seconds = time.monotonic() - started
     error = "" if run.returncode == 0 and status else f"mutmut run failed (exit {run.returncode}), see {log}"
     return Outcome(target, status, seconds, error)
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-under", type=float, default=80.0, help="minimum score in %% (default 80)")
     parser.add_argument("--tests", nargs="+", metavar="FILE",
                         help="run the chosen modules against these test files instead of their own")
+    parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
+                        help="test only the mutants whose names match, e.g. '*x_judge*' (mutmut's names)")
     parser.add_argument("--timeout-multiplier", type=float, default=10.0,
                         help="a mutant times out after this many times its tests' normal duration")
     args = parser.parse_args(argv)
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for target in chosen:
         print(f"== {target.source}  ({', '.join(target.tests)})", flush=True)
-        outcomes.append(run_target(target, args.jobs, args.timeout_multiplier))
+        outcomes.append(run_target(target, args.jobs, args.timeout_multiplier, args.only))
     print()
     print_table(outcomes)
     print_undetected(outcomes, args.diffs)
