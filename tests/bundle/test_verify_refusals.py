@@ -34,7 +34,8 @@ from edgeml.errors import (
 )
 from tests.bundle.test_verify import BASE_MANIFEST, _file, _members, _write
 
-FILES = {"model/model.onnx": bytes(range(256)) * 8, "model/weights/a.bin": b"a" * 700,
+FILES = {"assets/labels/en/names.txt": b"cat\ndog\n",     # first in the archive, three directories deep
+         "model/model.onnx": bytes(range(256)) * 8, "model/weights/a.bin": b"a" * 700,
          "model/weights/b.bin": b"b" * 300, "smoke/input.npz": b"sample" * 20}
 TOTAL = sum(len(d) for d in FILES.values())
 
@@ -84,7 +85,7 @@ def test_the_result_is_the_bundle_that_was_checked_with_the_key_that_signed_it(
 
 
 def test_a_bundle_only_verified_has_no_files_to_hand_out(bundle: Path, trust: TrustStore) -> None:
-    with pytest.raises(ManifestError, match=r"not unpacked; use unpack_bundle\(\)"):
+    with pytest.raises(ManifestError, match=r"^the bundle is not unpacked; use unpack_bundle\(\)$"):
         _ = verify_bundle(bundle, trust).model_path
 
 
@@ -160,6 +161,21 @@ def test_missing_files_are_counted_and_the_first_three_named(tmp_path: Path, sig
 
 
 # -- every refusal names the bundle and the reason ----------------------------------------------------
+
+def test_a_bundle_that_does_not_start_with_its_manifest_names_what_it_found(bundle: Path, trust: TrustStore,
+                                                                            tmp_path: Path) -> None:
+    members = _members(bundle)
+    reordered = _write(tmp_path / "reordered.edgepkg", [*members[2:], *members[:2]])
+    with pytest.raises(ManifestError, match=r"must be manifest.json \(found assets/labels/en/names.txt\)$"):
+        verify_bundle(reordered, trust)
+
+
+def test_an_unlisted_member_is_named(bundle: Path, trust: TrustStore, tmp_path: Path) -> None:
+    smuggled = _write(tmp_path / "extra.edgepkg", [*_members(bundle), _file("model/extra.bin", b"smuggled")])
+    with pytest.raises(UnsafeArchiveError, match=r"^bundle member 'model/extra.bin' is not listed in the signed "
+                                                 r"manifest$"):
+        verify_bundle(smuggled, trust)
+
 
 def test_an_empty_archive_has_no_manifest(tmp_path: Path, trust: TrustStore) -> None:
     empty = _write(tmp_path / "empty.edgepkg", [])
