@@ -13,10 +13,11 @@ there (``edgeml_agent/``, as it is installed) so mutmut's module names match the
 
 Usage::
 
-    python scripts/mutation.py                    # every module, in order; prints the table
+    python scripts/mutation.py                    # every module, in order: the table, then each
+                                                  # mutant not killed with the change it made
     python scripts/mutation.py verify gates       # only these modules
     python scripts/mutation.py --list             # the modules and their test files
-    python scripts/mutation.py --jobs 2 --diffs   # 2 workers; show each survivor's diff
+    python scripts/mutation.py --jobs 2           # 2 mutants at a time
     python scripts/mutation.py machine --only '*x__judge*'   # a slow module: one function's mutants
 
 Score = (killed + timed out) / mutants: a timeout means the mutant hung the tests, which they noticed.
@@ -68,6 +69,7 @@ TARGETS = (
     Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
     Target("gates", "edgeml/fleet/rollouts/gates.py",
            ("tests/fleet/rollouts/test_plan_and_gates.py", "tests/fleet/rollouts/test_gate_verdicts.py")),
+    # each of its mutants runs in-process agents (seconds per test): the slowest module, see --only
     Target("machine", "agent/edgeml_agent/updates/machine.py", ("tests/updates/test_machine_inprocess.py",)),
 )
 
@@ -114,13 +116,13 @@ def _toml_value(value: object) -> str:
     return str(value)
 
 
-def _config(target: Target, jobs_timeout: float) -> str:
+def _config(target: Target, timeout_multiplier: float) -> str:
     mutmut = {
         "source_paths": ["edgeml", "edgeml_agent"],
         "only_mutate": [target.scratch_source],
         "pytest_add_cli_args_test_selection": list(target.tests),
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
-        "timeout_multiplier": jobs_timeout,
+        "timeout_multiplier": timeout_multiplier,
         # the copy is not a git checkout: nothing to diff against
         "use_git_change_detection": False,
     }
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module keys (default: all): "
                         + ", ".join(t.key for t in TARGETS))
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once (default 1)")
-    parser.add_argument("--diffs", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument("--no-diffs", action="store_true", help="list surviving mutants without what they changed")
     parser.add_argument("--list", action="store_true", help="list the modules and their test files")
     parser.add_argument("--fail-under", type=float, default=80.0, help="minimum score in %% (default 80)")
     parser.add_argument("--tests", nargs="+", metavar="FILE",
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(run_target(target, args.jobs, args.timeout_multiplier, args.only))
     print()
     print_table(outcomes)
-    print_undetected(outcomes, args.diffs)
+    print_undetected(outcomes, diffs=not args.no_diffs)
     print(f"\ntotal time {sum(o.seconds for o in outcomes):.0f} s; scratch copies and logs in {SCRATCH}")
     low = [o for o in outcomes if o.error or o.score < args.fail_under]
     return 1 if low else 0
