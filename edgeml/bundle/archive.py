@@ -49,7 +49,7 @@ def safe_member_name(member: tarfile.TarInfo) -> str:
     name = member.name
     if member.issym() or member.islnk():
         raise UnsafeArchiveError(f"bundle member '{name}' is a link; bundles may only hold regular files")
-    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+    if member.isdev():  # character device, block device or fifo
         raise UnsafeArchiveError(f"bundle member '{name}' is a device or fifo; bundles may only hold regular files")
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"bundle member '{name}' has unsupported type {member.type!r}")

@@ -165,7 +165,10 @@ def _next_member(tar: tarfile.TarFile, path: Path) -> tarfile.TarInfo | None:
     try:
         return tar.next()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise TruncatedBundleError(f"{path} ends before its manifest (truncated or not a bundle): {exc}") from exc
+        # tarfile reads the first header when it opens the stream, so this fails at the signature's header
+        raise TruncatedBundleError(
+            f"{path} ends before its manifest and signature were read (truncated or not a bundle): {exc}"
+        ) from exc
 
 
 def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:

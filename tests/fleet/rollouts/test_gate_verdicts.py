@@ -1,0 +1,91 @@
+"""The gates' edges and the record of a verdict: a version exactly at a limit passes, a disabled gate
+never judges, and the figures written to the audit log are the numbers the decision was taken on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from edgeml.fleet.rollouts import Gates, judge
+
+
+@dataclass
+class H:
+    devices: int = 2
+    requests: int = 100
+    errors: int = 0
+    p50_ms: float | None = 2.0
+    p95_ms: float | None = 3.0
+    drift: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@pytest.mark.parametrize(("new", "gates"), [
+    (H(errors=5), Gates(max_error_rate=0.05)),                    # 5 % of 100 with a 5 % limit
+    (H(p50_ms=3.0), Gates(max_latency_regression=0.5)),           # 2.0 ms before, +50 % allowed
+    (H(drift=0.25), Gates(max_drift=0.25)),
+    (H(requests=10), Gates(min_requests=10)),
+])
+def test_a_version_exactly_at_a_limit_passes(new: H, gates: Gates) -> None:
+    verdict = judge(gates, new, H())
+    assert verdict.passed and verdict.enough_traffic, verdict.reasons
+
+
+def test_just_over_each_limit_fails() -> None:
+    assert not judge(Gates(max_error_rate=0.05), H(errors=6), H()).passed
+    assert not judge(Gates(max_latency_regression=0.5), H(p50_ms=3.01), H()).passed
+    assert not judge(Gates(max_drift=0.25), H(drift=0.26), H()).passed
+    short = judge(Gates(min_requests=10), H(requests=9), H())
+    assert not short.passed and not short.enough_traffic
+
+
+def test_drift_is_judged_only_when_the_gate_is_set_and_drift_was_measured() -> None:
+    assert judge(Gates(max_drift=None), H(drift=0.9), H()).passed
+    assert judge(Gates(max_drift=0.1), H(drift=None), H()).passed
+
+
+def test_no_latency_limit_without_a_previous_median() -> None:
+    for previous in (H(p50_ms=None), H(p50_ms=0.0)):
+        verdict = judge(Gates(), H(p50_ms=50.0), previous)
+        assert verdict.passed and "latency_limit_ms" not in verdict.figures
+
+
+def test_the_verdict_records_both_versions_the_gates_and_the_latency_limit() -> None:
+    # given a new version with one error in three requests, slower than the previous one but within the limit
+    gates = Gates(max_error_rate=0.5, max_latency_regression=0.5, max_drift=0.3, min_requests=3)
+    new = H(devices=3, requests=3, errors=1, p50_ms=1.5, p95_ms=4.0, drift=0.125)
+    previous = H(devices=5, requests=40, errors=2, p50_ms=1.23456, p95_ms=2.5, drift=None)
+    # when it is judged
+    verdict = judge(gates, new, previous)
+    # then the audit record holds the figures as they were, rounded for reading
+    assert verdict.passed
+    assert verdict.figures == {
+        "new": {"devices": 3, "requests": 3, "errors": 1, "error_rate": 0.3333, "p50_ms": 1.5, "p95_ms": 4.0,
+                "drift": 0.125},
+        "previous": {"devices": 5, "requests": 40, "errors": 2, "error_rate": 0.05, "p50_ms": 1.23456,
+                     "p95_ms": 2.5, "drift": None},
+        "gates": {"max_error_rate": 0.5, "max_latency_regression": 0.5, "min_shadow_agreement": None,
+                  "max_drift": 0.3, "min_requests": 3},
+        "latency_limit_ms": 1.852,
+    }
+
+
+def test_a_first_version_has_no_previous_figures() -> None:
+    assert judge(Gates(), H(), None).figures["previous"] is None
+
+
+def test_every_failed_gate_is_reported_together() -> None:
+    gates = Gates(max_error_rate=0.05, max_latency_regression=0.5, max_drift=0.2, min_requests=1000)
+    verdict = judge(gates, H(errors=50, p50_ms=9.0, drift=0.5), H())
+    assert [r.split()[0] for r in verdict.reasons] == ["only", "error", "p50", "input"]
+
+
+def test_gates_stored_with_a_rollout_read_back_the_same_and_older_rows_get_the_defaults() -> None:
+    gates = Gates(max_error_rate=0.01, max_latency_regression=None, min_shadow_agreement=0.9, max_drift=0.2,
+                  min_requests=50)
+    assert Gates.from_json(gates.to_json()) == gates
+    assert Gates.from_json({"max_drift": 0.3}) == Gates(max_drift=0.3)
