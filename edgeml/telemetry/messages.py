@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgeml.fleet.topics import ROOT, device_prefix
+from edgeml.protocol import ROOT, device_prefix
 
 SCHEMA = 1
 KINDS = ("telemetry", "heartbeat", "event")

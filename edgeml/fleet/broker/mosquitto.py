@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeml.errors import FleetError
-from edgeml.fleet.topics import ROOT, SERVICE_USERNAME
+from edgeml.protocol import ROOT, SERVICE_USERNAME
 
 log = logging.getLogger(__name__)
 
