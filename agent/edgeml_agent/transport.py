@@ -22,7 +22,8 @@ class HttpUnreachable(FleetError):
 class StreamedResponse(Protocol):
     status_code: int
 
-    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]: ...
+    def iter_bytes(self) -> Iterator[bytes]:
+        """The body as it arrives (each piece handed over as soon as it is read)."""
 
 
 class HttpClient(Protocol):

@@ -12,8 +12,6 @@ from edgeml.errors import UpdateError
 from edgeml.fileio import sha256_file
 from edgeml_agent.transport import HttpClient, HttpUnreachable, StreamedResponse
 
-CHUNK = 64 << 10
-
 
 class TransientDownloadError(UpdateError):
     """The download stopped for a reason worth retrying (connection lost, server busy, too slow)."""
@@ -84,7 +82,8 @@ class _Stream:
         window_start, window_bytes = time.monotonic(), 0
         with open(self.part, "ab" if have else "wb") as f:
             try:
-                for chunk in response.iter_bytes(CHUNK):
+                # as the bytes arrive, not in fixed chunks: a cut connection keeps every byte it delivered
+                for chunk in response.iter_bytes():
                     if have + len(chunk) > self.cap:
                         f.write(chunk[: self.cap - have])
                         raise UpdateError(f"the server sent more than the {self.cap} bytes the signed desired "
