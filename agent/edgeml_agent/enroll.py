@@ -99,8 +99,8 @@ def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, 
     if response.status_code >= 400:
         raise FleetError(f"enrolment failed ({response.status_code}): {response.text}")
     answer = response.json()
-    credentials: Credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"], "api_token": answer["api_token"],
-                   "mqtt": answer["mqtt"]}
+    credentials: Credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"],
+                                "api_token": answer["api_token"], "mqtt": answer["mqtt"]}
     _write_secret(path, credentials)
     # a fleet older than the rollout engine sends no keys: the operator then places them by hand
     keys = [answer["desired_key_pem"]] if answer.get("desired_key_pem") else []
