@@ -118,7 +118,7 @@ def write_trusted_keys(directory: Path, pems: list[str]) -> list[str]:
     for pem in pems:
         key = load_public_key(pem.encode())
         kid = key_id(key)
-        (directory / f"{kid}.pub").write_bytes(public_key_pem(key))
+        write_atomic(directory / f"{kid}.pub", public_key_pem(key))
         ids.append(kid)
     return ids
 

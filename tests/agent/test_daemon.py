@@ -40,9 +40,14 @@ def test_components_observe_requests_and_a_swap_never_fails_one(tmp_path, signin
                            "server": {"port": 0}, "models": {"ghost": {"max_batch_size": 2}}})
     model_file = tiny_mlp(tmp_path / "m.onnx")
     recorders: list[Recorder] = []
-    agent = Agent(config, components=lambda services: recorders.append(Recorder(services)) or recorders)
+
+    def components(services: Services) -> list[Recorder]:
+        recorders.append(Recorder(services))
+        return recorders
+
+    agent = Agent(config, components=components)
     recorder = recorders[0]
-    assert recorder.services is agent.services
+    assert recorder.services is agent.services   # handed in by the agent, not looked up
     agent.store.install(make_bundle(tmp_path, signing_key, model_file, name="mlp", version="1.0.0"))
     agent.start()
     try:

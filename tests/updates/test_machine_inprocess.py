@@ -15,13 +15,15 @@ from edgeml.bundle import SigningKey
 from edgeml_agent.components import build_components
 from edgeml_agent.config import parse_config
 from edgeml_agent.daemon import Agent
+from edgeml_agent.transport import HttpClient
 from edgeml_agent.updates.component import UpdateComponent
 from tests.support.bundle_server import BundleServer
 from tests.updates.helpers import desired, versions, write_credentials
 
 
 class Rig:
-    def __init__(self, tmp: Path, key: SigningKey, fleet_key: SigningKey, *, targets: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp: Path, key: SigningKey, fleet_key: SigningKey, *, targets: tuple[str, ...] = (),
+                 poll_interval_s: float = 0, http: HttpClient | None = None) -> None:
         self.key, self.fleet_key = key, fleet_key
         self.bundles = versions(tmp, key)
         self.server = BundleServer(tmp / "bundles").__enter__()
@@ -34,10 +36,10 @@ class Rig:
         config = parse_config({
             "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},
             "telemetry": {"enabled": False},
-            "updates": {"poll_interval_s": 0, "probation_s": 1.0, "min_requests": 5, "targets": list(targets),
+            "updates": {"poll_interval_s": poll_interval_s, "probation_s": 1.0, "min_requests": 5, "targets": list(targets),
                         "download_attempts": 2, "download_retry_s": 0.1},
         })
-        self.agent = Agent(config, components=build_components)
+        self.agent = Agent(config, components=build_components, http=http)
         self.agent.store.install(self.bundles["1.0.0"])
         self.agent.start()
         assert self.agent.server is not None
