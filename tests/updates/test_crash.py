@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from edgeml_agent.store import Store
 from tests.agent.agent_process import AGENT_CLI
 from tests.support.bundle_server import BundleServer
 from tests.support.bundles import make_bundle
-from tests.support.services import free_port, stop_process
+from tests.support.services import stop_process
 from tests.support.tiny_models import tiny_mlp
 from tests.updates.helpers import desired, failing_on_batches, slow_model, write_credentials
 
@@ -87,13 +88,14 @@ class Device:
         (trusted / "builder.pub").write_bytes(built.key.public_pem())
         (trusted / "fleet.pub").write_bytes(built.fleet_key.public_pem())
         self.data = tmp / "agent"
-        self.port = free_port()
         self.config = tmp / "agent.toml"
         self.server = BundleServer(built.tmp).__enter__()
         write_credentials(self.data, self.server.base_url)
         self.config.write_text("\n".join([
             f'data_dir = "{self.data}"', f'trusted_keys = ["{trusted}"]',
-            "[server]", f"port = {self.port}", "drain_timeout_s = 5",
+            # port 0: each start binds a port of its own (a port picked before a restart can be taken
+            # by then); `url` reads the one in use from the agent's log
+            "[server]", "port = 0", "drain_timeout_s = 5",
             "[telemetry]", "enabled = false",
             "[updates]", "poll_interval_s = 0.2", "probation_s = 1.5", "min_requests = 3",
             "download_attempts = 3", "download_retry_s = 0.2", "",
@@ -101,7 +103,16 @@ class Device:
         self.trust = TrustStore([built.key.public_key])
         Store(self.data, self.trust).install(self.bundles["1.0.0"])
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        """The API of the agent running now: the address its log announced after the latest start."""
+        def announced() -> list[str]:
+            return re.findall(r"edgeml-agent listening on (http://[\d.]+:\d+)", self.log(full=True))
+
+        self.wait_for(lambda: len(announced()) >= self.starts, 60, "the agent's API to listen")
+        return announced()[-1]
 
     def offer(self, which: str) -> None:
         bundle = self.bundles[which]
@@ -114,6 +125,7 @@ class Device:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         command = [*HOOKED_AGENT, "--fault", fault] if fault else [*AGENT_CLI, "run"]
+        self.starts += 1
         log = open(self.tmp / "agent.log", "ab")  # noqa: SIM115 - handed to the process
         self.proc = subprocess.Popen([*command, "--config", str(self.config)], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -143,8 +155,9 @@ class Device:
             stop_process(self.proc, 15)
         self.server.__exit__()
 
-    def log(self) -> str:
-        return (self.tmp / "agent.log").read_text(errors="replace")[-4000:]
+    def log(self, *, full: bool = False) -> str:
+        text = (self.tmp / "agent.log").read_text(errors="replace")
+        return text if full else text[-4000:]
 
     def answer(self, batch: np.ndarray = X) -> tuple[int, str | None, np.ndarray | None]:
         try:
@@ -171,11 +184,13 @@ def test_sigkill_inside_each_state_ends_safe(tmp_path: Path, built: Built, state
         dev.offer(offered)
         dev.start(fault=f"{state}:{point}")
         if state == "rolling_back":  # live traffic that the failing model cannot answer
+            url = dev.url
+
             def load() -> None:
                 with httpx.Client(timeout=5) as client:
                     while not traffic_stop.is_set():
                         try:
-                            client.post(f"{dev.url}/v1/models/m/infer", json={"inputs": {"x": X.tolist()}})
+                            client.post(f"{url}/v1/models/m/infer", json={"inputs": {"x": X.tolist()}})
                         except httpx.TransportError:
                             time.sleep(0.05)
             threading.Thread(target=load, daemon=True).start()
