@@ -55,11 +55,12 @@ class Component(Protocol):
     def stop(self) -> None: ...
 
 
-class LogEvents:
-    """The event sink of an agent without telemetry: the log only."""
+class NoEvents:
+    """The event sink of a component built without telemetry: the events are only in the log (the
+    update machine logs each report itself)."""
 
     def event(self, kind: str, **data: JSON) -> None:
-        log.info("%s: %s", kind, {k: v for k, v in data.items() if v is not None})
+        pass
 
 
 def trust_from_config(config: AgentConfig) -> TrustStore:

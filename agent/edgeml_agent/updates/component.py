@@ -11,7 +11,7 @@ import threading
 from edgeml.desired import DesiredState, parse_desired
 from edgeml.errors import EdgeMLError
 from edgeml.protocol import desired_topic
-from edgeml_agent.services import DesiredFeed, EventSink, LogEvents, Services
+from edgeml_agent.services import DesiredFeed, EventSink, NoEvents, Services
 from edgeml_agent.transport import HttpUnreachable
 from edgeml_agent.updates.context import UpdateContext
 from edgeml_agent.updates.health import HealthWatch
@@ -44,7 +44,7 @@ class UpdateComponent:
         self.last_refusal: str | None = None
         self.machine = UpdateMachine(UpdateContext(
             services=services, records=self.records, work_dir=self.data_dir / "updates",
-            settings=config.settings, health=self.health, events=events or LogEvents(),
+            settings=config.settings, health=self.health, events=events or NoEvents(),
             server_url=self.server_url, headers=self._auth(), device_id=self.device_id,
         ))
         if self.enabled:
