@@ -21,7 +21,7 @@ from edgeml_agent.updates.machine import (
     recover_before_load,
 )
 from edgeml_agent.updates.record import RecordFile, UpdateRecord
-from edgeml_agent.updates.states import STATES
+from edgeml_agent.updates.states import STATES, retry_pause
 
 BEFORE_SWITCH = (S.DOWNLOADING, S.VERIFYING, S.STAGING, S.SMOKE_TESTING)
 AFTER_SWITCH = (S.SWITCHING, S.PROBATION)
@@ -132,3 +132,12 @@ def test_a_restart_under_the_limit_resumes_the_saved_state(tmp_path: Path) -> No
     records.save(UpdateRecord(state=S.SWITCHING, model="m", target_version="2.0.0", previous_version="1.0.0"))
     rec = recover_before_load(records, _Store())  # type: ignore[arg-type]
     assert (rec.state, rec.restarts, rec.history) == (S.SWITCHING, 1, [])
+
+
+def test_a_failed_rollback_is_retried_with_a_growing_pause() -> None:
+    def rec(failures: int) -> UpdateRecord:
+        history: list[list[float | str]] = [[0.0, "probation", "unhealthy", "rolling_back"]]
+        history += [[float(i), "rolling_back", "fail", "rolling_back"] for i in range(failures)]
+        return UpdateRecord(state=S.ROLLING_BACK, history=history)
+
+    assert [retry_pause(rec(n)) for n in (0, 1, 2, 3, 8)] == [0.0, 1.0, 2.0, 4.0, 60.0]

@@ -170,6 +170,7 @@ class RollingBack(State):
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> UpdateEvent:
         assert rec.model
+        time.sleep(retry_pause(rec))   # a rollback that failed is retried, but not in a tight loop
         previous = rec.previous_version
         registry = ctx.services.registry
         if previous is None:  # first install of this model: nothing to go back to, stop serving it
@@ -201,6 +202,17 @@ class Failed(State):
 STATES: dict[UpdateState, State] = {s.name: s for s in (
     Downloading(), Verifying(), Staging(), SmokeTesting(), Switching(), Probation(), Committed(), RollingBack(),
     Failed())}
+
+
+def retry_pause(rec: UpdateRecord) -> float:
+    """Seconds to wait before rolling back again: 0 the first time, then 1, 2, 4, … up to 60 after
+    each consecutive failed attempt (the trailing ``rolling_back --fail--> rolling_back`` transitions)."""
+    failures = 0
+    for _, source, event, target in reversed(rec.history):
+        if (source, event, target) != (S.ROLLING_BACK, E.FAIL, S.ROLLING_BACK):
+            break
+        failures += 1
+    return 0.0 if failures == 0 else min(2.0 ** (failures - 1), 60.0)
 
 
 def _settings_gates(s: UpdateSettings) -> dict[str, float]:
