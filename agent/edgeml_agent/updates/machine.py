@@ -60,8 +60,9 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (S.COMMITTED, E.BOOT_LOOP): S.IDLE,
     (S.ROLLING_BACK, E.ROLLED_BACK): S.FAILED,
     # A failure inside rolling_back (the previous version failed to load, a disk error) retries the
-    # rollback: it is the only safe direction, and every step of it is idempotent. If it keeps
-    # crashing the agent, the boot-loop guard ends it in failed with `current` on the previous version.
+    # rollback (after a pause that grows, see states.retry_pause): it is the only safe direction, and
+    # every step of it is idempotent. If it keeps crashing the agent, the boot-loop guard ends it in
+    # failed with `current` on the previous version.
     (S.ROLLING_BACK, E.FAIL): S.ROLLING_BACK,
     (S.ROLLING_BACK, E.BOOT_LOOP): S.FAILED,
     # Failed: the refusal is recorded first; a failed clean-up of the download still ends the update.
