@@ -1,6 +1,13 @@
 """What agent and fleet say to each other, in one place of the shared core (imports neither side).
 
-**MQTT topics** and who may use which: a device (username = its id) may publish only under
+**MQTT topics** (``{d}`` = device id, see DESIGN.md):
+
+- ``edgeml/v1/{d}/status``    retained, ``{"state": "online"|"offline", ...}``; the last-will says offline
+- ``edgeml/v1/{d}/telemetry`` QoS 1, envelopes of kind ``telemetry`` and ``heartbeat``
+- ``edgeml/v1/{d}/events``    QoS 1, envelopes of kind ``event``
+- ``edgeml/v1/{d}/desired``   retained, written by the fleet only
+
+and who may use which: a device (username = its id) may publish only under
 ``edgeml/v1/<own id>/`` and subscribe only to its own ``edgeml/v1/<own id>/desired``. The fleet's
 service account reads everything under ``edgeml/`` and writes only the ``desired`` topics. One rule set
 serves the embedded broker and Mosquitto.
@@ -33,6 +40,28 @@ def device_prefix(device_id: str) -> str:
 
 def desired_topic(device_id: str) -> str:
     return f"{ROOT}/{device_id}/desired"
+
+
+def status_topic(device_id: str) -> str:
+    return f"{device_prefix(device_id)}/status"
+
+
+KINDS = ("telemetry", "heartbeat", "event")   # envelope kinds (edgeml.telemetry.messages)
+
+
+def topic_for(device_id: str, kind: str) -> str:
+    """Where a device publishes an envelope of ``kind``: events apart from telemetry and heartbeats."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown telemetry kind {kind!r}")
+    return f"{device_prefix(device_id)}/{'events' if kind == 'event' else 'telemetry'}"
+
+
+def device_from_topic(topic: str) -> tuple[str, str] | None:
+    """(device id, leaf) for ``edgeml/v1/<id>/<leaf>``, else None."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != ROOT or not parts[2]:
+        return None
+    return parts[2], parts[3]
 
 
 def _has_wildcard(topic: str) -> bool:
@@ -112,7 +141,7 @@ class RolloutDeviceState(StrEnum):
 
 
 __all__ = [
-    "JSON", "ROOT", "SERVICE_USERNAME", "UPDATE_EVENT", "RolloutDeviceState", "RolloutState", "UpdateEvent",
-    "UpdateState", "desired_topic", "device_may_publish", "device_may_subscribe", "device_prefix",
-    "service_may_publish", "service_may_subscribe",
+    "JSON", "KINDS", "ROOT", "SERVICE_USERNAME", "UPDATE_EVENT", "RolloutDeviceState", "RolloutState", "UpdateEvent",
+    "UpdateState", "desired_topic", "device_from_topic", "device_may_publish", "device_may_subscribe",
+    "device_prefix", "service_may_publish", "service_may_subscribe", "status_topic", "topic_for",
 ]

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from edgeml.errors import ConfigError
-from edgeml.protocol import JSON
-from edgeml.telemetry.messages import status_topic
+from edgeml.protocol import JSON, status_topic
 from edgeml_agent.telemetry.spool import Spool
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeml.protocol import JSON
-from edgeml.telemetry.messages import envelope, topic_for
+from edgeml.protocol import JSON, topic_for
+from edgeml.telemetry.messages import envelope
 
 
 @dataclass(frozen=True)
