@@ -172,7 +172,7 @@ def agent_in_windows(tmp: Path, broker_port: int, role: int, start_at: float, wi
     telemetry = {"broker": f"mqtt://127.0.0.1:{broker_port}", "device_id": f"bench-agent-{role}", "interval_s": 1.0}
     config = parse_config({"data_dir": str(data), "server": {"port": 0}, "telemetry": telemetry,
                            "updates": {"enabled": False}, "runtime": {"num_threads": 1}})
-    agent = Agent(config, components=build_components(config))
+    agent = Agent(config, components=build_components)
     component = next(c for c in agent.components if isinstance(c, TelemetryComponent))
     agent.store.install(bundle)
     agent.start()

@@ -14,14 +14,17 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from edgeml.arrays import Array
 from edgeml.errors import InferenceInputError
+from edgeml.jsontypes import JSON as JSONValue
 from edgeml_agent import npy
 from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import LoadedModel, ModelRegistry, Observation, UnknownModelError
+
+Feeds = dict[str, Array]
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -55,7 +58,7 @@ class HttpError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-def json_response(status: int, data: Any) -> Response:
+def json_response(status: int, data: object) -> Response:
     return Response(status, json.dumps(data, separators=(",", ":")).encode())
 
 
@@ -65,11 +68,11 @@ def error_response(status: int, message: str) -> Response:
 
 class Api:
     def __init__(self, registry: ModelRegistry, metrics: Metrics, api_token: str | None = None,
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status: Callable[[], Mapping[str, JSONValue]] | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
         self.api_token = api_token
-        self.status: Callable[[], dict[str, Any]] = status or dict  # extra /healthz fields (daemon state)
+        self.status: Callable[[], Mapping[str, JSONValue]] = status or dict  # extra /healthz fields (daemon state)
         self.draining = False
 
     # -- entry points --------------------------------------------------------------------------------
@@ -145,8 +148,8 @@ class Api:
         return resp
 
     @staticmethod
-    def _infer(loaded: LoadedModel, req: Request) -> tuple[Response, str | None, Any, Any]:
-        feeds: dict[str, np.ndarray] | None = None
+    def _infer(loaded: LoadedModel, req: Request) -> tuple[Response, str | None, Feeds | None, Feeds | None]:
+        feeds: dict[str, Array] | None = None
         try:
             feeds = decode_inputs(loaded, req)
             t0 = time.perf_counter()
@@ -168,7 +171,7 @@ class Api:
             return error_response(500, f"inference failed in {loaded.model.runtime}: {exc}"), "runtime", feeds, None
 
 
-def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, np.ndarray]:
+def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, Array]:
     ctype = req.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
     model = loaded.model
     specs = {s.name: s for s in model.backend.inputs}
@@ -201,7 +204,7 @@ def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, np.ndarray]:
     return model.backend.check_feeds(arrays)
 
 
-def _json_array(name: str, value: Any, dtype: str | None) -> np.ndarray:
+def _json_array(name: str, value: object, dtype: str | None) -> Array:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
@@ -217,14 +220,14 @@ def _json_array(name: str, value: Any, dtype: str | None) -> np.ndarray:
     return arr
 
 
-def _load_npy(body: bytes) -> np.ndarray:
+def _load_npy(body: bytes) -> Array:
     try:
         return npy.loads(body)
     except npy.NpyError as exc:
         raise HttpError(400, f"the body is not a valid .npy array ({exc})") from None
 
 
-def _load_npz(body: bytes) -> dict[str, np.ndarray]:
+def _load_npz(body: bytes) -> dict[str, Array]:
     """An .npz is a zip of .npy files. Sizes are checked before anything is inflated (a compressed
     body of a few KB can claim gigabytes), then each member goes through the fast .npy reader."""
     try:
@@ -244,7 +247,7 @@ def _load_npz(body: bytes) -> dict[str, np.ndarray]:
         raise HttpError(400, f"the body is not a valid .npz archive ({type(exc).__name__}: {exc})") from None
 
 
-def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, np.ndarray], accept: str) -> Response:
+def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, Array], accept: str) -> Response:
     accept = accept.lower()
     if NPZ in accept:
         buf = io.BytesIO()

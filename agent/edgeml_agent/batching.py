@@ -13,16 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any
 
 import numpy as np
 
+from edgeml.arrays import Array
 from edgeml.bundle.manifest import TensorSpec
 from edgeml.errors import ConfigError
 
-RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-_Item = tuple[Mapping[str, np.ndarray], "Future[dict[str, np.ndarray]]"]
-_STOP = object()
+RunFn = Callable[[Mapping[str, Array]], dict[str, Array]]
+_Item = tuple[Mapping[str, Array], "Future[dict[str, Array]]"]
 
 
 def has_batch_dim(specs: list[TensorSpec]) -> bool:
@@ -45,25 +44,25 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.batches = 0          # observability: how many runs, how many rows
         self.rows = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()   # None: stop
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Run ``feeds`` (checked, with a leading batch dim) as part of a batch; blocks until done."""
-        fut: Future[dict[str, np.ndarray]] = Future()
+        fut: Future[dict[str, Array]] = Future()
         self._queue.put((feeds, fut))
         return fut.result()
 
     def close(self) -> None:
         """Finish every request already submitted, then stop the worker."""
-        self._queue.put(_STOP)
+        self._queue.put(None)
         self._thread.join()
 
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:
                 return
             batch: list[_Item] = [first]
             rows = _rows(first[0])
@@ -75,7 +74,7 @@ class MicroBatcher:
                     item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is None:
                     stop = True
                     break
                 batch.append(item)
@@ -111,12 +110,12 @@ class MicroBatcher:
                     fut.set_exception(exc)
 
 
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+def _rows(feeds: Mapping[str, Array]) -> int:
     return int(next(iter(feeds.values())).shape[0]) if feeds else 1
 
 
 def _groups(batch: list[_Item]) -> list[list[_Item]]:
-    groups: dict[tuple[Any, ...], list[_Item]] = {}
+    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[_Item]] = {}
     for item in batch:
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(item[0].items()))
         groups.setdefault(key, []).append(item)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from edgeml.bundle.keys import TrustStore
 from edgeml.errors import EdgeMLError
+from edgeml.jsontypes import JSON
+
+if TYPE_CHECKING:
+    from edgeml_agent.services import StateHook
 
 CONFIG_HELP = "agent config file (TOML)"
 
@@ -32,20 +37,26 @@ def main() -> None:
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def run(config_path: str, log_level: str) -> None:
     """Serve every installed model until SIGTERM (then drain in-flight requests and exit 0)."""
+    sys.exit(serve(config_path, log_level))
+
+
+def serve(config_path: str, log_level: str = "INFO", *, on_state: StateHook | None = None) -> int:
+    """``edgeml-agent run``: the daemon with its components until SIGTERM; the exit code.
+
+    ``on_state`` is the update machine's test seam (see :mod:`edgeml_agent.services`); only test
+    launchers pass it.
+    """
+    from edgeml_agent.components import build_components
     from edgeml_agent.config import load_config
     from edgeml_agent.daemon import Agent
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from edgeml_agent.components import build_components
-
-        config = load_config(config_path)
-        agent = Agent(config, components=build_components(config))
-        code = agent.run()
+        agent = Agent(load_config(config_path), components=build_components, on_state=on_state)
+        return agent.run()
     except EdgeMLError as exc:
         _fail(exc)
-    sys.exit(code)
 
 
 @main.command()
@@ -59,7 +70,7 @@ def install(bundle: str, config_path: str | None, data_dir: str | None, trust_pa
             no_activate: bool) -> None:
     """Verify BUNDLE against the trusted keys and install it into the data directory (no network)."""
     from edgeml_agent.config import load_config
-    from edgeml_agent.daemon import trust_from_config
+    from edgeml_agent.services import trust_from_config
     from edgeml_agent.store import Store
 
     try:
@@ -97,33 +108,39 @@ def status(config_path: str | None, data_dir: str | None, as_json: bool) -> None
     except EdgeMLError as exc:
         _fail(exc)
     root = Path(data_dir) if data_dir else (config.data_dir if config else None)
-    report: dict[str, Any] = {"host": full_probe(), "models": {}, "daemon": None}
+    host = full_probe()
+    models: dict[str, dict[str, JSON]] = {}
     if root is not None:
         store = Store(root, TrustStore())
         names = sorted({p.name for p in store.versions_dir.iterdir()}) if store.versions_dir.is_dir() else []
-        report["models"] = {n: {"current": store.current(n), "versions": store.versions(n)} for n in names}
-    if config is not None:
-        report["daemon"] = _daemon_health(config.server.host, config.server.port, config.server.api_token)
+        models = {n: {"current": store.current(n), "versions": store.versions(n)} for n in names}
+    daemon = _daemon_health(config.server.host, config.server.port, config.server.api_token) if config else None
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(json.dumps({"host": host, "models": models, "daemon": daemon}, indent=2, default=str))
         return
-    host = report["host"]
-    click.echo(f"host: {host['arch']} {host['cpu_model']}, {host['cpu_count']} cpus, "
-               f"{host['memory_total_mb']} MB; runtimes: {', '.join(host['runtimes']) or 'none'}")
-    for runtime, devices in host["devices"].items():
-        click.echo(f"  {runtime}: {', '.join(devices)}")
-    if host["jetson_l4t"] or host["cuda"]:
-        click.echo(f"  cuda: {host['cuda']}, gpu cc: {host['gpu_compute_capability']}, "
-                   f"tensorrt: {host['tensorrt_version']}, l4t: {host['jetson_l4t']}")
-    for name, info in report["models"].items():
-        click.echo(f"model {name}: current {info['current']}; installed {', '.join(info['versions'])}")
-    if config is not None:
-        daemon = report["daemon"]
+    _print_host(host)
+    for name, info in models.items():
+        versions = info["versions"]
+        click.echo(f"model {name}: current {info['current']}; installed "
+                   f"{', '.join(map(str, versions if isinstance(versions, list) else []))}")
+    if daemon is not None:
         click.echo(f"daemon: {'running' if daemon.get('status') == 'ok' else 'not running'} "
                    f"({daemon.get('status') or daemon.get('error')})")
 
 
-def _daemon_health(host: str, port: int, token: str | None) -> dict[str, Any]:
+def _print_host(host: Mapping[str, object]) -> None:
+    runtimes, devices = host["runtimes"], host["devices"]
+    assert isinstance(runtimes, list) and isinstance(devices, dict)
+    click.echo(f"host: {host['arch']} {host['cpu_model']}, {host['cpu_count']} cpus, "
+               f"{host['memory_total_mb']} MB; runtimes: {', '.join(runtimes) or 'none'}")
+    for runtime, names in devices.items():
+        click.echo(f"  {runtime}: {', '.join(names)}")
+    if host["jetson_l4t"] or host["cuda"]:
+        click.echo(f"  cuda: {host['cuda']}, gpu cc: {host['gpu_compute_capability']}, "
+                   f"tensorrt: {host['tensorrt_version']}, l4t: {host['jetson_l4t']}")
+
+
+def _daemon_health(host: str, port: int, token: str | None) -> dict[str, JSON]:
     import urllib.error  # here, not at the top: `run` should not pay for http.client and ssl
     import urllib.request
 
@@ -132,7 +149,7 @@ def _daemon_health(host: str, port: int, token: str | None) -> dict[str, Any]:
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=2) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
+            data: dict[str, JSON] = json.loads(resp.read())
             return data
     except urllib.error.HTTPError as exc:
         return {"status": f"http {exc.code}"}

@@ -1,8 +1,8 @@
-"""The agent process: store → registry → HTTP API, plus pluggable components, with a graceful stop.
+"""The agent process: services (store → registry → loader) → HTTP API, plus components, with a graceful stop.
 
-Components (the telemetry publisher, the update state machine) implement :class:`Component` and get
-the running :class:`Agent` in ``start``: from there they reach ``agent.registry`` (``swap``,
-``add_observer``), ``agent.store`` (``install``, ``set_current``) and ``agent.load_model``. They are
+The agent builds one :class:`~edgeml_agent.services.Services` and hands it to the component factory
+(:func:`edgeml_agent.components.build_components` in production): each component receives its
+collaborators in its constructor and needs nothing from the agent afterwards. Components are
 started after the API is up and stopped before the models are closed.
 """
 
@@ -12,71 +12,41 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
 
-from edgeml.bundle.keys import TrustStore
 from edgeml.errors import ConfigError, EdgeMLError
-from edgeml.inference import load_verified
-from edgeml.runtimes.selection import SelectionPolicy
+from edgeml.jsontypes import JSON
 from edgeml_agent.api import Api
 from edgeml_agent.config import AgentConfig
-from edgeml_agent.metrics import Metrics
-from edgeml_agent.registry import LoadedModel, ModelRegistry
 from edgeml_agent.server import AgentHTTPServer
-from edgeml_agent.store import Store
+from edgeml_agent.services import Component, Services, StateHook, trust_from_config
+from edgeml_agent.transport import HttpClient
+
+__all__ = ["Agent", "Component", "ComponentFactory", "trust_from_config"]
 
 log = logging.getLogger("edgeml_agent")
 
-
-class Component(Protocol):
-    name: str
-
-    def start(self, agent: Agent) -> None: ...
-
-    def stop(self) -> None: ...
+ComponentFactory = Callable[[Services], Sequence[Component]]
 
 
-def trust_from_config(config: AgentConfig) -> TrustStore:
-    present = [p for p in config.trusted_keys if p.exists()]
-    for p in config.trusted_keys:
-        if not p.exists():
-            log.warning("trusted key path %s does not exist (trusted_keys in %s)", p, config.source)
-    return TrustStore.from_paths(present)
+def no_components(services: Services) -> Sequence[Component]:
+    return ()
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, components: Iterable[Component] = ()) -> None:
+    def __init__(self, config: AgentConfig, components: ComponentFactory = no_components, *,
+                 http: HttpClient | None = None, on_state: StateHook | None = None) -> None:
         self.config = config
-        self.trust = trust_from_config(config)
-        self.store = Store(config.data_dir, self.trust)
-        self.registry = ModelRegistry()
-        self.metrics = Metrics()
-        self.registry.add_observer(self.metrics.observe)
+        self.services = Services.build(config, http=http, on_state=on_state)
+        self.trust, self.store, self.registry = self.services.trust, self.services.store, self.services.registry
+        self.metrics, self.load_model = self.services.metrics, self.services.load_model
         self.api = Api(self.registry, self.metrics, config.server.api_token, status=self._status)
-        self.components = list(components)
+        self.components = list(components(self.services))
         self.server: AgentHTTPServer | None = None
         self.started_at = 0.0
         self._stop = threading.Event()
 
-    # -- models --------------------------------------------------------------------------------------
-    def policy(self) -> SelectionPolicy:
-        rt = self.config.runtime
-        return SelectionPolicy(cpu_fallback=rt.cpu_fallback, allow_other_arch=rt.allow_other_arch,
-                               num_threads=rt.num_threads, cache_dir=self.config.data_dir / "engines")
-
-    def load_model(self, name: str, version: str | None = None) -> LoadedModel:
-        """Verify, load and smoke-test an installed version (not yet served: pass it to registry.swap)."""
-        bundle = self.store.open(name, version)
-        model = load_verified(bundle, self.policy())
-        try:
-            if self.config.runtime.smoke_test:
-                model.smoke_test()
-            return LoadedModel(model, self.config.model(name))
-        except BaseException:
-            model.close()
-            raise
-
+    # -- models ---------------------------------------------------------------------------------------
     def load_all(self) -> None:
         installed = self.store.models()
         for name in sorted(set(self.config.models) - set(installed)):
@@ -106,7 +76,7 @@ class Agent:
         self.server.start()
         self.started_at = time.time()
         for component in self.components:
-            component.start(self)
+            component.start()
         log.info("edgeml-agent listening on http://%s:%d", srv.host, self.server.port)
 
     @property
@@ -126,7 +96,7 @@ class Agent:
             try:
                 component.stop()
             except Exception:
-                log.exception("component %s failed to stop", getattr(component, "name", component))
+                log.exception("component %s failed to stop", component.name)
         self.registry.close()
         return drained
 
@@ -142,7 +112,7 @@ class Agent:
         log.info("stopping: draining in-flight requests")
         return 0 if self.stop() else 1
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self) -> dict[str, JSON]:
         return {"uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
                 "failed": sorted(self.registry.failures())}
 

@@ -8,25 +8,43 @@ with mode 0600 (written to a temporary file created 0600, then renamed, so it is
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import click
 
 from edgeml.errors import AuthError, ConfigError, FleetError
+from edgeml.fileio import write_atomic
+from edgeml.jsontypes import JSON
 
 CREDENTIALS_FILE = "credentials.json"
 
 
-def host_probe() -> dict[str, Any]:
+class MqttCredentials(TypedDict, total=False):
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str
+
+
+class Credentials(TypedDict):
+    """``credentials.json``: what the fleet gave this device at enrolment."""
+
+    server: str
+    device_id: str
+    api_token: str
+    mqtt: NotRequired[MqttCredentials]
+
+
+def host_probe() -> dict[str, JSON]:
     from edgeml.runtimes.probe import probe_host
 
     return probe_host().to_json()
 
 
-def installed_versions(data_dir: Path) -> dict[str, Any]:
+def installed_versions(data_dir: Path) -> dict[str, JSON]:
     """edgeml's version and the current version of each bundle already installed in ``data_dir``."""
     from edgeml import __version__
     from edgeml_agent.store import Store
@@ -39,29 +57,31 @@ def credentials_path(data_dir: Path) -> Path:
     return data_dir / CREDENTIALS_FILE
 
 
-def load_credentials(data_dir: Path) -> dict[str, Any]:
+def load_credentials(data_dir: Path) -> Credentials:
+    """The only reader of ``credentials.json`` (telemetry and updates get theirs from here)."""
     path = credentials_path(data_dir)
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: Credentials = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} does not exist: enrol first with 'edgeml-agent enroll --server URL --token T'") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}): enrol again with 'edgeml-agent enroll --force'") from exc
     return data
 
 
-def _write_secret(path: Path, data: dict[str, Any]) -> None:
+def enrolled(data_dir: Path) -> Credentials | None:
+    """This device's credentials, or None when it was never enrolled (telemetry and updates stay off)."""
+    return load_credentials(data_dir) if credentials_path(data_dir).exists() else None
+
+
+def _write_secret(path: Path, data: Credentials) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # created 0600 before any byte is written: never readable by others, not even for a moment
+    write_atomic(path, json.dumps(data, indent=2), mode=0o600)
 
 
 def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, force: bool = False,
-           timeout: float = 30.0) -> dict[str, Any]:
+           timeout: float = 30.0) -> Credentials:
     """Enrol this device; returns (and stores) the credentials document."""
     import httpx
 
@@ -79,8 +99,8 @@ def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, 
     if response.status_code >= 400:
         raise FleetError(f"enrolment failed ({response.status_code}): {response.text}")
     answer = response.json()
-    credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"], "api_token": answer["api_token"],
-                   "mqtt": answer["mqtt"]}
+    credentials: Credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"],
+                                "api_token": answer["api_token"], "mqtt": answer["mqtt"]}
     _write_secret(path, credentials)
     # a fleet older than the rollout engine sends no keys: the operator then places them by hand
     keys = [answer["desired_key_pem"]] if answer.get("desired_key_pem") else []
@@ -98,7 +118,7 @@ def write_trusted_keys(directory: Path, pems: list[str]) -> list[str]:
     for pem in pems:
         key = load_public_key(pem.encode())
         kid = key_id(key)
-        (directory / f"{kid}.pub").write_bytes(public_key_pem(key))
+        write_atomic(directory / f"{kid}.pub", public_key_pem(key))
         ids.append(kid)
     return ids
 

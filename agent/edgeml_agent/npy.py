@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from edgeml.arrays import Array, DType
+
 MAGIC = b"\x93NUMPY"
 _HEADER = re.compile(
     r"\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \(((?:\d+, ?)*\d*)\), \}\s*$"
@@ -25,7 +27,7 @@ class NpyError(ValueError):
     """The bytes are not a usable .npy array (message says why)."""
 
 
-def loads(body: bytes) -> np.ndarray:
+def loads(body: bytes) -> Array:
     if not body.startswith(MAGIC) or len(body) < 10:
         raise NpyError("it does not start with the .npy magic bytes")
     major = body[6]
@@ -55,10 +57,10 @@ def loads(body: bytes) -> np.ndarray:
 
 
 _CACHE_SIZE = 64
-_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], Literal['C', 'F'], int]] = {}
+_HEADERS: dict[bytes, tuple[DType, tuple[int, ...], Literal['C', 'F'], int]] = {}
 
 
-def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], Literal['C', 'F'], int] | None:
+def _parse_header(header: bytes) -> tuple[DType, tuple[int, ...], Literal['C', 'F'], int] | None:
     match = _HEADER.match(header.decode("latin-1"))
     if match is None:
         return None
@@ -74,7 +76,7 @@ def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], Literal['C'
     return dtype, shape, order, math.prod(shape)
 
 
-def _slow(body: bytes) -> np.ndarray:
+def _slow(body: bytes) -> Array:
     try:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError/EOFError/OSError for garbage
@@ -84,7 +86,7 @@ def _slow(body: bytes) -> np.ndarray:
     return arr
 
 
-def dumps(arr: np.ndarray) -> bytes:
+def dumps(arr: Array) -> bytes:
     if not arr.flags.c_contiguous:   # (np.ascontiguousarray would turn a 0-d array into 1-d)
         arr = np.ascontiguousarray(arr)
     key = (arr.dtype.str, arr.shape)

@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
+from edgeml.arrays import Array
 from edgeml.errors import UnknownModelError
 from edgeml.inference import Model
+from edgeml.jsontypes import JSON
 from edgeml_agent.batching import MicroBatcher, check_batchable
 from edgeml_agent.config import ModelConfig
 
@@ -33,8 +32,8 @@ class Observation:
     seconds: float                       # time in the agent for this request (decode → encode)
     status: int                          # HTTP status, or 200/4xx/5xx equivalents in-process
     error: str | None = None             # short error kind ("bad_input", "runtime", ...)
-    inputs: Mapping[str, np.ndarray] | None = None
-    outputs: Mapping[str, np.ndarray] | None = None
+    inputs: Mapping[str, Array] | None = None
+    outputs: Mapping[str, Array] | None = None
 
 
 Observer = Callable[[Observation], None]
@@ -64,13 +63,13 @@ class LoadedModel:
     def version(self) -> str:
         return self.model.version
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         """Run checked feeds (through the batcher when there is one)."""
         if self.batcher is not None:
             return self.batcher.submit(feeds)
         return self.model.run_checked(feeds)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, JSON]:
         data = self.model.describe()
         data["batching"] = ({"max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms}
                             if self.batcher else None)

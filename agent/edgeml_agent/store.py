@@ -5,15 +5,14 @@ Layout::
     <data_dir>/versions/<name>/<version>/   an unpacked, verified bundle (never modified after unpack)
     <data_dir>/versions/<name>/current      the active version, as text
 
-The pointer is switched atomically: the new content is written to a temporary file, fsynced, renamed
-over ``current`` and the directory is fsynced, so after a crash ``current`` names either the old or the
-new version, never half of one. Several models live side by side.
+The pointer is switched atomically (:func:`edgeml.fileio.write_atomic`: a temporary file, fsynced,
+renamed over ``current``, the directory fsynced), so after a crash ``current`` names either the old or
+the new version, never half of one. Several models live side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeml.bundle.manifest import parse_semver
 from edgeml.bundle.verify import VerifiedBundle, load_unpacked, read_header, unpack_bundle
 from edgeml.errors import BundleError, ConfigError
+from edgeml.fileio import write_atomic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 POINTER = "current"
@@ -103,14 +103,7 @@ class Store:
         target = self.path(name, version)
         if not target.is_dir():
             raise BundleError(f"{name}@{version} is not installed in {self.root}")
-        directory = target.parent
-        tmp = directory / f".{POINTER}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / POINTER)
-        _fsync_dir(directory)
+        write_atomic(target.parent / POINTER, version + "\n")
 
     def remove(self, name: str, version: str) -> None:
         if self.current(name) == version:
@@ -123,10 +116,3 @@ def _checked(name: str) -> str:
         raise BundleError(f"model name {name!r} is not usable as a directory name (letters, digits, '.', '_', '-')")
     return name
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

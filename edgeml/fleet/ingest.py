@@ -24,8 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from edgeml.fleet.store import Store
 from edgeml.fleet.telemetry_store import Envelope, prune, record_status, store_messages
-from edgeml.fleet.topics import ROOT
-from edgeml.telemetry.messages import device_from_topic
+from edgeml.protocol import ROOT, device_from_topic
 
 log = logging.getLogger(__name__)
 

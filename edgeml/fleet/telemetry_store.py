@@ -25,6 +25,7 @@ from edgeml.fleet.store.telemetry_models import (
     ModelHourly,
     ModelWindow,
 )
+from edgeml.protocol import UPDATE_EVENT, UpdateState
 from edgeml.telemetry.drift import drift_report, merge_summaries
 from edgeml.telemetry.latency import merge, percentile
 
@@ -157,8 +158,8 @@ def _track_installed(session: Session, e: Envelope) -> None:
     """Keep ``Device.installed["bundles"]`` (the shape enrolment reports) current from the agent's events."""
     body = e.body
     model, version = body.get("model"), None
-    if body.get("event") == "update" and body.get("state") in ("committed", "failed") and model:
-        version = body.get("version") if body.get("state") == "committed" else body.get("previous")
+    if body.get("event") == UPDATE_EVENT and body.get("state") in (UpdateState.COMMITTED, UpdateState.FAILED) and model:
+        version = body.get("version") if body.get("state") == UpdateState.COMMITTED else body.get("previous")
     elif body.get("event") == "model_loaded" and model:
         version = body.get("version")
     if not version:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from edgeml.jsontypes import JSONDict, to_json
+
 
 @dataclass(frozen=True)
 class HostInfo:
@@ -24,7 +26,7 @@ class HostInfo:
     tensorrt_version: str | None = None
     jetson_l4t: str | None = None               # e.g. "R36 (release), REVISION: 3.0"
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> JSONDict:
         data = asdict(self)
         data["cpu_features"] = sorted(self.cpu_features)
-        return data
+        return {key: to_json(value) for key, value in data.items()}

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from edgeml.jsontypes import JSONDict
 from edgeml.runtimes.base import backend_class
 from edgeml.runtimes.host import HostInfo
 from edgeml.runtimes.registry import backends
@@ -158,7 +159,7 @@ def runtime_devices(runtime: str) -> tuple[str, ...]:
     return tuple(backend_class(runtime).available_devices())
 
 
-def full_probe() -> dict[str, object]:
+def full_probe() -> JSONDict:
     """Everything, for ``edgeml-agent status``: imports every installed runtime."""
     data = probe_host().to_json()
     data["devices"] = {r: list(runtime_devices(r)) for r in probe_host().runtimes}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from edgeml.errors import ConfigError
-from edgeml_agent import config as config_module
-from edgeml_agent.config import DEFAULT_PORT, Section, load_config, parse_config, register_section
+from edgeml_agent.config import DEFAULT_PORT, load_config, parse_config
+from edgeml_agent.telemetry.settings import TelemetryConfig
+from edgeml_agent.updates.settings import UpdatesConfig
 
 
 def write(tmp_path, text: str):
@@ -68,15 +71,31 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_components_register_their_own_section(monkeypatch):
-    monkeypatch.setattr(config_module, "_SECTIONS", {})
-
-    def telemetry(s: Section) -> dict:
-        s.only({"broker"})
-        return {"broker": s.get("broker", str, "mqtt://127.0.0.1")}
-
-    register_section("telemetry", telemetry)
-    cfg = parse_config({"data_dir": "/d", "telemetry": {"broker": "mqtt://b"}})
-    assert cfg.sections["telemetry"] == {"broker": "mqtt://b"}
+def test_component_sections_are_typed_fields_parsed_beside_their_component():
+    cfg = parse_config({"data_dir": "/d", "telemetry": {"broker": "mqtt://b", "interval_s": 2},
+                        "updates": {"targets": ["x86-cpu"], "probation_s": 5}})
+    assert cfg.telemetry.broker == "mqtt://b" and cfg.telemetry.interval_s == 2.0
+    assert cfg.updates.targets == ("x86-cpu",) and cfg.updates.settings.probation_s == 5.0
+    assert cfg.updates.settings.target_ids == ("x86-cpu",)
+    defaults = parse_config({"data_dir": "/d"})
+    assert defaults.telemetry == TelemetryConfig() and defaults.updates == UpdatesConfig()
     with pytest.raises(ConfigError, match=r"'telemetry\.brokr' is not a known key"):
         parse_config({"data_dir": "/d", "telemetry": {"brokr": "x"}})
+    with pytest.raises(ConfigError, match=r"'updates\.targets\[0\]' must be a target id"):
+        parse_config({"data_dir": "/d", "updates": {"targets": [3]}})
+
+
+def test_parsing_needs_no_component_import_and_no_test_order():
+    """In a fresh interpreter (no other test ran first), the sections parse, and parsing imported none
+    of the components: there are no import side effects to depend on."""
+    code = (
+        "import sys\n"
+        "from edgeml_agent.config import parse_config\n"
+        "cfg = parse_config({'data_dir': '/d', 'telemetry': {'broker': 'mqtt://b'}, 'updates': {'enabled': False}})\n"
+        "assert cfg.telemetry.broker == 'mqtt://b' and cfg.updates.enabled is False, cfg\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('edgeml_agent') and m.endswith('component'))\n"
+        "assert loaded == [], loaded\n"
+        "assert 'edgeml_agent.components' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -11,22 +11,24 @@ import numpy as np
 from edgeml_agent.config import parse_config
 from edgeml_agent.daemon import Agent
 from edgeml_agent.registry import Observation
+from edgeml_agent.services import Services
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
 
 
 class Recorder:
-    """A component like the telemetry publisher or the update state machine will be."""
+    """A component like the telemetry publisher or the update state machine: handed the services."""
 
     name = "recorder"
 
-    def __init__(self) -> None:
+    def __init__(self, services: Services) -> None:
+        self.services = services
         self.events: list[str] = []
         self.observations: list[Observation] = []
 
-    def start(self, agent: Agent) -> None:
-        self.events.append(f"start {agent.registry.names()}")
-        agent.registry.add_observer(self.observations.append)
+    def start(self) -> None:
+        self.events.append(f"start {self.services.registry.names()}")
+        self.services.registry.add_observer(self.observations.append)
 
     def stop(self) -> None:
         self.events.append("stop")
@@ -37,8 +39,15 @@ def test_components_observe_requests_and_a_swap_never_fails_one(tmp_path, signin
     config = parse_config({"data_dir": str(tmp_path / "data"), "trusted_keys": [str(tmp_path / "k.pub")],
                            "server": {"port": 0}, "models": {"ghost": {"max_batch_size": 2}}})
     model_file = tiny_mlp(tmp_path / "m.onnx")
-    recorder = Recorder()
-    agent = Agent(config, components=[recorder])
+    recorders: list[Recorder] = []
+
+    def components(services: Services) -> list[Recorder]:
+        recorders.append(Recorder(services))
+        return recorders
+
+    agent = Agent(config, components=components)
+    recorder = recorders[0]
+    assert recorder.services is agent.services   # handed in by the agent, not looked up
     agent.store.install(make_bundle(tmp_path, signing_key, model_file, name="mlp", version="1.0.0"))
     agent.start()
     try:

@@ -68,7 +68,7 @@ def test_shifted_live_inputs_show_high_drift_calibration_like_inputs_low(tmp_pat
             config = parse_config({"data_dir": str(data), "server": {"port": 0},
                                    "telemetry": {"interval_s": 0.3, "heartbeat_s": 5, "stats_budget": 1.0},
                                    "updates": {"enabled": False}})
-            agent = Agent(config, components=build_components(config))
+            agent = Agent(config, components=build_components)
             agent.store.install(bundle)
             agent.start()
             agents.append(agent)

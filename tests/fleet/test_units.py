@@ -11,7 +11,7 @@ from edgeml.errors import ConfigError, FleetError
 from edgeml.fleet.broker import parse_broker_url
 from edgeml.fleet.client import ClientConfig, config_path
 from edgeml.fleet.server import ServerConfig, serve
-from edgeml.fleet.topics import (
+from edgeml.protocol import (
     device_may_publish,
     device_may_subscribe,
     service_may_publish,

@@ -4,6 +4,7 @@ desired-state document at /v1/devices/me/desired for agents that poll.
 
     with BundleServer(directory) as server:
         server.url("m-2.0.0.edgepkg"); server.behaviour = "truncate"; server.desired = wire_bytes
+        server.plan = ["truncate", "ignore-range"]   # the next two bundle requests, then `behaviour`
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class BundleServer:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.behaviour = "normal"          # normal | truncate | oversize | ignore-range | error
+        self.plan: list[str] = []          # behaviours for the next bundle requests, one each, then `behaviour`
         self.desired: bytes | None = None
         self.requests: list[tuple[str, str | None]] = []   # (path, Range header)
         self.bytes_sent = 0
@@ -40,15 +42,16 @@ class BundleServer:
                     self.wfile.write(body)
                     return
                 path = outer.directory / self.path.lstrip("/")
-                if not path.is_file() or outer.behaviour == "error":
-                    self.send_response(404 if outer.behaviour != "error" else 503)
+                behaviour = outer.plan.pop(0) if outer.plan and path.is_file() else outer.behaviour
+                if not path.is_file() or behaviour == "error":
+                    self.send_response(404 if behaviour != "error" else 503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 data = path.read_bytes()
                 start = 0
                 match = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match and outer.behaviour != "ignore-range":
+                if match and behaviour != "ignore-range":
                     start = int(match.group(1))
                     if start >= len(data):
                         self.send_response(416)
@@ -61,9 +64,9 @@ class BundleServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                if outer.behaviour == "oversize":
+                if behaviour == "oversize":
                     body = body + b"\0" * 4096
-                if outer.behaviour == "truncate":
+                if behaviour == "truncate":
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body[: len(body) // 2])

@@ -15,30 +15,15 @@ from edgeml.bundle import SigningKey
 from edgeml_agent.components import build_components
 from edgeml_agent.config import parse_config
 from edgeml_agent.daemon import Agent
+from edgeml_agent.transport import HttpClient
 from edgeml_agent.updates.component import UpdateComponent
-from edgeml_agent.updates.machine import RESUME, STATES, TRANSITIONS
 from tests.support.bundle_server import BundleServer
 from tests.updates.helpers import desired, versions, write_credentials
 
 
-def test_transition_table_covers_every_state_and_every_failure_is_safe() -> None:
-    states = {s for s, _ in TRANSITIONS} | set(TRANSITIONS.values())
-    assert states == set(STATES) | {"idle"}
-    assert set(RESUME) == states
-    for state in ("downloading", "verifying", "staging", "smoke_testing"):
-        assert TRANSITIONS[(state, "fail")] == "failed"          # nothing switched yet: nothing to undo
-    for state in ("switching", "probation"):
-        assert TRANSITIONS[(state, "fail")] == "rolling_back"    # the new model was (maybe) live: go back
-    path, state = ["idle"], "idle"
-    for event in ("update", "downloaded", "verified", "staged", "smoke_ok", "switched", "healthy", "done"):
-        state = TRANSITIONS[(state, event)]
-        path.append(state)
-    assert path == ["idle", "downloading", "verifying", "staging", "smoke_testing", "switching", "probation",
-                    "committed", "idle"]
-
-
 class Rig:
-    def __init__(self, tmp: Path, key: SigningKey, fleet_key: SigningKey, *, targets: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp: Path, key: SigningKey, fleet_key: SigningKey, *, targets: tuple[str, ...] = (),
+                 poll_interval_s: float = 0, http: HttpClient | None = None) -> None:
         self.key, self.fleet_key = key, fleet_key
         self.bundles = versions(tmp, key)
         self.server = BundleServer(tmp / "bundles").__enter__()
@@ -51,10 +36,10 @@ class Rig:
         config = parse_config({
             "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},
             "telemetry": {"enabled": False},
-            "updates": {"poll_interval_s": 0, "probation_s": 1.0, "min_requests": 5, "targets": list(targets),
+            "updates": {"poll_interval_s": poll_interval_s, "probation_s": 1.0, "min_requests": 5, "targets": list(targets),
                         "download_attempts": 2, "download_retry_s": 0.1},
         })
-        self.agent = Agent(config, components=build_components(config))
+        self.agent = Agent(config, components=build_components, http=http)
         self.agent.store.install(self.bundles["1.0.0"])
         self.agent.start()
         assert self.agent.server is not None

@@ -22,16 +22,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.arrays import Array
+from edgeml.jsontypes import JSON
 from edgeml.telemetry.drift import RunningSummary
 from edgeml.telemetry.latency import empty_histogram
 from edgeml_agent.metrics import ModelTotals
+from edgeml_agent.registry import Observation
+
+if TYPE_CHECKING:
+    import psutil
 
 # (model name) -> (reference_stats of the version being served, or None)
-ReferenceLookup = Callable[[str, str], Mapping[str, Any] | None]
+ReferenceLookup = Callable[[str, str], Mapping[str, JSON] | None]
 # the agent's request counters, per (model, version), cumulative
 Totals = Callable[[], Mapping[tuple[str, str], ModelTotals]]
 
@@ -53,7 +59,7 @@ class TelemetryCollector:
         self._references = references or (lambda name, version: None)
         self._reported = totals()   # what the last snapshot reported: the first window starts now
         self._sampled: dict[tuple[str, str], _Sampled] = {}
-        self._queue: collections.deque[Any] = collections.deque(maxlen=max_samples)
+        self._queue: collections.deque[Observation] = collections.deque(maxlen=max_samples)
         self._stats_budget = stats_budget
         self._stats_s = 0.0
         self._summaries = 0
@@ -71,7 +77,7 @@ class TelemetryCollector:
         self._countdown = 1
 
     # called from request threads: a countdown, no lock, no numpy
-    def observe(self, observation: Any) -> None:
+    def observe(self, observation: Observation) -> None:
         self._countdown -= 1   # a race between request threads only shifts the sample by one request
         if self._countdown <= 0 and self._sample_every and observation.error is None and observation.inputs:
             self._countdown = self._sample_every
@@ -103,7 +109,7 @@ class TelemetryCollector:
             self._sample_every = max(1, math.ceil(per_summary / (self._stats_budget * per_request)))
             self._countdown = min(self._countdown, self._sample_every)
 
-    def _summarise(self, observation: Any) -> None:
+    def _summarise(self, observation: Observation) -> None:
         key = (observation.model, observation.version)
         sampled = self._sampled.get(key)
         if sampled is None:
@@ -114,15 +120,15 @@ class TelemetryCollector:
             for name, value in (arrays or {}).items():
                 summary = summaries.get(name)
                 if summary is None:
-                    summary = summaries[name] = RunningSummary((reference.get(side) or {}).get(name),
+                    summary = summaries[name] = RunningSummary(_reference(reference, side, name),
                                                                classifier=side == "outputs" and _looks_like_scores(value))
                 summary.update(value)
-        first = next(iter(observation.inputs.values()))
+        first = next(iter((observation.inputs or {}).values()))
         size = str(first.shape[0]) if first.ndim else "1"
         sampled.batch_sizes[size] = sampled.batch_sizes.get(size, 0) + 1
         sampled.samples += 1
 
-    def snapshot(self, extra_models: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    def snapshot(self, extra_models: Mapping[tuple[str, str], Mapping[str, JSON]] | None = None) -> dict[str, JSON]:
         """The telemetry body for the window since the last snapshot; starts a new window."""
         system = system_metrics(self._data_dir)
         with self._folding:
@@ -133,7 +139,7 @@ class TelemetryCollector:
             dropped, self.overflowed = self.overflowed, 0
             now = time.time()
             started, self._window_start = self._window_start, now
-        models = []
+        models: list[dict[str, JSON]] = []
         for key in sorted(set(totals) | set(sampled)):
             entry = _window_entry(key, totals.get(key, _NOTHING), reported.get(key, _NOTHING),
                                   sampled.get(key) or _Sampled())
@@ -147,7 +153,8 @@ class TelemetryCollector:
 _NOTHING = ModelTotals({}, {}, empty_histogram(), 0.0)   # a model version not counted (yet)
 
 
-def _window_entry(key: tuple[str, str], now: ModelTotals, before: ModelTotals, sampled: _Sampled) -> dict[str, Any] | None:
+def _window_entry(key: tuple[str, str], now: ModelTotals, before: ModelTotals,
+                  sampled: _Sampled) -> dict[str, JSON] | None:
     """One model version's part of a telemetry body: the counters' growth since ``before``."""
     statuses = _growth(now.statuses, before.statuses)
     if not statuses and not sampled.samples:
@@ -168,16 +175,23 @@ def _growth(now: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]
     return {k: n - before.get(k, 0) for k, n in sorted(now.items()) if n > before.get(k, 0)}
 
 
-def _looks_like_scores(value: Any) -> bool:
+def _reference(reference: Mapping[str, JSON], side: str, name: str) -> Mapping[str, JSON] | None:
+    """The bundle's reference statistics of one input or output, when the manifest has them."""
+    tensors = reference.get(side)
+    stats = tensors.get(name) if isinstance(tensors, Mapping) else None
+    return stats if isinstance(stats, Mapping) else None
+
+
+def _looks_like_scores(value: Array) -> bool:
     v = np.asarray(value)
     return v.dtype.kind == "f" and v.ndim == 2 and v.shape[1] > 1
 
 
-def system_metrics(data_dir: Path | None = None) -> dict[str, Any]:
+def system_metrics(data_dir: Path | None = None) -> dict[str, JSON]:
     import psutil
 
     mem = psutil.virtual_memory()
-    out: dict[str, Any] = {
+    out: dict[str, JSON] = {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "load_1m": os.getloadavg()[0],
         "memory_used_mb": round((mem.total - mem.available) / 2**20, 1),
@@ -197,7 +211,7 @@ def system_metrics(data_dir: Path | None = None) -> dict[str, Any]:
 
 
 @functools.cache
-def _this_process() -> Any:
+def _this_process() -> psutil.Process:
     import psutil
 
     return psutil.Process()   # built once: it reads /proc to identify the process (~50 us)

@@ -19,15 +19,21 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from edgeml.errors import ConfigError
-from edgeml.telemetry.messages import status_topic
+from edgeml.jsontypes import JSON
+from edgeml.protocol import status_topic
 from edgeml_agent.telemetry.spool import Spool
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger("edgeml_agent.telemetry")
 
@@ -45,7 +51,7 @@ class BrokerSettings:
     inflight_window: int = 100
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 10.0
-    extra_status: dict[str, Any] = field(default_factory=dict)
+    extra_status: dict[str, JSON] = field(default_factory=dict)
 
     def host_port_tls(self) -> tuple[str, int, bool]:
         parts = urlsplit(self.url)
@@ -71,10 +77,10 @@ class TelemetryPublisher:
         self.spool = spool
         self._tick = tick
         self._tick_interval = tick_interval_s
-        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any], float]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Mapping[str, JSON], float]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: Any = None
+        self._client: Client | None = None
         self._connected = False
         self._inflight: dict[int, int] = {}       # paho message id -> spool seq
         self._last_sent = 0                       # highest seq handed to paho on this connection
@@ -93,7 +99,7 @@ class TelemetryPublisher:
         self._wake_w.setblocking(False)
 
     # -- producer side ---------------------------------------------------------------------------------
-    def emit(self, kind: str, body: dict[str, Any]) -> None:
+    def emit(self, kind: str, body: Mapping[str, JSON]) -> None:
         """Queue a message; it gets its sequence number when the I/O thread spools it."""
         self._queue.put((kind, body, time.time()))
         self._wake()
@@ -127,7 +133,12 @@ class TelemetryPublisher:
         return self._connected
 
     # -- the I/O thread --------------------------------------------------------------------------------
-    def _make_client(self) -> Any:
+    @property
+    def _mqtt(self) -> Client:
+        assert self._client is not None, "the I/O thread runs only after start() made the client"
+        return self._client
+
+    def _make_client(self) -> Client:
         import paho.mqtt.client as mqtt
 
         s = self.settings
@@ -157,7 +168,8 @@ class TelemetryPublisher:
     def _status(self, state: str) -> bytes:
         return json.dumps({"state": state, "ts": round(time.time(), 3), **self.settings.extra_status}).encode()
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_connect(self, client: Client, userdata: object, flags: ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
@@ -170,13 +182,14 @@ class TelemetryPublisher:
         self._pending_subscriptions = list(self._subscriptions)
         log.info("telemetry connected to %s:%s", self._host, self._port)
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_disconnect(self, client: Client, userdata: object, flags: DisconnectFlags, reason_code: ReasonCode,
+                       properties: Properties | None) -> None:
         if self._connected and not self._stop.is_set():
             log.warning("telemetry disconnected (%s); spooling until the broker is back", reason_code)
         self._connected = False
         self._inflight.clear()
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         callback = self._subscriptions.get(message.topic)
         if callback is not None:
             try:
@@ -184,7 +197,8 @@ class TelemetryPublisher:
             except Exception:  # a consumer's bug must not kill the I/O thread
                 log.exception("handling a message on %s failed", message.topic)
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+    def _on_publish(self, client: Client, userdata: object, mid: int, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is not None:
             self._acked_batch.append(seq)  # deleted from the spool in one transaction per loop turn
@@ -214,7 +228,7 @@ class TelemetryPublisher:
                 if self._connected:
                     backoff = self.settings.reconnect_min_s
                     while self._pending_subscriptions:
-                        self._client.subscribe(self._pending_subscriptions.pop(), qos=1)
+                        self._mqtt.subscribe(self._pending_subscriptions.pop(), qos=1)
                     self._fill_window()
                 try:
                     if self._connected:
@@ -223,7 +237,7 @@ class TelemetryPublisher:
                         busy = bool(self._inflight) or not self._caught_up or stopping
                         idle = min(max(next_tick - time.monotonic(), 0.0), 1.0) if self._tick else 1.0
                         self._wait(0.005 if busy else idle)
-                    self._client.loop(timeout=0.0)   # read (CONNACK too), write, keep-alive: whatever is ready
+                    self._mqtt.loop(timeout=0.0)   # read (CONNACK too), write, keep-alive: whatever is ready
                 except Exception:  # paho raises on sockets dying mid-loop; treat as a disconnect
                     self._connected = False
                 self._commit_acks()
@@ -235,13 +249,13 @@ class TelemetryPublisher:
             self._goodbye()
 
     def _wait(self, timeout: float) -> None:
-        sock = self._client.socket()
+        sock = self._mqtt.socket()
         if sock is None:
             return
         pending = getattr(sock, "pending", None)   # TLS: bytes already decrypted need no wait
         if pending is not None and pending():
             return
-        writable = [sock] if self._client.want_write() else []
+        writable = [sock] if self._mqtt.want_write() else []
         readable, _, _ = select.select([sock, self._wake_r], writable, [], timeout)
         if self._wake_r in readable:
             with contextlib.suppress(OSError):
@@ -249,7 +263,7 @@ class TelemetryPublisher:
 
     def _try_connect(self) -> None:
         try:
-            self._client.reconnect()
+            self._mqtt.reconnect()
         except OSError as exc:   # ssl.SSLError included
             log.debug("broker %s:%s unreachable: %s", self._host, self._port, exc)
 
@@ -260,7 +274,7 @@ class TelemetryPublisher:
             self._acked_batch = []
 
     def _drain_queue(self) -> None:
-        batch: list[tuple[str, dict[str, Any], float]] = []
+        batch: list[tuple[str, Mapping[str, JSON], float]] = []
         while len(batch) < 1000:
             try:
                 batch.append(self._queue.get_nowait())
@@ -277,7 +291,7 @@ class TelemetryPublisher:
         pending = self.spool.pending(after_seq=self._last_sent, limit=room)
         self._caught_up = len(pending) < room  # nothing more to send until new messages are spooled
         for msg in pending:
-            info = self._client.publish(msg.topic, msg.payload, qos=1)
+            info = self._mqtt.publish(msg.topic, msg.payload, qos=1)
             if info.rc != 0:  # not connected any more: the next connect resends from the oldest
                 self._connected = False
                 return
@@ -290,12 +304,12 @@ class TelemetryPublisher:
         self._commit_acks()
         if self._connected:
             try:
-                info = self._client.publish(status_topic(self.settings.device_id), self._status("offline"),
+                info = self._mqtt.publish(status_topic(self.settings.device_id), self._status("offline"),
                                             qos=1, retain=True)
                 deadline = time.monotonic() + 1.0
                 while not info.is_published() and time.monotonic() < deadline:
-                    self._client.loop(timeout=0.05)
-                self._client.disconnect()
+                    self._mqtt.loop(timeout=0.05)
+                self._mqtt.disconnect()
             except Exception:  # best effort: the last-will says offline anyway
                 log.debug("clean telemetry disconnect failed", exc_info=True)
         self._connected = False

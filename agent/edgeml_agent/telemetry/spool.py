@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from edgeml.telemetry.messages import envelope, topic_for
+from edgeml.jsontypes import JSON
+from edgeml.protocol import topic_for
+from edgeml.telemetry.messages import envelope
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,11 @@ class Spool:
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
-    def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> int:
+    def append(self, kind: str, body: Mapping[str, JSON], ts: float | None = None) -> int:
         """Give the message the next sequence number and store it durably; returns the number."""
         return self.append_many([(kind, body, time.time() if ts is None else ts)])[-1]
 
-    def append_many(self, messages: list[tuple[str, dict[str, Any], float]]) -> list[int]:
+    def append_many(self, messages: list[tuple[str, Mapping[str, JSON], float]]) -> list[int]:
         """Number and store several messages in one transaction (one disk sync for all of them).
 
         A ``telemetry`` message also carries, in the same transaction, how many messages the bound

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from edgeml.errors import UpdateError
 from edgeml.fileio import sha256_file
+from edgeml_agent.transport import HttpClient, HttpUnreachable, StreamedResponse
 
 
 class TransientDownloadError(UpdateError):
@@ -17,24 +18,24 @@ class TransientDownloadError(UpdateError):
 
 
 def download(
+    http: HttpClient,
     url: str,
     dest: Path,
     *,
     expected_size: int,
     expected_sha256: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     min_bytes_per_s: float = 1024.0,
     speed_window_s: float = 10.0,
-    chunk_hook: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     timeout_s: float = 30.0,
 ) -> Path:
     """Fetch ``url`` into ``dest`` (``dest.part`` while incomplete), resuming a previous partial file.
 
-    Raises :class:`TransientDownloadError` for retryable problems and :class:`UpdateError` for fatal ones
+    ``progress(bytes on disk)`` is called after each chunk reached the file. Raises
+    :class:`TransientDownloadError` for retryable problems and :class:`UpdateError` for fatal ones
     (oversized, wrong hash). Returns ``dest`` once its size and sha256 match the desired state.
     """
-    import httpx
-
     part = dest.with_name(dest.name + ".part")
     if dest.exists() and sha256_file(dest) == expected_sha256:
         return dest
@@ -43,22 +44,22 @@ def download(
         part.unlink()
         have = 0
     request_headers = dict(headers or {})
-    if 0 < have < expected_size:
+    if have > 0:   # every byte may be here already (a crash before the rename): the server answers 416
         request_headers["Range"] = f"bytes={have}-"
+    stream = _Stream(part, expected_size, min_bytes_per_s, speed_window_s, progress)
     try:
-        with httpx.stream("GET", url, headers=request_headers, timeout=timeout_s) as response:
+        with http.stream(url, headers=request_headers, timeout=timeout_s) as response:
             if response.status_code == 416 and have == expected_size:
                 pass  # we already have every byte
             elif response.status_code == 200:
-                have = 0  # server ignored the Range: start over
-                _stream(response, part, "wb", have, expected_size, min_bytes_per_s, speed_window_s, chunk_hook)
+                stream.copy(response, have=0)  # the server ignored the Range: start over
             elif response.status_code == 206:
-                _stream(response, part, "ab", have, expected_size, min_bytes_per_s, speed_window_s, chunk_hook)
+                stream.copy(response, have=have)
             elif response.status_code in (408, 429, 500, 502, 503, 504):
                 raise TransientDownloadError(f"bundle server answered {response.status_code}")
             else:
                 raise UpdateError(f"bundle download refused: HTTP {response.status_code} for {url}")
-    except httpx.TransportError as exc:
+    except HttpUnreachable as exc:
         raise TransientDownloadError(f"bundle download interrupted: {exc}") from exc
     size = part.stat().st_size
     if size != expected_size:
@@ -70,28 +71,34 @@ def download(
     return dest
 
 
-def _stream(response, part: Path, mode: str, have: int, cap: int, min_rate: float,  # type: ignore[no-untyped-def]
-            window: float, hook: Callable[[int], None] | None) -> None:
-    window_start, window_bytes = time.monotonic(), 0
-    with open(part, mode) as f:
-        for chunk in response.iter_bytes(64 << 10):
-            if have + len(chunk) > cap:
-                f.write(chunk[: cap - have])
+class _Stream:
+    """Copies a response body onto the partial file: size cap, speed floor, progress after each chunk."""
+
+    def __init__(self, part: Path, cap: int, min_rate: float, window: float,
+                 progress: Callable[[int], None] | None) -> None:
+        self.part, self.cap, self.min_rate, self.window, self.progress = part, cap, min_rate, window, progress
+
+    def copy(self, response: StreamedResponse, *, have: int) -> None:
+        window_start, window_bytes = time.monotonic(), 0
+        with open(self.part, "ab" if have else "wb") as f:
+            try:
+                # as the bytes arrive, not in fixed chunks: a cut connection keeps every byte it delivered
+                for chunk in response.iter_bytes():
+                    if have + len(chunk) > self.cap:
+                        f.write(chunk[: self.cap - have])
+                        raise UpdateError(f"the server sent more than the {self.cap} bytes the signed desired "
+                                          "state allows")
+                    f.write(chunk)
+                    have += len(chunk)
+                    window_bytes += len(chunk)
+                    if self.progress is not None:
+                        f.flush()
+                        self.progress(have)
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= self.window:
+                        if window_bytes / elapsed < self.min_rate:
+                            raise TransientDownloadError(f"download slower than {self.min_rate:.0f} B/s; will resume")
+                        window_start, window_bytes = time.monotonic(), 0
+            finally:   # whatever arrived stays on disk for the next attempt to resume from
                 f.flush()
                 os.fsync(f.fileno())
-                raise UpdateError(f"the server sent more than the {cap} bytes the signed desired state allows")
-            f.write(chunk)
-            have += len(chunk)
-            window_bytes += len(chunk)
-            if hook:
-                f.flush()
-                hook(have)
-            elapsed = time.monotonic() - window_start
-            if elapsed >= window:
-                if window_bytes / elapsed < min_rate:
-                    f.flush()
-                    os.fsync(f.fileno())
-                    raise TransientDownloadError(f"download slower than {min_rate:.0f} B/s; will resume")
-                window_start, window_bytes = time.monotonic(), 0
-        f.flush()
-        os.fsync(f.fileno())

@@ -14,10 +14,14 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from edgeml.arrays import Array
+from edgeml.inference import Model
+from edgeml_agent.registry import Observation
 
 log = logging.getLogger("edgeml_agent.updates")
 
@@ -33,7 +37,7 @@ class VersionHealth:
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, float | None]:
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
                 "p50_ms": self.p50_ms, "p95_ms": self.p95_ms}
 
@@ -44,7 +48,7 @@ class HealthWatch:
         self._window = window
         self.shadow: Shadow | None = None
 
-    def observe(self, obs: Any) -> None:
+    def observe(self, obs: Observation) -> None:
         key = (obs.model, obs.version)
         samples = self._samples.get(key)
         if samples is None:
@@ -69,19 +73,19 @@ class HealthWatch:
 class Shadow:
     """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests."""
 
-    def __init__(self, reference: Any, model: str, candidate_version: str, fraction: float) -> None:
+    def __init__(self, reference: Model, model: str, candidate_version: str, fraction: float) -> None:
         self.reference = reference
         self.model = model
         self.candidate_version = candidate_version
         self.fraction = fraction
         self.compared = 0
         self.agreed = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=64)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeml-shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, obs: Any) -> None:
+    def offer(self, obs: Observation) -> None:
         if obs.model != self.model or obs.version != self.candidate_version or random.random() >= self.fraction:
             return
         with contextlib.suppress(queue.Full):  # shadowing is a sample; never slow the live path down
@@ -98,7 +102,7 @@ class Shadow:
             except queue.Empty:
                 continue
             try:
-                expected = self.reference.predict(dict(obs.inputs))
+                expected = self.reference.predict(dict(obs.inputs or {}))
             except Exception:
                 log.debug("shadow run of the previous model failed", exc_info=True)
                 continue
@@ -110,10 +114,10 @@ class Shadow:
         self._thread.join(2)
 
 
-def outputs_agree(reference: dict[str, np.ndarray], candidate: Any) -> bool:
+def outputs_agree(reference: Mapping[str, Array], candidate: Mapping[str, Array] | None) -> bool:
     """Same top-1 class for score-like outputs, cosine >= 0.99 for everything else."""
     for name, ref in reference.items():
-        cand = candidate.get(name) if hasattr(candidate, "get") else None
+        cand = candidate.get(name) if candidate is not None else None
         if cand is None or np.shape(cand) != np.shape(ref):
             return False
         r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)

@@ -4,16 +4,20 @@ side effect, so after a crash the agent knows exactly which state to resume and 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from edgeml.fileio import write_atomic
+from edgeml.protocol import UpdateState
+
+# [unix time, from state, event, to state]: the wire strings, as the enums' values
+HistoryEntry = list[float | str]
 
 
 @dataclass
 class UpdateRecord:
-    state: str = "idle"
+    state: UpdateState = UpdateState.IDLE
     desired: str | None = None              # the signed desired-state wire document being applied
     model: str | None = None
     target_version: str | None = None
@@ -23,11 +27,11 @@ class UpdateRecord:
     restarts: int = 0                       # restarts of the agent while in `state` (boot-loop guard)
     reason: str | None = None               # why the last update failed or was rolled back
     probation_started: float | None = None
-    baseline: dict[str, Any] = field(default_factory=dict)   # previous version's health before the switch
+    baseline: dict[str, float | None] = field(default_factory=dict)  # previous version's health before the switch
     last_serial: int = -1                   # newest desired-state serial accepted (anti-replay)
     committed: dict[str, str] = field(default_factory=dict)  # model -> version committed last
     refused: dict[str, str] = field(default_factory=dict)    # "model@version" -> why (not retried)
-    history: list[list[Any]] = field(default_factory=list)   # [ts, from, event, to], newest last
+    history: list[HistoryEntry] = field(default_factory=list)  # newest last
 
 
 class RecordFile:
@@ -45,21 +49,13 @@ class RecordFile:
             self.path.rename(self.path.with_suffix(".corrupt"))
             return UpdateRecord()
         known = UpdateRecord.__dataclass_fields__
-        return UpdateRecord(**{k: v for k, v in data.items() if k in known})
+        record = UpdateRecord(**{k: v for k, v in data.items() if k in known})
+        record.state = UpdateState(record.state)
+        return record
 
     def save(self, record: UpdateRecord) -> None:
         record.history = record.history[-50:]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(record), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, json.dumps(asdict(record), indent=1, sort_keys=True))
 
 
 def now() -> float:

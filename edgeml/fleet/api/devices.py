@@ -34,7 +34,7 @@ from edgeml.fleet.credentials import (
     token_hash,
 )
 from edgeml.fleet.store.models import ApiToken, Device, EnrollmentToken, TrustedKey, as_utc, utcnow
-from edgeml.fleet.topics import device_prefix
+from edgeml.protocol import device_prefix
 
 router = APIRouter(prefix="/v1", tags=["devices"])
 Ctx = Annotated[FleetContext, Depends(get_context)]

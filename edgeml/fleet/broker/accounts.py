@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from edgeml.fleet.credentials import check_mosquitto_hash, hashes_match, mosquitto_hash
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Device, Setting
-from edgeml.fleet.topics import SERVICE_USERNAME
+from edgeml.protocol import SERVICE_USERNAME
 
 SERVICE_PASSWORD_KEY = "broker.service_password"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeml.errors import FleetError
 from edgeml.fileio import write_atomic
-from edgeml.fleet.topics import ROOT, SERVICE_USERNAME
+from edgeml.protocol import ROOT, SERVICE_USERNAME
 
 log = logging.getLogger(__name__)
 

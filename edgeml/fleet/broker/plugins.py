@@ -1,4 +1,4 @@
-"""amqtt plugins that make the embedded broker enforce the fleet's rules (see ``edgeml.fleet.topics``).
+"""amqtt plugins that make the embedded broker enforce the fleet's rules (see ``edgeml.protocol``).
 
 amqtt builds plugins from dotted class paths plus a plain config dict, so the live account checker is
 handed over through a registry keyed by a name the broker config carries.
@@ -15,7 +15,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from edgeml.fleet.broker.accounts import BrokerAccounts
-from edgeml.fleet.topics import (
+from edgeml.protocol import (
     device_may_publish,
     device_may_subscribe,
     service_may_publish,

@@ -48,16 +48,21 @@ from edgeml.fleet.store.models import (
     Rollout,
     RolloutDevice,
 )
+from edgeml.protocol import RolloutDeviceState as DeviceState
+from edgeml.protocol import RolloutState, UpdateState
 
 log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
 ACTOR = "rollout-controller"
-ACTIVE_STATES = ("running", "aborting")
-IN_FLIGHT = ("sent", "updating")
-# Agent update states (edgeml_agent.updates.machine) → the device's state in the rollout.
+ACTIVE_STATES = (RolloutState.RUNNING, RolloutState.ABORTING)
+IN_FLIGHT = (DeviceState.SENT, DeviceState.UPDATING)
 CLOCK_SKEW = timedelta(seconds=30)
-EVENT_STATES = {"committed": "installed", "failed": "failed", "rolling_back": "failed"}
+# Agent update states (edgeml.protocol, reported in `update` events) → the device's state in the rollout.
+EVENT_STATES: dict[str, DeviceState] = {
+    UpdateState.COMMITTED: DeviceState.INSTALLED, UpdateState.FAILED: DeviceState.FAILED,
+    UpdateState.ROLLING_BACK: DeviceState.FAILED,
+}
 
 
 def installed_version(device: Device, model: str) -> str | None:
@@ -75,7 +80,7 @@ def failure(body: dict[str, Any], *, rolled_back: bool) -> str:
     """Why a device failed an update, from its agent's event: it switched and then rolled back by itself,
     or it refused the version before switching (download, verification, smoke test) and never ran it."""
     cause = str(body.get("reason") or "no reason given")
-    if rolled_back or body.get("source") == "rolling_back":
+    if rolled_back or body.get("source") == UpdateState.ROLLING_BACK:
         return f"rolled back by itself: {cause}"
     step = body.get("source")
     return f"refused it in {step}: {cause}" if step else f"failed: {cause}"
@@ -181,11 +186,11 @@ class RolloutController:
     def step(self, session: Session, r: Rollout) -> list[Issued]:
         now = self.now()
         members = {m.device_id: m for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
-        if r.state == "aborting":
-            issued = self._revert(session, r, [m for m in members.values() if m.state != "pending"], now)
-            r.state, r.updated_at = "aborted", now
+        if r.state == RolloutState.ABORTING:
+            issued = self._revert(session, r, [m for m in members.values() if m.state != DeviceState.PENDING], now)
+            r.state, r.updated_at = RolloutState.ABORTED, now
             audit(session, "rollout.aborted", r.id, reason=r.reason,
-                  reverted=sorted(m.device_id for m in members.values() if m.state == "reverted"))
+                  reverted=sorted(m.device_id for m in members.values() if m.state == DeviceState.REVERTED))
             return issued
         self._add_joiners(session, r, members, now)
         devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(members))))}
@@ -201,7 +206,7 @@ class RolloutController:
                                       .order_by(Device.enrolled_at, Device.id)):
             if device.id not in members and selector.matches(device.group, device.tags):
                 members[device.id] = RolloutDevice(rollout_id=r.id, device_id=device.id, wave=r.current_wave,
-                                                   state="pending", updated_at=now)
+                                                   state=DeviceState.PENDING, updated_at=now)
                 session.add(members[device.id])
                 joined.append(device.id)
         if joined:
@@ -209,7 +214,8 @@ class RolloutController:
 
     def _absorb_progress(self, session: Session, r: Rollout, members: dict[str, RolloutDevice],
                          devices: dict[str, Device]) -> None:
-        watched = [m for m in members.values() if m.state in (*IN_FLIGHT, "installed", "failed", "offline")]
+        settled = (DeviceState.INSTALLED, DeviceState.FAILED, DeviceState.OFFLINE)
+        watched = [m for m in members.values() if m.state in (*IN_FLIGHT, *settled)]
         if not watched:
             return
         # device clocks may lag the server's a little; events from before the send are older attempts
@@ -219,29 +225,30 @@ class RolloutController:
         for event in self.health.update_events(session, device_ids=[m.device_id for m in watched], since=since):
             # "idle" follows both committed and failed: it says nothing about how the update ended
             if (event.body.get("model") == r.name and event.body.get("version") == r.version
-                    and event.body.get("state") != "idle"):
+                    and event.body.get("state") != UpdateState.IDLE):
                 latest[event.device_id] = event.body
-                if event.body.get("state") == "rolling_back":
+                if event.body.get("state") == UpdateState.ROLLING_BACK:
                     rolled_back.add(event.device_id)
         for m in watched:
             body: dict[str, Any] | None = latest.get(m.device_id)
             state = None
             if body is not None:
-                state = EVENT_STATES.get(str(body.get("state")), "updating")
+                state = EVENT_STATES.get(str(body.get("state")), DeviceState.UPDATING)
                 if m.previous_version is None and body.get("previous"):
                     # sent before the fleet knew what it ran (e.g. it enrolled mid-rollout): its agent says
                     m.previous_version = str(body["previous"])
             device = devices.get(m.device_id)
-            if state in (None, "updating") and device is not None and installed_version(device, r.name) == r.version:
-                state = "installed"  # no event (e.g. it already ran this version), but the ingest saw it
+            if (state in (None, DeviceState.UPDATING) and device is not None
+                    and installed_version(device, r.name) == r.version):
+                state = DeviceState.INSTALLED  # no event (e.g. it already ran this version), but the ingest saw it
             if state is not None and state != m.state:
                 m.state, m.updated_at = state, self.now()
-                if state == "failed" and body is not None:
+                if state == DeviceState.FAILED and body is not None:
                     m.reason = failure(body, rolled_back=m.device_id in rolled_back)
 
     def _send_due(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], devices: dict[str, Device],
                   now: datetime) -> list[Issued]:
-        due = [m for m in members.values() if m.state == "pending" and m.wave <= r.current_wave]
+        due = [m for m in members.values() if m.state == DeviceState.PENDING and m.wave <= r.current_wave]
         if not due:
             return []
         bundle = session.get(Bundle, r.bundle_id)
@@ -254,7 +261,7 @@ class RolloutController:
                 m.previous_version = installed_version(device, r.name)
             issued.append(issue(session, self.key, m.device_id, model_entry(bundle), rollout_id=r.id,
                                 probation=probation, now=now.timestamp()))
-            m.state, m.sent_at, m.updated_at = "sent", now, now
+            m.state, m.sent_at, m.updated_at = DeviceState.SENT, now, now
         return issued
 
     def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], now: datetime) -> list[Issued]:
@@ -264,7 +271,7 @@ class RolloutController:
         if r.wave_started_at is None:
             r.wave_started_at, r.updated_at = now, now
             audit(session, "rollout.wave_started", r.id, wave=w + 1, devices=sorted(m.device_id for m in wave))
-        failed = [m for m in upto if m.state == "failed"]
+        failed = [m for m in upto if m.state == DeviceState.FAILED]
         if failed:
             reasons = [f"device {m.device_id} {m.reason or 'failed'}" for m in failed]
             return self._fail(session, r, members, reasons, {"failed_devices": len(failed)}, now)
@@ -274,12 +281,13 @@ class RolloutController:
             return []
         if waiting:
             for m in waiting:
-                m.state, m.updated_at, m.reason = "offline", now, f"no answer within the wave timeout ({r.wave_timeout_s:g} s)"
+                m.state, m.updated_at = DeviceState.OFFLINE, now
+                m.reason = f"no answer within the wave timeout ({r.wave_timeout_s:g} s)"
             audit(session, "rollout.devices_offline", r.id, wave=w + 1, devices=sorted(m.device_id for m in waiting),
                   wave_timeout_s=r.wave_timeout_s)
-        installed = [m for m in upto if m.state == "installed"]
-        if not any(m.state == "installed" for m in wave):
-            if any(m.state == "offline" for m in wave):
+        installed = [m for m in upto if m.state == DeviceState.INSTALLED]
+        if not any(m.state == DeviceState.INSTALLED for m in wave):
+            if any(m.state == DeviceState.OFFLINE for m in wave):
                 return self._fail(session, r, members, [f"no device of wave {w + 1} installed {r.version} within "
                                                         f"{r.wave_timeout_s:g} s"], {"offline": len(wave)}, now)
             return self._advance(session, r, members, now, {"note": "every device of this wave was sent back"})
@@ -320,7 +328,7 @@ class RolloutController:
         r.wave_started_at = r.observe_started_at = None
         r.updated_at = now
         if r.current_wave >= waves:
-            r.state = "completed"
+            r.state = RolloutState.COMPLETED
             counts = Counter(m.state for m in members.values())
             audit(session, "rollout.completed", r.id, version=f"{r.name}@{r.version}", devices=dict(counts))
         return []
@@ -329,11 +337,12 @@ class RolloutController:
               figures: dict[str, Any], now: datetime) -> list[Issued]:
         abort = r.on_failure == "abort"
         if abort:
-            targets = [m for m in members.values() if m.state != "pending"]
+            targets = [m for m in members.values() if m.state != DeviceState.PENDING]
         else:
-            targets = [m for m in members.values() if m.state != "pending" and (m.wave == r.current_wave or m.state == "failed")]
+            targets = [m for m in members.values() if m.state != DeviceState.PENDING
+                       and (m.wave == r.current_wave or m.state == DeviceState.FAILED)]
         issued = self._revert(session, r, targets, now)
-        r.state = "aborted" if abort else "paused"
+        r.state = RolloutState.ABORTED if abort else RolloutState.PAUSED
         r.reason, r.updated_at = "; ".join(reasons), now
         audit(session, "rollout.gate_failed", r.id, wave=r.current_wave + 1, outcome=r.state, reasons=reasons,
               figures=figures, reverted=sorted(i.device_id for i in issued))
@@ -344,17 +353,17 @@ class RolloutController:
         issued = []
         current = session.get(Bundle, r.bundle_id)
         for m in targets:
-            if m.state == "reverted":
+            if m.state == DeviceState.REVERTED:
                 continue
             previous = self._previous_bundle(session, r, m.previous_version, current.target if current else None)
             if previous is None:
                 m.reason = (f"cannot send it back: no bundle {r.name}@{m.previous_version} in the registry"
                             if m.previous_version else "cannot send it back: it ran no earlier version")
-                m.state, m.updated_at = "reverted", now
+                m.state, m.updated_at = DeviceState.REVERTED, now
                 continue
             issued.append(issue(session, self.key, m.device_id, model_entry(previous, rollback=True),
                                 rollout_id=r.id, probation={}, now=now.timestamp()))
-            m.state, m.updated_at = "reverted", now
+            m.state, m.updated_at = DeviceState.REVERTED, now
         return issued
 
     @staticmethod

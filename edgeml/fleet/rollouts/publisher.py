@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from edgeml.fleet.topics import desired_topic
+from edgeml.protocol import desired_topic
 
 log = logging.getLogger(__name__)
 

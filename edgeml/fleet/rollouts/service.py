@@ -20,9 +20,12 @@ from edgeml.fleet.rollouts.gates import Gates
 from edgeml.fleet.rollouts.health import HealthSource
 from edgeml.fleet.rollouts.plan import Selector, assign_waves, parse_waves, wave_sizes
 from edgeml.fleet.store.models import AuditEntry, Bundle, Device, Rollout, RolloutDevice, utcnow
+from edgeml.protocol import RolloutDeviceState as DeviceState
+from edgeml.protocol import RolloutState
 
-DEVICE_STATES = ("pending", "sent", "updating", "installed", "failed", "offline", "reverted")
-FINAL_STATES = ("completed", "aborted")
+DEVICE_STATES = tuple(DeviceState)
+FINAL_STATES = (RolloutState.COMPLETED, RolloutState.ABORTED)
+LIVE_STATES = (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.ABORTING)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
     if spec.on_failure not in ("pause", "abort"):
         raise RolloutError(f"on_failure must be 'pause' or 'abort', not {spec.on_failure!r}")
     busy = session.scalars(select(Rollout).join(Bundle, Rollout.bundle_id == Bundle.id)
-                           .where(Bundle.name == bundle.name, Rollout.state.in_(("running", "paused", "aborting")))).first()
+                           .where(Bundle.name == bundle.name, Rollout.state.in_(LIVE_STATES))).first()
     if busy is not None:
         raise RolloutError(f"rollout {busy.id} of {bundle.name} is {busy.state}: abort it "
                            f"('edgeml-fleet rollout abort {busy.id}') or let it finish first")
@@ -52,15 +55,17 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
     if not devices:
         raise RolloutError(f"no enrolled device matches {spec.selector.describe()} (see 'edgeml-fleet devices list')")
     now = utcnow()
-    rollout = Rollout(id=new_id("ro-"), bundle_id=bundle.id, state="running", created_at=now, name=bundle.name,
-                      version=bundle.version, selector=spec.selector.to_json(), waves=list(spec.waves),
+    rollout = Rollout(id=new_id("ro-"), bundle_id=bundle.id, state=RolloutState.RUNNING, created_at=now,
+                      name=bundle.name, version=bundle.version,
+                      selector=spec.selector.to_json(), waves=list(spec.waves),
                       gates=spec.gates.to_json(), probation=dict(spec.probation or {}), observe_s=spec.observe_s,
                       wave_timeout_s=spec.wave_timeout_s, on_failure=spec.on_failure, current_wave=0,
                       created_by=actor, updated_at=now)
     session.add(rollout)
     session.flush()
     for device_id, wave in assign_waves(devices, spec.waves).items():
-        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state="pending", updated_at=now))
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state=DeviceState.PENDING,
+                                  updated_at=now))
     return rollout
 
 
@@ -73,9 +78,9 @@ def get(session: Session, rollout_id: str) -> Rollout:
 
 def pause(session: Session, rollout_id: str) -> Rollout:
     row = get(session, rollout_id)
-    if row.state != "running":
+    if row.state != RolloutState.RUNNING:
         raise RolloutError(f"rollout {row.id} is {row.state}; only a running rollout can be paused")
-    row.state, row.reason, row.updated_at = "paused", "paused by an operator", utcnow()
+    row.state, row.reason, row.updated_at = RolloutState.PAUSED, "paused by an operator", utcnow()
     return row
 
 
@@ -83,9 +88,9 @@ def resume(session: Session, rollout_id: str) -> Rollout:
     """Continue from the wave where it stopped; the observation of that wave starts again. Devices sent back
     stay on their previous version; the gates are judged again on the others."""
     row = get(session, rollout_id)
-    if row.state != "paused":
+    if row.state != RolloutState.PAUSED:
         raise RolloutError(f"rollout {row.id} is {row.state}; only a paused rollout can be resumed")
-    row.state, row.reason, row.updated_at = "running", None, utcnow()
+    row.state, row.reason, row.updated_at = RolloutState.RUNNING, None, utcnow()
     row.wave_started_at = row.observe_started_at = None
     return row
 
@@ -93,9 +98,9 @@ def resume(session: Session, rollout_id: str) -> Rollout:
 def abort(session: Session, rollout_id: str, reason: str) -> Rollout:
     """Stop; the controller then sends every device that got the new version back to its previous one."""
     row = get(session, rollout_id)
-    if row.state in FINAL_STATES or row.state == "aborting":
+    if row.state in FINAL_STATES or row.state == RolloutState.ABORTING:
         raise RolloutError(f"rollout {row.id} is already {row.state}")
-    row.state, row.reason, row.updated_at = "aborting", reason, utcnow()
+    row.state, row.reason, row.updated_at = RolloutState.ABORTING, reason, utcnow()
     return row
 
 
@@ -126,8 +131,8 @@ def status(row: Rollout, session: Session, health: HealthSource | None, now: dat
                       "devices": len(by_wave[w]), "state": state,
                       "counts": dict(Counter(m.state for m in by_wave[w]))})
     live = None
-    if health is not None and row.state in ("running", "paused"):
-        installed = [m.device_id for m in members if m.wave <= row.current_wave and m.state == "installed"]
+    if health is not None and row.state in (RolloutState.RUNNING, RolloutState.PAUSED):
+        installed = [m.device_id for m in members if m.wave <= row.current_wave and m.state == DeviceState.INSTALLED]
         if installed:
             since = row.observe_started_at or row.wave_started_at or row.created_at
             h = health.version_health(session, model=row.name, version=row.version, device_ids=installed, since=since)

@@ -1,0 +1,120 @@
+"""What the agent's components are handed when they are built: one typed object, no lookups by name.
+
+:class:`Services` holds the pieces every component may use (config, trust, store, model registry,
+metrics, model loader, credentials, the outgoing-HTTP client) plus the one hook tests use to stop an
+update inside a state (``on_state``, a no-op in production). Components that need each other
+(updates report through telemetry and receive desired states over its MQTT connection) are given
+each other by :func:`edgeml_agent.components.build_components`, typed by the small protocols below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edgeml.bundle.keys import TrustStore
+from edgeml.inference import load_verified
+from edgeml.jsontypes import JSON
+from edgeml.protocol import UpdateState
+from edgeml.runtimes.selection import SelectionPolicy
+from edgeml_agent.config import AgentConfig
+from edgeml_agent.enroll import Credentials, enrolled
+from edgeml_agent.metrics import Metrics
+from edgeml_agent.registry import LoadedModel, ModelRegistry
+from edgeml_agent.store import Store
+from edgeml_agent.transport import HttpClient, HttpxClient
+
+log = logging.getLogger("edgeml_agent")
+
+# on_state(state, point): called by the update machine at fixed points — "enter" as a state's side
+# effect begins, "mid" between the pointer switch and the registry swap, "bytes=<have>/<total>" after
+# each downloaded chunk reached the file. Production passes a no-op; crash tests stop the process there.
+StateHook = Callable[[UpdateState, str], None]
+
+
+def no_hook(state: UpdateState, point: str) -> None:
+    """The production ``on_state``: nothing."""
+
+
+class EventSink(Protocol):
+    def event(self, kind: str, **data: JSON) -> None:
+        """Report an event (model loaded, update progress, ...) to whoever listens (the fleet)."""
+
+
+class DesiredFeed(Protocol):
+    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback`` with each message on ``topic`` (the device's desired-state topic)."""
+
+
+class Component(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class NoEvents:
+    """The event sink of a component built without telemetry: the events are only in the log (the
+    update machine logs each report itself)."""
+
+    def event(self, kind: str, **data: JSON) -> None:
+        pass
+
+
+def trust_from_config(config: AgentConfig) -> TrustStore:
+    present = [p for p in config.trusted_keys if p.exists()]
+    for p in config.trusted_keys:
+        if not p.exists():
+            log.warning("trusted key path %s does not exist (trusted_keys in %s)", p, config.source)
+    return TrustStore.from_paths(present)
+
+
+class ModelLoader:
+    """Verify, load and smoke-test an installed version (not yet served: pass it to registry.swap)."""
+
+    def __init__(self, config: AgentConfig, store: Store) -> None:
+        self.config, self.store = config, store
+
+    def policy(self) -> SelectionPolicy:
+        rt = self.config.runtime
+        return SelectionPolicy(cpu_fallback=rt.cpu_fallback, allow_other_arch=rt.allow_other_arch,
+                               num_threads=rt.num_threads, cache_dir=self.config.data_dir / "engines")
+
+    def __call__(self, name: str, version: str | None = None) -> LoadedModel:
+        bundle = self.store.open(name, version)
+        model = load_verified(bundle, self.policy())
+        try:
+            if self.config.runtime.smoke_test:
+                model.smoke_test()
+            return LoadedModel(model, self.config.model(name))
+        except BaseException:
+            model.close()
+            raise
+
+
+@dataclass(frozen=True)
+class Services:
+    config: AgentConfig
+    trust: TrustStore
+    store: Store
+    registry: ModelRegistry
+    metrics: Metrics
+    load_model: ModelLoader
+    credentials: Credentials | None
+    http: HttpClient = field(default_factory=HttpxClient)
+    on_state: StateHook = no_hook
+
+    @classmethod
+    def build(cls, config: AgentConfig, *, http: HttpClient | None = None,
+              on_state: StateHook | None = None) -> Services:
+        trust = trust_from_config(config)
+        store = Store(config.data_dir, trust)
+        registry = ModelRegistry()
+        metrics = Metrics()
+        registry.add_observer(metrics.observe)
+        return cls(config=config, trust=trust, store=store, registry=registry, metrics=metrics,
+                   load_model=ModelLoader(config, store), credentials=enrolled(config.data_dir),
+                   http=http or HttpxClient(), on_state=on_state or no_hook)
