@@ -171,21 +171,9 @@ class IngestService:
                 envelopes.append(Envelope.parse(device_id, doc))
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 self.stats.rejected += 1   # never stored, never redelivered: acknowledged below
-        for attempt in range(5):
-            try:
-                with self.store.session() as session:
-                    stored = store_messages(session, envelopes)
-                    for device_id, state in statuses:
-                        record_status(session, device_id, state)
-                break
-            except (IntegrityError, OperationalError) as exc:
-                # another server process created a derived row (hourly roll-up, drift score) first, or
-                # the DB is busy: try again; the next attempt sees the rows that won the race.
-                log.debug("ingest batch retry %d: %s", attempt + 1, exc)
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            log.error("telemetry ingest could not write a batch of %d; the broker will redeliver it", len(messages))
-            return  # not acknowledged: redelivered after reconnect
+        stored = self._store_batch(envelopes, statuses, len(messages))
+        if stored is None:
+            return  # stopping with the database still failing: not acknowledged, the broker redelivers it
         self.stats.stored += stored
         self.stats.duplicates += len(envelopes) - stored
         self.stats.batches += 1
@@ -194,6 +182,29 @@ class IngestService:
         for msg in messages:
             if msg.qos > 0 and self._client is not None:
                 self._client.ack(msg.mid, msg.qos)
+
+    def _store_batch(self, envelopes: list[Envelope], statuses: list[tuple[str, str]], size: int) -> int | None:
+        """Store the batch, retrying until the database takes it: a message the broker acknowledged (the
+        embedded broker hands it over with no redelivery) must never be dropped because the database was
+        busy for a moment. Only a stop with the database still failing gives up (None)."""
+        attempt = 0
+        while True:
+            try:
+                with self.store.session() as session:
+                    stored = store_messages(session, envelopes)
+                    for device_id, state in statuses:
+                        record_status(session, device_id, state)
+                return stored
+            except (IntegrityError, OperationalError) as exc:
+                # another server process created a derived row (hourly roll-up, drift score) first, or
+                # the DB is busy: try again; the next attempt sees the rows that won the race.
+                attempt += 1
+                if self._stop.is_set() and attempt >= 5:
+                    log.error("telemetry ingest stopped before the database took a batch of %d", size)
+                    return None
+                log_at = log.warning if attempt % 20 == 0 else log.debug
+                log_at("ingest batch of %d, retry %d: %s", size, attempt, exc)
+                time.sleep(min(0.05 * attempt, 1.0))
 
     def _prune(self) -> None:
         try:
