@@ -48,10 +48,9 @@ def problems(name: str, instance: object, limit: int = MAX_REPORTED) -> list[str
     """How ``instance`` breaks schema ``name``, one ``"$.path: what was expected"`` line per problem, ordered
     by path; at most ``limit`` lines plus one saying how many more there were. Empty when it conforms."""
     errors = sorted(islice(_validator(name).iter_errors(instance), 1000), key=lambda e: _path(e.absolute_path))
-    lines = [f"{_path(e.absolute_path)}: {_expected(e)}" for e in errors[:limit]]
-    if len(errors) > limit:
-        lines.append(f"and {len(errors) - limit} more")
-    return lines
+    # one line per place and problem: "required" fails once per missing key, the line names them all
+    lines = list(dict.fromkeys(f"{_path(e.absolute_path)}: {_expected(e)}" for e in errors))
+    return lines[:limit] + ([f"and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 def _path(parts: deque[str | int]) -> str:
