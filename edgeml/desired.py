@@ -36,7 +36,7 @@ from edgeml import schemas
 from edgeml.bundle.keys import SigningKey, verify_signature
 from edgeml.bundle.manifest import canonical_json, parse_semver
 from edgeml.errors import DesiredStateError
-from edgeml.jsonlimits import loads_bounded
+from edgeml.jsonlimits import JSONLimitError, loads_bounded
 
 SCHEMA = 1
 MAX_DESIRED_BYTES = 1 << 20     # a document lists a device's models: a few KB; the cap stops a flood
@@ -136,6 +136,8 @@ def _document(payload: bytes) -> dict[str, Any]:
     """The signed payload, parsed and checked against the desired-state schema."""
     try:
         doc = loads_bounded(payload, max_bytes=MAX_DESIRED_BYTES, max_depth=MAX_DESIRED_DEPTH)
+    except JSONLimitError as exc:
+        raise DesiredStateError(f"the desired state's payload is refused ({exc})") from exc
     except ValueError as exc:
         raise DesiredStateError(f"the desired state's payload is not valid JSON ({exc})") from exc
     if isinstance(doc, dict) and doc.get("schema") != SCHEMA:

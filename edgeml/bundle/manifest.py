@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeml import schemas
 from edgeml.errors import ManifestError, UnsupportedFormatError
-from edgeml.jsonlimits import loads_bounded
+from edgeml.jsonlimits import JSONLimitError, loads_bounded
 from edgeml.runtimes.registry import RUNTIMES
 
 FORMAT_VERSION = 1
@@ -75,7 +75,9 @@ class Manifest:
         where = f"{source}: " if source else ""
         try:
             raw = loads_bounded(data, max_bytes=MAX_MANIFEST_BYTES, max_depth=MAX_MANIFEST_DEPTH)
-        except ValueError as exc:   # not JSON, or over a limit (jsonlimits says which)
+        except JSONLimitError as exc:
+            raise ManifestError(f"{where}manifest.json is refused: {exc}") from exc
+        except ValueError as exc:
             raise ManifestError(f"{where}manifest.json is not valid JSON: {exc}") from exc
         return cls.from_dict(raw)
 
