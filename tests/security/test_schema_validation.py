@@ -31,6 +31,7 @@ from edgeml.bundle.pack import signature_document
 from edgeml.desired import parse_desired, sign_desired
 from edgeml.errors import DesiredStateError, ManifestError, UnsupportedFormatError
 from tests.fleet.conftest import Fleet, make_fleet
+from tests.fleet.server_process import fleet_server
 from tests.support.postgres import temporary_database
 from tests.updates.test_machine_inprocess import Rig
 
@@ -204,6 +205,33 @@ def test_fleet_upload_answers_400_with_the_path(make: Callable[[], Any], message
                                                              _manifest()).read_bytes())
     assert good.status_code == 201, good.text
     assert fleet.call("GET", "/v1/bundles/det@1.0.0").json()["manifest"]["name"] == "det"
+
+
+def _fleet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeml.fleet.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+
+
+@pytest.mark.slow
+def test_edgeml_fleet_bundles_push_to_a_real_server_gets_the_reason(tmp_path: Path, signing_key: SigningKey) -> None:
+    # given a real `edgeml-fleet serve` process that trusts the key
+    data = tmp_path / "fleet"
+    admin = _fleet_cli("admin", "init", "--data-dir", str(data)).stdout.strip()
+    (tmp_path / "ci.pub").write_bytes(signing_key.public_pem())
+    with fleet_server(data) as server:
+        assert _fleet_cli("login", server.url, "--token", admin).returncode == 0
+        assert _fleet_cli("keys", "trust", str(tmp_path / "ci.pub")).returncode == 0
+        for name, make, message in CLI_CASES:
+            # when a signed malformed bundle is pushed
+            run = _fleet_cli("bundles", "push", str(_bundle(tmp_path / f"{len(name)}.edgepkg", signing_key, make())))
+            # then the command fails with the server's reason on one line, and the server stays well
+            assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+            lines = run.stderr.splitlines()
+            assert len(lines) == 1 and "failed (400): bundle refused: " in lines[0], run.stderr
+            assert re.search(message, lines[0]), lines[0]
+        good = _fleet_cli("bundles", "push", str(_bundle(tmp_path / "ok.edgepkg", signing_key, _manifest())))
+        assert good.returncode == 0 and "pushed det@1.0.0" in good.stdout, good.stderr
+    assert "Traceback" not in server.log.read_text()
 
 
 # -- desired states: signed with the trusted key, so only the schema can refuse them ------------------
