@@ -16,7 +16,8 @@ Document (schema 1)::
      "rollout": id or null}
 
 Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64}`` —
-the signature covers the exact payload bytes.
+the signature covers the exact payload bytes. Both layers are JSON Schemas in ``edgeml/schemas/``
+(``wire.schema.json``, ``desired.schema.json``); keys they do not name are allowed and ignored.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgeml import schemas
 from edgeml.bundle.keys import SigningKey, verify_signature
 from edgeml.bundle.manifest import canonical_json, parse_semver
 from edgeml.errors import DesiredStateError
+from edgeml.jsonlimits import JSONLimitError, loads_bounded
 
 SCHEMA = 1
+MAX_DESIRED_BYTES = 1 << 20     # a document lists a device's models: a few KB; the cap stops a flood
+MAX_DESIRED_DEPTH = 16          # the document nests 3 levels
 
 
 @dataclass(frozen=True)
@@ -78,41 +83,66 @@ def parse_desired(
     now: float | None = None,
     last_serial: int | None = None,
 ) -> DesiredState:
-    """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not."""
+    """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not.
+
+    Shape and types are checked against ``edgeml/schemas/{wire,desired}.schema.json`` before any field is
+    used (every offending JSON path in one error); the checks below them are about meaning.
+    """
+    outer = _wire_fields(wire)
+    payload = outer["payload"].encode()
     try:
-        outer = json.loads(wire)
-        payload = outer["payload"].encode()
-        key_id = str(outer["key_id"])
         signature = base64.b64decode(outer["signature"], validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+    except binascii.Error as exc:
         raise DesiredStateError(f"the desired state is malformed ({exc})") from exc
-    key = trusted.get(key_id)
+    key = trusted.get(outer["key_id"])
     if key is None:
-        raise DesiredStateError(f"the desired state is signed by key {key_id}, which this device does not trust")
+        raise DesiredStateError(
+            f"the desired state is signed by key {outer['key_id']}, which this device does not trust")
     if not verify_signature(key, signature, payload):
         raise DesiredStateError("the desired state's signature does not match: it was altered")
-    try:
-        doc = json.loads(payload)
-        if doc.get("schema") != SCHEMA:
-            raise DesiredStateError(f"desired state schema {doc.get('schema')!r} is not supported")
-        models = tuple(
-            DesiredModel(str(m["name"]), str(m["version"]), str(m["sha256"]), int(m["size"]), str(m["url"]),
-                         bool(m.get("rollback", False)))
-            for m in doc["models"]
-        )
-        state = DesiredState(str(doc["device"]), float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
-                             models, dict(doc.get("probation") or {}), doc.get("rollout"), wire)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DesiredStateError(f"the desired state misses or mistypes a field ({exc})") from exc
+    doc = _document(payload)
+    models = tuple(DesiredModel(m["name"], m["version"], m["sha256"], int(m["size"]), m["url"],
+                                m.get("rollback", False)) for m in doc["models"])
+    state = DesiredState(doc["device"], float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
+                         models, dict(doc.get("probation") or {}), doc.get("rollout"), wire)
     for m in models:
         parse_semver(m.version)
     if state.device != device_id:
-        raise DesiredStateError(f"the desired state is addressed to device {state.device}, not to this device ({device_id})")
+        raise DesiredStateError(
+            f"the desired state is addressed to device {state.device}, not to this device ({device_id})")
     now = time.time() if now is None else now
     if state.expires <= now:
-        raise DesiredStateError(f"the desired state expired {now - state.expires:.0f} s ago; the fleet must issue a new one")
-    if last_serial is not None and state.serial < last_serial:
         raise DesiredStateError(
-            f"the desired state (serial {state.serial}) is older than one already accepted (serial {last_serial}): replay refused"
-        )
+            f"the desired state expired {now - state.expires:.0f} s ago; the fleet must issue a new one")
+    if last_serial is not None and state.serial < last_serial:
+        raise DesiredStateError(f"the desired state (serial {state.serial}) is older than one already accepted "
+                                f"(serial {last_serial}): replay refused")
     return state
+
+
+def _wire_fields(wire: bytes) -> dict[str, Any]:
+    """The wrapper's payload text, key id and signature text, or a "malformed" refusal naming what is wrong."""
+    try:
+        outer = loads_bounded(wire, max_bytes=MAX_DESIRED_BYTES, max_depth=MAX_DESIRED_DEPTH)
+    except ValueError as exc:
+        raise DesiredStateError(f"the desired state is malformed ({exc})") from exc
+    found = schemas.problems("wire", outer)
+    if found:
+        raise DesiredStateError(f"the desired state is malformed ({'; '.join(found)})")
+    return cast(dict[str, Any], outer)   # the schema says it is an object
+
+
+def _document(payload: bytes) -> dict[str, Any]:
+    """The signed payload, parsed and checked against the desired-state schema."""
+    try:
+        doc = loads_bounded(payload, max_bytes=MAX_DESIRED_BYTES, max_depth=MAX_DESIRED_DEPTH)
+    except JSONLimitError as exc:
+        raise DesiredStateError(f"the desired state's payload is refused ({exc})") from exc
+    except ValueError as exc:
+        raise DesiredStateError(f"the desired state's payload is not valid JSON ({exc})") from exc
+    if isinstance(doc, dict) and doc.get("schema") != SCHEMA:
+        raise DesiredStateError(f"desired state schema {doc.get('schema')!r} is not supported")
+    found = schemas.problems("desired", doc)
+    if found:
+        raise DesiredStateError(f"the desired state misses or mistypes a field: {'; '.join(found)}")
+    return cast(dict[str, Any], doc)

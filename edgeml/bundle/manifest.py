@@ -1,7 +1,10 @@
 """The bundle manifest (format version 1): the single source of truth about a bundle.
 
-The manifest is a JSON object; :class:`Manifest` validates the keys every side relies on and gives
-typed access to them, while ``raw`` keeps everything (fidelity, benchmark, provenance, ...) as written.
+The manifest is a JSON object. :class:`Manifest` checks it in three steps before any field is used:
+the bytes are parsed within size and nesting limits (:mod:`edgeml.jsonlimits`), the shape and types are
+validated against ``edgeml/schemas/manifest.schema.json`` (every offending JSON path in one error), and
+then the meaning (format version, semver, runtime, files) is checked here. It gives typed access to the
+keys every side relies on, while ``raw`` keeps everything (fidelity, benchmark, provenance, ...) as written.
 Serialisation is canonical (sorted keys, fixed separators) because the signature covers its bytes.
 """
 
@@ -13,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgeml import schemas
 from edgeml.errors import ManifestError, UnsupportedFormatError
+from edgeml.jsonlimits import JSONLimitError, loads_bounded
 from edgeml.runtimes.registry import RUNTIMES
 
 FORMAT_VERSION = 1
@@ -21,8 +26,8 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-_REQUIRED = ("format", "name", "version", "created", "target", "runtime", "precision", "model", "files",
-             "inputs", "outputs")
+MAX_MANIFEST_BYTES = 4 << 20      # the same cap the archive reader applies to the manifest member
+MAX_MANIFEST_DEPTH = 64           # a real manifest nests about 5 levels; pass configs may add a few
 
 
 def parse_semver(version: str) -> tuple[Any, ...]:
@@ -43,10 +48,8 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        try:
-            return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"tensor spec {data!r} needs name, dtype and shape") from exc
+        """From a tensor spec the manifest schema accepted (name, dtype, shape)."""
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -67,33 +70,35 @@ class Manifest:
 
     # -- construction / serialisation ---------------------------------------------------------------
     @classmethod
-    def from_bytes(cls, data: bytes) -> Manifest:
+    def from_bytes(cls, data: bytes, source: str | None = None) -> Manifest:
+        """Parse and validate manifest.json's bytes; ``source`` (the bundle's path) prefixes parse errors."""
+        where = f"{source}: " if source else ""
         try:
-            raw = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"manifest.json is not valid JSON: {exc}") from exc
+            raw = loads_bounded(data, max_bytes=MAX_MANIFEST_BYTES, max_depth=MAX_MANIFEST_DEPTH)
+        except JSONLimitError as exc:
+            raise ManifestError(f"{where}manifest.json is refused: {exc}") from exc
+        except ValueError as exc:
+            raise ManifestError(f"{where}manifest.json is not valid JSON: {exc}") from exc
         return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, raw: Any) -> Manifest:
+        """Validate a parsed manifest: format version, then the schema, then the semantic rules."""
         if not isinstance(raw, dict):
             raise ManifestError("manifest.json must hold a JSON object")
         check_format(raw)
-        missing = [k for k in _REQUIRED if k not in raw]
-        if missing:
-            raise ManifestError(f"manifest.json misses required keys: {', '.join(missing)}")
+        found = schemas.problems("manifest", raw)
+        if found:
+            raise ManifestError(f"manifest.json does not match the format {FORMAT_VERSION} schema: {'; '.join(found)}")
         m = cls(raw)
         parse_semver(m.version)
         if m.runtime not in RUNTIMES:
             raise ManifestError(f"manifest runtime '{m.runtime}' is not one of {', '.join(RUNTIMES)}")
-        if not isinstance(raw["target"], dict) or "id" not in raw["target"]:
-            raise ManifestError("manifest 'target' must be an object with an 'id'")
         paths = [f.path for f in m.files]
         if len(set(paths)) != len(paths):
             raise ManifestError("manifest 'files' lists a path twice")
         if m.model not in paths:
             raise ManifestError(f"manifest 'model' names {m.model}, which is not in 'files'")
-        m.inputs, m.outputs  # noqa: B018 - validates the tensor specs
         return m
 
     def to_bytes(self) -> bytes:
@@ -140,10 +145,7 @@ class Manifest:
 
     @property
     def files(self) -> list[FileEntry]:
-        try:
-            return [FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in self.raw["files"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError("manifest 'files' entries need path, size and sha256") from exc
+        return [FileEntry(f["path"], int(f["size"]), f["sha256"]) for f in self.raw["files"]]
 
     @property
     def inputs(self) -> list[TensorSpec]:

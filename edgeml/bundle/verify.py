@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeml.bundle.archive import iter_chunks, open_tar_stream, read_member, safe_member_name
 from edgeml.bundle.keys import verify_signature
-from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, check_format
+from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from edgeml.errors import (
     IntegrityError,
     ManifestError,
@@ -177,13 +177,7 @@ def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
         found = first.name if first is not None else "nothing"
         raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (found {found})")
     manifest_bytes = read_member(tar, first, MAX_MANIFEST_BYTES)
-    try:
-        raw = json.loads(manifest_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: manifest.json is not valid JSON: {exc}") from exc
-    if isinstance(raw, dict):
-        check_format(raw)  # an unknown format is reported as such, not as a bad signature
-    manifest = Manifest.from_dict(raw)
+    manifest = Manifest.from_bytes(manifest_bytes, source=str(path))  # bounded parse, format, schema
     second = _next_member(tar, path)
     if second is None:
         # A real unsigned bundle still holds its model files; an archive that stops here was cut short.

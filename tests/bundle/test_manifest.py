@@ -37,9 +37,11 @@ def test_valid_manifest_gives_typed_access() -> None:
         ({"format": 7}, UnsupportedFormatError, "format 7"),
         ({"runtime": "tvm"}, ManifestError, "runtime 'tvm'"),
         ({"model": "other.onnx"}, ManifestError, "not in 'files'"),
-        ({"target": "x86-cpu"}, ManifestError, "'target' must be an object"),
-        ({"inputs": [{"name": "x"}]}, ManifestError, "needs name, dtype and shape"),
-        ({"files": [{"path": "model.onnx", "size": 1, "sha256": "a"}] * 2}, ManifestError, "lists a path twice"),
+        ({"target": "x86-cpu"}, ManifestError, r"\$\.target: expected object, got string \"x86-cpu\""),
+        ({"target": {}}, ManifestError, r"\$\.target: missing required key\(s\) 'id'"),
+        ({"inputs": [{"name": "x"}]}, ManifestError, r"\$\.inputs\[0\]: missing required key\(s\) 'dtype', 'shape'"),
+        ({"files": [{"path": "model.onnx", "size": 1, "sha256": "a" * 64}] * 2}, ManifestError,
+         "lists a path twice"),
     ],
 )
 def test_malformed_manifests_are_refused(change: dict, error: type, message: str) -> None:
