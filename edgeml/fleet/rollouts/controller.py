@@ -180,7 +180,8 @@ class RolloutController:
     # -- one rollout ---------------------------------------------------------------------------------
     def step(self, session: Session, r: Rollout) -> list[Issued]:
         now = self.now()
-        members = {m.device_id: m for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
+        members = {m.device_id: m
+                   for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
         if r.state == "aborting":
             issued = self._revert(session, r, [m for m in members.values() if m.state != "pending"], now)
             r.state, r.updated_at = "aborted", now
@@ -257,7 +258,8 @@ class RolloutController:
             m.state, m.sent_at, m.updated_at = "sent", now, now
         return issued
 
-    def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], now: datetime) -> list[Issued]:
+    def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice],
+                    now: datetime) -> list[Issued]:
         w = r.current_wave
         upto = [m for m in members.values() if m.wave <= w]
         wave = [m for m in upto if m.wave == w]
@@ -274,7 +276,8 @@ class RolloutController:
             return []
         if waiting:
             for m in waiting:
-                m.state, m.updated_at, m.reason = "offline", now, f"no answer within the wave timeout ({r.wave_timeout_s:g} s)"
+                m.state, m.updated_at = "offline", now
+                m.reason = f"no answer within the wave timeout ({r.wave_timeout_s:g} s)"
             audit(session, "rollout.devices_offline", r.id, wave=w + 1, devices=sorted(m.device_id for m in waiting),
                   wave_timeout_s=r.wave_timeout_s)
         installed = [m for m in upto if m.state == "installed"]
@@ -297,7 +300,8 @@ class RolloutController:
             return self._fail(session, r, members, list(verdict.reasons), verdict.figures, now)
         return self._advance(session, r, members, now, verdict.figures)
 
-    def verdict(self, session: Session, r: Rollout, device_ids: Sequence[str], members: dict[str, RolloutDevice]) -> Verdict:
+    def verdict(self, session: Session, r: Rollout, device_ids: Sequence[str],
+                members: dict[str, RolloutDevice]) -> Verdict:
         """The gates on the telemetry of ``device_ids`` since the observation began, against the previous
         version's health across the fleet since shortly before the rollout began."""
         gates = Gates.from_json(r.gates)
@@ -331,7 +335,8 @@ class RolloutController:
         if abort:
             targets = [m for m in members.values() if m.state != "pending"]
         else:
-            targets = [m for m in members.values() if m.state != "pending" and (m.wave == r.current_wave or m.state == "failed")]
+            targets = [m for m in members.values()
+                       if m.state != "pending" and (m.wave == r.current_wave or m.state == "failed")]
         issued = self._revert(session, r, targets, now)
         r.state = "aborted" if abort else "paused"
         r.reason, r.updated_at = "; ".join(reasons), now

@@ -41,8 +41,9 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
     parse_waves(spec.waves)
     if spec.on_failure not in ("pause", "abort"):
         raise RolloutError(f"on_failure must be 'pause' or 'abort', not {spec.on_failure!r}")
+    unfinished = Rollout.state.in_(("running", "paused", "aborting"))
     busy = session.scalars(select(Rollout).join(Bundle, Rollout.bundle_id == Bundle.id)
-                           .where(Bundle.name == bundle.name, Rollout.state.in_(("running", "paused", "aborting")))).first()
+                           .where(Bundle.name == bundle.name, unfinished)).first()
     if busy is not None:
         raise RolloutError(f"rollout {busy.id} of {bundle.name} is {busy.state}: abort it "
                            f"('edgeml-fleet rollout abort {busy.id}') or let it finish first")
@@ -60,7 +61,8 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
     session.add(rollout)
     session.flush()
     for device_id, wave in assign_waves(devices, spec.waves).items():
-        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state="pending", updated_at=now))
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state="pending",
+                                  updated_at=now))
     return rollout
 
 
@@ -122,7 +124,8 @@ def status(row: Rollout, session: Session, health: HealthSource | None, now: dat
     for w in sorted(by_wave):
         state = ("done" if w < row.current_wave or row.state == "completed"
                  else "current" if w == row.current_wave else "waiting")
-        waves.append({"wave": w + 1, "percent": row.waves[w] if w < len(row.waves) and len(sizes) == len(row.waves) else None,
+        planned = w < len(row.waves) and len(sizes) == len(row.waves)
+        waves.append({"wave": w + 1, "percent": row.waves[w] if planned else None,
                       "devices": len(by_wave[w]), "state": state,
                       "counts": dict(Counter(m.state for m in by_wave[w]))})
     live = None
