@@ -161,7 +161,8 @@ def main() -> None:
         http.post("/v1/keys", json={"name": "bench", "public_pem": key.public_pem().decode()}).raise_for_status()
         ids = {}
         for version, path in (("1.0.0", v1), ("2.0.0", v2)):
-            r = http.post("/v1/bundles", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+            r = http.post("/v1/bundles", content=path.read_bytes(),
+                          headers={"Content-Type": "application/octet-stream"})
             r.raise_for_status()
             ids[version] = r.json()["id"]
         enroll_token = http.post("/v1/enrollment-tokens", json={"group": "bench"}).json()["token"]
@@ -188,7 +189,8 @@ def main() -> None:
                     while not stop.is_set():
                         try:
                             r = c.post(f"{agent.url}/v1/models/m/infer", json={"inputs": [[0.1, 0.2, 0.3, 0.4]] * 2})
-                            ok, v2_answer = r.status_code == 200, r.status_code == 200 and r.json()["version"] == "2.0.0"
+                            ok = r.status_code == 200
+                            v2_answer = ok and r.json()["version"] == "2.0.0"
                         except httpx.TransportError:
                             ok, v2_answer = False, False
                         with lock:
