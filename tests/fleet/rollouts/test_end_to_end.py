@@ -26,10 +26,9 @@ import httpx
 import pytest
 
 from edgeml.bundle import SigningKey
-from edgeml.fleet.bootstrap import create_first_admin
 from tests.agent.agent_process import AGENT_CLI, AgentProcess, install, write_config
-from tests.fleet.rollouts.real_fleet import wait_for
-from tests.fleet.server_process import ServerProcess, fleet_server
+from tests.fleet.rollouts.real_fleet import RealFleet, wait_for
+from tests.fleet.server_process import ServerProcess
 from tests.support.bundles import make_bundle
 from tests.support.services import free_port
 from tests.support.tiny_models import tiny_mlp
@@ -114,18 +113,9 @@ def fleet_and_agents(tmp_path: Path) -> Iterator[FleetAndAgents]:
         "2.0.0": make_bundle(tmp_path / "m-2.edgepkg", key, tiny_mlp(src / "v2.onnx", seed=1), version="2.0.0"),
         "3.0.0": make_bundle(tmp_path / "m-3.edgepkg", key, failing_on_batches(src / "v3.onnx"), version="3.0.0"),
     }
-    data = tmp_path / "fleet"
-    data.mkdir()
-    admin = create_first_admin(f"sqlite:///{data / 'fleet.db'}")
     with ExitStack() as stack:
-        server = stack.enter_context(fleet_server(data))
-        http = stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"},
-                                                timeout=30))
-        assert http.post("/v1/keys", json={"name": "ci", "public_pem": key.public_pem().decode()}).status_code == 201
-        for path in bundles.values():
-            r = http.post("/v1/bundles", content=path.read_bytes(),
-                          headers={"Content-Type": "application/octet-stream"})
-            assert r.status_code == 201, r.text
+        fleet = RealFleet(tmp_path, stack, key, bundles)   # the server, with the key trusted, the bundles pushed
+        server, admin, http = fleet.server, fleet.admin, fleet.http
         agents, device_ids = [], []
         for i in range(AGENTS):
             agent_dir = tmp_path / f"agent{i}"
