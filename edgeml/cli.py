@@ -11,11 +11,13 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from edgeml.cli_errors import ErrorExitGroup
 from edgeml.cli_tables import Table, print_table
 from edgeml.cli_toolchain import toolchain
 from edgeml.compiler import request
@@ -35,15 +37,11 @@ def exit_code(exc: EdgeMLError) -> int:
     return EXIT_FAILURE
 
 
-class _Group(click.Group):
-    """Prints EdgeMLError messages (no traceback) and exits with :func:`exit_code`."""
+class _Group(ErrorExitGroup):
+    """Exits with :func:`exit_code` on an EdgeMLError."""
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeMLError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exit_code(exc))
+    def exit_code(self, exc: EdgeMLError) -> int:
+        return exit_code(exc)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -184,6 +182,14 @@ def _trust_store(trust: tuple[str, ...]) -> Any:
     return TrustStore.from_paths(trust) if trust else TrustStore.default()
 
 
+def _bundle_and_trust(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The BUNDLE argument and --trust option of the commands that open a signed bundle (verify, bench)."""
+    command = click.option("--trust", multiple=True, type=click.Path(),
+                           help="Trusted public key (.pub) or directory (repeatable); "
+                                "default: your trusted keys.")(command)
+    return click.argument("bundle", type=click.Path(dir_okay=False))(command)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @json_option
@@ -215,9 +221,7 @@ def inspect(bundle: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(),
-              help="Trusted public key (.pub) or directory (repeatable); default: your trusted keys.")
+@_bundle_and_trust
 @json_option
 def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
     """Check a bundle's signature and every file hash. Exit code 3 when it cannot be trusted."""
@@ -241,9 +245,7 @@ def verify(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--trust", multiple=True, type=click.Path(),
-              help="Trusted public key or directory (default: your trusted keys).")
+@_bundle_and_trust
 @click.option("--seconds", type=float, default=3.0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @json_option

@@ -36,6 +36,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _listing(headline: str, items: Sequence[str]) -> str:
+    """``headline`` and one indented ``- item`` line per item: every problem at once, not just the first."""
+    return headline + "".join(f"\n  - {item}" for item in items)
+
+
 class EdgeMLError(Exception):
     """Root of every error edgeml raises on purpose."""
 
@@ -101,8 +106,8 @@ class ModelCheckError(CompileError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"the model does not pass the checks for this target ({len(self.problems)} problems):\n{lines}")
+        headline = f"the model does not pass the checks for this target ({len(self.problems)} problems):"
+        super().__init__(_listing(headline, self.problems))
 
 
 class QuantizationError(CompileError):
@@ -131,8 +136,7 @@ class BackendUnavailableError(RuntimeBackendError):
 
     def __init__(self, bundle: str, reasons: Sequence[str]) -> None:
         self.reasons = list(reasons)
-        lines = "\n".join(f"  - {r}" for r in self.reasons)
-        super().__init__(f"no runtime backend on this host can run {bundle}:\n{lines}")
+        super().__init__(_listing(f"no runtime backend on this host can run {bundle}:", self.reasons))
 
 
 class InferenceInputError(RuntimeBackendError):

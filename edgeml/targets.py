@@ -151,7 +151,8 @@ def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
         if name not in RUNTIMES:
             raise r.fail(f"runtime.{name}", f"is not a known runtime (allowed: {', '.join(RUNTIMES)})")
         if name not in runtimes:
-            raise r.fail(f"runtime.{name}", f"configures a runtime that 'runtimes' does not list ({', '.join(runtimes)})")
+            raise r.fail(f"runtime.{name}",
+                         f"configures a runtime that 'runtimes' does not list ({', '.join(runtimes)})")
         if not isinstance(table, dict):
             raise r.fail(f"runtime.{name}", "must be a table")
         options[name] = _parse_runtime(_Reader(source, table, f"runtime.{name}."), name)
@@ -237,5 +238,6 @@ def get_target(target: str | Path | TargetProfile) -> TargetProfile:
         return load_profile_file(target)
     files = profile_files()
     if str(target) not in files:
-        raise TargetError(f"unknown target '{target}'; known targets: {', '.join(sorted(files))} (see: edgeml targets list)")
+        raise TargetError(f"unknown target '{target}'; known targets: {', '.join(sorted(files))} "
+                          "(see: edgeml targets list)")
     return load_profile_file(files[str(target)])

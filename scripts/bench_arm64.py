@@ -104,8 +104,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgeml-arm64-bench-") as tmp_name:
         tmp = Path(tmp_name)
         guest_env = {**base_env, "EDGEML_HOME": str(tmp / "home")}
-        env_rows.append(("python -c 'import edgeml' native", startup_s([sys.executable, "-c", "import edgeml"], guest_env)))
-        env_rows.append(("python -c 'import edgeml' emulated", startup_s([str(python), "-c", "import edgeml"], guest_env)))
+        for label, interpreter in (("native", sys.executable), ("emulated", str(python))):
+            env_rows.append((f"python -c 'import edgeml' {label}",
+                             startup_s([interpreter, "-c", "import edgeml"], guest_env)))
         key = SigningKey.generate()
         pub = tmp / "builder.pub"
         pub.write_bytes(key.public_pem())

@@ -151,7 +151,8 @@ def goals(results: list[dict[str, Any]]) -> list[str]:
         rep = (by.get(("ppocr-det", target)) or {}).get("report")
         if rep:
             for ov in rep["candidates"]:
-                if ov["runtime"] != "openvino" or ov["precision"] not in ("int8", "mixed") or not ov["speedup_vs_baseline"]:
+                if (ov["runtime"] != "openvino" or ov["precision"] not in ("int8", "mixed")
+                        or not ov["speedup_vs_baseline"]):
                     continue
                 ok = ov["speedup_vs_baseline"] >= 1.4
                 gate = "passed the gate" if ov["status"] == "passed" else f"FAILED the gate ({ov['reason'][:60]})"

@@ -95,7 +95,8 @@ def bench_tflite(key: str, input_name: str, data: np.ndarray, seconds: float, wo
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'model':16} {'candidate':34} {'size KiB':>9} {'p50 ms':>8} {'p90 ms':>8} {'top-1 agree':>11} {'cosine':>8}"
+    header = (f"{'model':16} {'candidate':34} {'size KiB':>9} {'p50 ms':>8} {'p90 ms':>8} "
+              f"{'top-1 agree':>11} {'cosine':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("EDGEML_HOME", tempfile.mkdtemp(prefix="edgeml-bench-ota-home-"))
 
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
 
 from edgeml.bundle import SigningKey  # noqa: E402
 from edgeml.fleet.bootstrap import create_first_admin  # noqa: E402
@@ -41,27 +40,14 @@ from tests.agent.agent_process import AGENT_CLI, AgentProcess, install, write_co
 from tests.fleet.server_process import fleet_server  # noqa: E402
 from tests.support.bundles import make_bundle  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
+from tests.updates.helpers import slow_model  # noqa: E402
 
-WIDTH = 1800          # 4 -> 1800 -> 1800 -> 3 float32 MLP: ~13 MB of weights, a ~12 MB bundle
+WIDTH = 1800          # 4 -> 1800 -> 1800 -> 3 float32 MatMuls: ~13 MB of weights, a ~12 MB bundle
 
 
 def big_mlp(path: Path, seed: int) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (4, WIDTH)).astype(np.float32), "w0"),
-             numpy_helper.from_array(rng.normal(0, 0.02, (WIDTH, WIDTH)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, (WIDTH, 3)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["a0"]),
-             helper.make_node("MatMul", ["a0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["a1"]),
-             helper.make_node("MatMul", ["a1", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
+    """A model whose bundle is large enough for the download to dominate an update."""
+    return slow_model(path, layers=1, width=WIDTH, seed=seed)
 
 
 def installed_version(installed: dict[str, Any]) -> str | None:
@@ -161,7 +147,8 @@ def main() -> None:
         http.post("/v1/keys", json={"name": "bench", "public_pem": key.public_pem().decode()}).raise_for_status()
         ids = {}
         for version, path in (("1.0.0", v1), ("2.0.0", v2)):
-            r = http.post("/v1/bundles", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+            r = http.post("/v1/bundles", content=path.read_bytes(),
+                          headers={"Content-Type": "application/octet-stream"})
             r.raise_for_status()
             ids[version] = r.json()["id"]
         enroll_token = http.post("/v1/enrollment-tokens", json={"group": "bench"}).json()["token"]
@@ -188,7 +175,8 @@ def main() -> None:
                     while not stop.is_set():
                         try:
                             r = c.post(f"{agent.url}/v1/models/m/infer", json={"inputs": [[0.1, 0.2, 0.3, 0.4]] * 2})
-                            ok, v2_answer = r.status_code == 200, r.status_code == 200 and r.json()["version"] == "2.0.0"
+                            ok = r.status_code == 200
+                            v2_answer = ok and r.json()["version"] == "2.0.0"
                         except httpx.TransportError:
                             ok, v2_answer = False, False
                         with lock:

@@ -46,7 +46,8 @@ def start_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         "persistence false", "max_queued_messages 1000000", "max_inflight_messages 1000",
         *(["user root"] if os.geteuid() == 0 else []), "allow_anonymous true", f"listener {port} 127.0.0.1", "",
     ]))
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not port_open("127.0.0.1", port):
         time.sleep(0.05)
     return proc, port
@@ -302,7 +303,8 @@ def main() -> None:
     db_name = "PostgreSQL" if args.db else "SQLite"
     print(f"\nedgeml telemetry benchmark (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cpus)")
     print("| measurement | value | goal | met |\n|---|---|---|---|")
-    print(f"| bare paho subscriber (Mosquitto, QoS 1, {args.messages} msgs from another process) | {bare:,.0f} msg/s | | |")
+    print(f"| bare paho subscriber (Mosquitto, QoS 1, {args.messages} msgs from another process) "
+          f"| {bare:,.0f} msg/s | | |")
     print(f"| fleet ingest into {db_name} (same broker, same publisher) | {ingest:,.0f} msg/s | | |")
     print(f"| ingest / bare ratio | {ingest / bare:.2f} | >= 0.8 | {'yes' if ingest / bare >= 0.8 else 'NO'} |")
     print(f"| two agents on one CPU (CNN {args.size}x{args.size}, {args.clients} clients each): requests/s, "

@@ -41,6 +41,8 @@ RANDOM_SAMPLES = 16
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What :func:`compile` returns: the signed bundle it wrote and the report of every candidate."""
+
     bundle_path: Path
     report: BuildReport
 

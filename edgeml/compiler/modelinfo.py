@@ -9,7 +9,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.errors import CompileError, MissingExtraError
+from edgeml.errors import CompileError
+from edgeml.extras import import_extra
 from edgeml.jsontypes import JSON, as_dict, as_list
 
 if TYPE_CHECKING:
@@ -32,11 +33,7 @@ def digest_files(paths: Iterable[Path]) -> str:
 
 
 def import_onnx() -> ModuleType:
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingExtraError("onnx", "compile", "building bundles") from exc
-    return onnx
+    return import_extra("onnx", "onnx", "compile", "building bundles")
 
 
 def load_onnx(path: Path) -> ModelProto:

@@ -12,7 +12,6 @@ Errors are normalised mean squared errors (``‖c − r‖² / ‖r‖²``), ave
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeml.compiler.arrays import Array
-from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
+from edgeml.compiler.sensitivity_scores import first_samples, nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
 
 if TYPE_CHECKING:
@@ -116,9 +115,7 @@ def rank_sensitive_nodes(reference: Path, candidate: Path, samples: Iterable[Map
             f"{candidate.name} has no reduced-precision node named like a node of {reference.name}: is it "
             f"a QDQ or FP16 model made from that reference?"
         )
-    feeds = list(itertools.islice(iter(samples), MAX_SAMPLES))
-    if not feeds:
-        raise CompileError("ranking sensitive layers needs at least one sample")
+    feeds = first_samples(samples, MAX_SAMPLES)
 
     after, before = _after_qdq(cand_model), _before_qdq(cand_model)
     # Reference tensor name -> the candidate tensor that carries it, as consumers read it.

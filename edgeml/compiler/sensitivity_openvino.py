@@ -10,7 +10,6 @@ inference precision, with the compared tensors added as extra outputs.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeml.compiler.arrays import Array
-from edgeml.compiler.sensitivity_scores import nmse, own_damage, top_names
+from edgeml.compiler.sensitivity_scores import first_samples, nmse, own_damage, top_names
 from edgeml.errors import CompileError
 
 if TYPE_CHECKING:
@@ -91,9 +90,7 @@ def rank_sensitive_ops(reference: Path, candidate: Path, samples: Iterable[Mappi
             f"{candidate.name} has no quantized op named like an op of {reference.name}: is it the NNCF "
             f"INT8 version of that IR?"
         )
-    feeds = list(itertools.islice(iter(samples), max_samples))
-    if not feeds:
-        raise CompileError("ranking sensitive layers needs at least one sample")
+    feeds = first_samples(samples, max_samples)
 
     cand_wanted = [op.output(0) for op, _, _ in chosen] + [c for _, _, acts in chosen for c, _ in acts]
     ref_wanted = [twin.output(0) for _, twin, _ in chosen] + [r for _, _, acts in chosen for _, r in acts]

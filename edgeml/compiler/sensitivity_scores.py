@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from edgeml.compiler.arrays import Array
+from edgeml.errors import CompileError
+
+
+def first_samples(samples: Iterable[Mapping[str, Array]], limit: int) -> list[Mapping[str, Array]]:
+    """Up to ``limit`` samples to rank on (every compared tensor of each is held in memory); none is an error."""
+    feeds = list(itertools.islice(iter(samples), limit))
+    if not feeds:
+        raise CompileError("ranking sensitive layers needs at least one sample")
+    return feeds
 
 
 def nmse(candidate: Array, reference: Array) -> float:

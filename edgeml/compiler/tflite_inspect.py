@@ -17,7 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from edgeml.errors import ConfigError, MissingExtraError
+from edgeml.errors import ConfigError
+from edgeml.extras import import_extra
 
 if TYPE_CHECKING:
     from ai_edge_litert.schema_py_generated import OperatorCode, Tensor
@@ -103,11 +104,7 @@ _TYPE_NAMES = {
 
 
 def _schema() -> ModuleType:
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError as exc:
-        raise MissingExtraError("ai-edge-litert", "litert", "reading .tflite models") from exc
-    return schema_py_generated
+    return import_extra("ai_edge_litert.schema_py_generated", "ai-edge-litert", "litert", "reading .tflite models")
 
 
 def is_tflite(path: Path) -> bool:

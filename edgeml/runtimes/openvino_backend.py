@@ -110,4 +110,5 @@ class OpenVinoBackend(Backend):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(dict(feeds))
-        return {spec.name: np.array(results[port]) for spec, port in zip(self._outputs, self.compiled.outputs, strict=True)}
+        return {spec.name: np.array(results[port])
+                for spec, port in zip(self._outputs, self.compiled.outputs, strict=True)}

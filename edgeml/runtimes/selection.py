@@ -3,9 +3,10 @@
 Candidates come from the bundle: its runtime and the provider/device preference order (the manifest's
 ``runtime_preferences``, else the target profile's options for that runtime, read by the runtime's
 backend class). Each filter discards the candidates it rules out and records why; if nothing survives,
-:class:`BackendUnavailableError` lists every reason. A CPU candidate that stands in for an accelerator the bundle preferred is a *fallback*:
-it survives only where the agent config (or, by default, the profile's ``cpu_fallback``) allows it,
-and the result says so, so that ``/v1/models`` and telemetry can show it.
+:class:`BackendUnavailableError` lists every reason. A CPU candidate that stands in for an accelerator
+the bundle preferred is a *fallback*: it survives only where the agent config (or, by default, the
+profile's ``cpu_fallback``) allows it, and the result says so, so that ``/v1/models`` and telemetry can
+show it.
 
 What is particular to a runtime (its extra, preference order, CPU devices, devices a host cannot drive,
 options) is asked of its backend class through the registry; nothing here names a runtime.
@@ -113,7 +114,8 @@ def profile_options(manifest: Manifest) -> ProfileOptions:
 def runtime_supported(c: Candidate, ctx: _Context) -> str | None:
     if c.runtime not in backends():
         entry = RUNTIMES.get(c.runtime)
-        hint = f"; build the bundle for runtime '{entry.alias_of}', which runs its models" if entry and entry.alias_of else ""
+        hint = (f"; build the bundle for runtime '{entry.alias_of}', which runs its models"
+                if entry and entry.alias_of else "")
         return (f"{c}: the agent has no backend for runtime '{c.runtime}' "
                 f"(supported: {', '.join(backends())}){hint}")
     target_runtimes = ctx.manifest.target.get("runtimes")

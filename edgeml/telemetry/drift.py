@@ -150,7 +150,6 @@ def drift_report(reference_stats: Mapping[str, Any], live: Mapping[str, Mapping[
             live_classes = (summary.get("class_distribution") or {}).get("counts")
             if ref_classes and live_classes and sum(live_classes):
                 size = max(len(ref_classes), len(live_classes))
-                scores[f"{side}/{name}:classes"] = psi(
-                    np.pad(ref_classes, (0, size - len(ref_classes))), np.pad(live_classes, (0, size - len(live_classes)))
-                )
+                scores[f"{side}/{name}:classes"] = psi(np.pad(ref_classes, (0, size - len(ref_classes))),
+                                                       np.pad(live_classes, (0, size - len(live_classes))))
     return {"score": max(scores.values()) if scores else None, "tensors": scores}

@@ -46,7 +46,8 @@ def text_scenes(count: int, size: int, seed: int = 0) -> np.ndarray:
         side = int(rng.integers(100, page.shape[0]))
         y = int(rng.integers(0, page.shape[0] - side + 1))
         x = int(rng.integers(0, page.shape[1] - side + 1))
-        img = Image.fromarray(page[y:y + side, x:x + side]).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        crop = Image.fromarray(page[y:y + side, x:x + side]).convert("RGB")
+        img = crop.resize((size, size), Image.Resampling.BILINEAR)
         arr = (np.asarray(img, dtype=np.float32) / 255.0 - mean) / std
         out.append(arr.transpose(2, 0, 1))
     return np.stack(out).astype(np.float32)

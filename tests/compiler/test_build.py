@@ -144,7 +144,8 @@ def test_bad_options_are_config_errors(cnn, default_key, tmp_path, isolated_edge
 
 
 def test_a_candidate_over_the_threshold_fails_the_build_with_the_numbers(cnn, cnn_data, default_key, tmp_path) -> None:
-    with pytest.raises(FidelityError, match=r"onnxruntime/int8: failed: output 'probs': max_abs_error [0-9.]+ \(needs <= 0"):
+    with pytest.raises(FidelityError,
+                       match=r"onnxruntime/int8: failed: output 'probs': max_abs_error [0-9.]+ \(needs <= 0"):
         edgeml.compile(cnn, "x86-cpu", precision="int8", runtime="onnxruntime", calibration=cnn_data,
                        max_abs_error=0.0, output=tmp_path / "x.edgepkg", **FAST)
     assert not (tmp_path / "x.edgepkg").exists()

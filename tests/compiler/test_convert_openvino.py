@@ -84,7 +84,8 @@ def test_compress_to_fp16_halves_the_weights(tmp_path: Path) -> None:
 def test_unknown_input_name_is_named(tmp_path: Path) -> None:
     model = tiny_cnn(tmp_path / "cnn.onnx", batch="N")
     with pytest.raises(ConversionError, match=r"input\(s\) image that cnn.onnx does not have; its inputs: input"):
-        get_pass("convert_openvino")(input_shapes={"image": [1, 3, 16, 16]}).run(fp32_artifact(model), make_ctx(tmp_path))
+        convert = get_pass("convert_openvino")(input_shapes={"image": [1, 3, 16, 16]})
+        convert.run(fp32_artifact(model), make_ctx(tmp_path))
 
 
 def test_wrong_rank_is_a_conversion_error(tmp_path: Path) -> None:

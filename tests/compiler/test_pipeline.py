@@ -9,7 +9,7 @@ from edgeml.compiler import plan
 from edgeml.compiler.data import random_samples
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.pipeline import StepRecord, build_cache_root, run_steps
-from edgeml.errors import CompileError
+from edgeml.errors import CompileError, ConfigError
 from edgeml.targets import get_target
 from tests.support.tiny_models import tiny_cnn
 
@@ -86,6 +86,16 @@ def test_unknown_pass_names_the_known_ones(tmp_path: Path) -> None:
     ctx = BuildContext(target=get_target("x86-cpu"), workdir=tmp_path)
     with pytest.raises(CompileError, match=r"unknown pass 'nope'; known: .*load"):
         run_steps(_source(tmp_path), [("nope", {})], ctx, scratch=tmp_path)
+
+
+@pytest.mark.parametrize(("step", "known"), [
+    ("load", "input_shapes"), ("check", "runtimes"), ("optimize", "level"),
+    ("benchmark", "seconds, warmup, max_iters, threads"), ("package", "name, version, output, key, compression"),
+])
+def test_a_misspelt_pass_option_is_refused_with_the_known_ones(tmp_path: Path, step: str, known: str) -> None:
+    ctx = BuildContext(target=get_target("x86-cpu"), workdir=tmp_path)
+    with pytest.raises(ConfigError, match=rf"pass '{step}' has no option 'levle' \(known: {known}\)"):
+        run_steps(_source(tmp_path), [(step, {"levle": 1})], ctx, scratch=tmp_path, use_cache=False)
 
 
 def test_plan_rows_carry_exclusions_and_quantizer_options() -> None:

@@ -96,7 +96,8 @@ def test_quantizes_ir_to_int8_close_to_fp32(tmp_path: Path, cnn_ir: Artifact) ->
 def test_ignored_names_keep_a_layer_in_float(tmp_path: Path, cnn_ir: Artifact) -> None:
     cal = samples(8)
     full = get_pass("quantize_nncf")().run(cnn_ir, make_ctx(tmp_path / "a", cal))
-    partial = get_pass("quantize_nncf")(ignored_names=["conv2/WithoutBiases"]).run(cnn_ir, make_ctx(tmp_path / "b", cal))
+    partial = get_pass("quantize_nncf")(ignored_names=["conv2/WithoutBiases"]).run(cnn_ir,
+                                                                                   make_ctx(tmp_path / "b", cal))
     assert int8_constants(partial.path) == int8_constants(full.path) - 1
     assert partial.precision == "mixed"
     # the ONNX node name works too: it covers every op OpenVINO made from that node
@@ -112,7 +113,8 @@ def test_npu_target_uses_npu_hardware_config(tmp_path: Path, cnn_ir: Artifact) -
 
 
 def test_unknown_ignored_names_and_types_are_config_errors(tmp_path: Path, cnn_ir: Artifact) -> None:
-    with pytest.raises(ConfigError, match=r"ignored_names not in the model: conv9.*ignored_types not in the model: Conv "):
+    with pytest.raises(ConfigError,
+                       match=r"ignored_names not in the model: conv9.*ignored_types not in the model: Conv "):
         get_pass("quantize_nncf")(ignored_names=["conv9"], ignored_types=["Conv"]).run(
             cnn_ir, make_ctx(tmp_path, samples(2)))
 

@@ -2,8 +2,9 @@
 quantized to INT8 with ai-edge-quantizer, each through the fidelity gate and then served by a real
 agent. No TensorFlow and no toolchain involved.
 
-Gate used (stated, not the default): cosine >= 0.95 per output and no arg-max agreement check — the detector's outputs are box regressions and per-anchor scores, not class
-distributions, so arg-max over the 16 box coordinates is meaningless.
+Gate used (stated, not the default): cosine >= 0.95 per output and no arg-max agreement check — the
+detector's outputs are box regressions and per-anchor scores, not class distributions, so arg-max over
+the 16 box coordinates is meaningless.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from edgeml.errors import CompileError
 
 
 def _info(inputs, outputs):
-    return TfliteInfo(path=None, schema_version=3, inputs=[TensorInfo(n, "float32", s) for n, s in inputs],  # type: ignore[arg-type]
+    return TfliteInfo(path=None,  # type: ignore[arg-type]
+                      schema_version=3, inputs=[TensorInfo(n, "float32", s) for n, s in inputs],
                       outputs=[TensorInfo(n, "float32", s) for n, s in outputs], op_counts={}, custom_ops=[],
                       weight_dtypes={}, subgraphs=1)
 

@@ -32,7 +32,8 @@ Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asim
 CPU implementer\t: 0x41
 """
 MEMINFO = "MemTotal:       16326552 kB\nMemFree:          512000 kB\nMemAvailable:   12000000 kB\n"
-L4T = "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19 23:24:25 UTC 2024\n"
+L4T = ("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, "
+       "DATE: Fri Jul 19 23:24:25 UTC 2024\n")
 
 
 def test_parse_cpuinfo_reads_x86_flags_and_arm_features():

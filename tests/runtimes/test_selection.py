@@ -59,7 +59,8 @@ def test_jetson_bundle_on_a_cpu_only_host_is_refused_with_every_reason():
         select_backend(m, SelectionPolicy(allow_other_arch=True), host=host(), devices_of=CPU_ONLY.__getitem__)
     text = str(err.value)
     assert "TensorRT is not installed" in text and "no NVIDIA GPU/CUDA" in text
-    assert "falling back from TensorrtExecutionProvider to the CPU is not allowed by target profile 'jetson-orin'" in text
+    assert ("falling back from TensorrtExecutionProvider to the CPU is not allowed by target profile "
+            "'jetson-orin'") in text
     assert "cpu_fallback = true" in text        # says what to do
 
 

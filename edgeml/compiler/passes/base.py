@@ -13,12 +13,13 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from edgeml.compiler.arrays import Array
+from edgeml.errors import ConfigError
 from edgeml.jsontypes import JSON, JSONDict, as_dict, as_float, as_int, as_list, as_str, as_strs
 from edgeml.targets import TargetProfile
 
@@ -124,6 +125,13 @@ class Pass(abc.ABC):
 
     def __init__(self, **config: JSON) -> None:
         self.config: dict[str, JSON] = config
+
+    def check_options(self, known: Iterable[str]) -> None:
+        """Refuse a config key this pass does not read: a misspelt option must not be ignored silently."""
+        names = list(known)
+        unknown = sorted(set(self.config) - set(names))
+        if unknown:
+            raise ConfigError(f"pass '{self.name}' has no option '{unknown[0]}' (known: {', '.join(names)})")
 
     # typed reads of the config (validated when the pass was made; a wrong type here is a bug)
     def opt_str(self, key: str) -> str:

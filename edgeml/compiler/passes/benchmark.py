@@ -13,7 +13,7 @@ from typing import ClassVar
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_info, host_options, measure
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.request import DEFAULT_BENCH_SECONDS
-from edgeml.errors import CompileError, ConfigError
+from edgeml.errors import CompileError
 from edgeml.jsontypes import JSON, as_float
 from edgeml.runtimes import BackendOptions
 
@@ -28,9 +28,7 @@ class BenchmarkPass(Pass):
     cacheable: ClassVar[bool] = False
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
-        unknown = sorted(set(self.config) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(f"pass 'benchmark' has no option '{unknown[0]}' (known: {', '.join(_OPTIONS)})")
+        self.check_options(_OPTIONS)
         cfg = {**_OPTIONS, **self.config}
         threads = int(as_float(cfg["threads"]))
         samples = ctx.evaluation if ctx.evaluation is not None and len(ctx.evaluation) else ctx.calibration

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.tflite_io import tflite_source_problems
-from edgeml.errors import ConfigError, ModelCheckError
+from edgeml.errors import ModelCheckError
 from edgeml.targets import TargetProfile
 
 if TYPE_CHECKING:
@@ -155,9 +155,7 @@ class CheckPass(Pass):
     uses_calibration: ClassVar[bool] = False
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
-        unknown = sorted(set(self.config) - {"runtimes"})
-        if unknown:
-            raise ConfigError(f"pass 'check' has no option '{unknown[0]}' (known: runtimes)")
+        self.check_options(("runtimes",))
         target = ctx.target
         runtimes = self.opt_strs("runtimes") if self.config.get("runtimes") else list(target.runtimes)
         if artifact.format == "tflite":  # custom ops and the runtime that can run them: tflite_io

@@ -82,9 +82,7 @@ class LoadPass(Pass):
     uses_calibration: ClassVar[bool] = False
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
-        unknown = sorted(set(self.config) - {"input_shapes"})
-        if unknown:
-            raise ConfigError(f"pass 'load' has no option '{unknown[0]}' (known: input_shapes)")
+        self.check_options(("input_shapes",))
         loader = LOADERS.get(artifact.path.suffix.lower())
         if loader is None:
             raise CompileError(f"{artifact.path}: cannot load '{artifact.path.suffix}' models; "

@@ -36,9 +36,7 @@ class OptimizePass(Pass):
     uses_calibration: ClassVar[bool] = False
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
-        unknown = sorted(set(self.config) - {"level"})
-        if unknown:
-            raise ConfigError(f"pass 'optimize' has no option '{unknown[0]}' (known: level)")
+        self.check_options(("level",))
         level = self.config.get("level", "basic")
         if level not in LEVELS:
             raise ConfigError(f"pass 'optimize': level '{level}' must be one of {', '.join(LEVELS)}")

@@ -26,7 +26,7 @@ from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.modelinfo import specs_from_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.stats import reference_stats
-from edgeml.errors import CompileError, ConfigError, KeyStoreError
+from edgeml.errors import CompileError, KeyStoreError
 from edgeml.jsontypes import JSON, JSONDict, as_dict, as_list
 from edgeml.paths import keys_dir
 from edgeml.runtimes import BackendOptions, open_model
@@ -88,9 +88,7 @@ class PackagePass(Pass):
     cacheable: ClassVar[bool] = False
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
-        unknown = sorted(set(self.config) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(f"pass 'package' has no option '{unknown[0]}' (known: {', '.join(_OPTIONS)})")
+        self.check_options(_OPTIONS)
         output = Path(str(self.config["output"]))
         key = resolve_key(_str_or_none(self.config.get("key")))
         runtime = artifact.runtime or "onnxruntime"

@@ -18,7 +18,8 @@ from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, Samples, validate_config
-from edgeml.errors import ConfigError, MissingExtraError, QuantizationError
+from edgeml.errors import ConfigError, QuantizationError
+from edgeml.extras import import_extra
 from edgeml.jsontypes import JSON, as_int
 from edgeml.runtimes.openvino_backend import import_openvino
 from edgeml.runtimes.vendor_telemetry import disable_vendor_telemetry
@@ -33,10 +34,7 @@ TARGET_DEVICES = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
 def import_nncf() -> ModuleType:
     import_openvino()  # telemetry off before nncf imports openvino_telemetry
-    try:
-        import nncf
-    except ImportError as exc:
-        raise MissingExtraError("nncf", "nncf", "NNCF post-training quantization") from exc
+    nncf = import_extra("nncf", "nncf", "nncf", "NNCF post-training quantization")
     disable_vendor_telemetry()
     return nncf
 

@@ -14,24 +14,14 @@ The group modules import ``output`` and never this package's root or each other.
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
-from edgeml.errors import EdgeMLError
+from edgeml.cli_errors import ErrorExitGroup
 from edgeml.fleet.cli import bundles, devices, keys, observe, rollouts, server, tokens
 
 
-class FleetGroup(click.Group):
-    """Turns edgeml's own errors into one clear line and exit code 1 instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeMLError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+class FleetGroup(ErrorExitGroup):
+    """Every EdgeMLError exits with code 1."""
 
 
 @click.group(cls=FleetGroup)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import client, echo_json, json_option, show, table
+from edgeml.fleet.cli.output import call, echo_json, json_option, show, table
 
 BUNDLE_COLUMNS = [("name", "name"), ("version", "version"), ("target", "target"), ("runtime", "runtime"),
                   ("precision", "precision"), ("size", "bytes"), ("id", "sha256"), ("uploaded_at", "uploaded")]
@@ -21,8 +21,7 @@ def bundles() -> None:
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
 def bundles_push(bundle: Path, as_json: bool) -> None:
-    with client() as fleet:
-        row = fleet.upload("/v1/bundles", bundle)
+    row = call("upload", "/v1/bundles", bundle)
     if as_json:
         echo_json(row)
     else:
@@ -33,9 +32,7 @@ def bundles_push(bundle: Path, as_json: bool) -> None:
 @click.option("--name", default=None)
 @json_option
 def bundles_list(name: str | None, as_json: bool) -> None:
-    with client() as fleet:
-        rows = fleet.get("/v1/bundles", name=name)
-    table(rows, BUNDLE_COLUMNS, "bundles", as_json)
+    table(call("get", "/v1/bundles", name=name), BUNDLE_COLUMNS, "bundles", as_json)
 
 
 @bundles.command("show")
@@ -43,8 +40,7 @@ def bundles_list(name: str | None, as_json: bool) -> None:
 @json_option
 def bundles_show(ref: str, as_json: bool) -> None:
     """REF is a sha256 id or name@version."""
-    with client() as fleet:
-        doc = fleet.get(f"/v1/bundles/{ref}")
+    doc = call("get", f"/v1/bundles/{ref}")
     if not as_json:
         doc = {k: v for k, v in doc.items() if k != "manifest"} | {"inputs": doc["manifest"].get("inputs"),
                                                                    "outputs": doc["manifest"].get("outputs")}
@@ -54,6 +50,5 @@ def bundles_show(ref: str, as_json: bool) -> None:
 @bundles.command("delete")
 @click.argument("ref")
 def bundles_delete(ref: str) -> None:
-    with client() as fleet:
-        row = fleet.delete(f"/v1/bundles/{ref}")
+    row = call("delete", f"/v1/bundles/{ref}")
     click.echo(f"deleted {row['name']}@{row['version']}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeml.fleet.cli.output import client, json_option, show, table
+from edgeml.fleet.cli.output import call, json_option, show, table
 
 DEVICE_COLUMNS = [("id", "id"), ("name", "name"), ("group", "group"), ("tags", "tags"), ("online", "online"),
                   ("last_seen", "last seen"), ("revoked", "revoked")]
@@ -25,9 +25,7 @@ def devices() -> None:
 @json_option
 def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool,
                  as_json: bool) -> None:
-    with client() as fleet:
-        rows = fleet.get("/v1/devices", group=group, tag=tag, online=online,
-                         include_revoked=include_revoked or None)
+    rows = call("get", "/v1/devices", group=group, tag=tag, online=online, include_revoked=include_revoked or None)
     table(rows, DEVICE_COLUMNS, "devices", as_json)
 
 
@@ -35,8 +33,7 @@ def devices_list(group: str | None, tag: str | None, online: bool | None, includ
 @click.argument("device_id")
 @json_option
 def devices_show(device_id: str, as_json: bool) -> None:
-    with client() as fleet:
-        show(fleet.get(f"/v1/devices/{device_id}"), as_json)
+    show(call("get", f"/v1/devices/{device_id}"), as_json)
 
 
 @devices.command("tag")
@@ -50,13 +47,11 @@ def devices_tag(device_id: str, add: tuple[str, ...], remove: tuple[str, ...], g
     body: dict[str, Any] = {"add_tags": list(add), "remove_tags": list(remove)}
     if group is not None:
         body["group"] = group
-    with client() as fleet:
-        show(fleet.patch(f"/v1/devices/{device_id}", body), as_json)
+    show(call("patch", f"/v1/devices/{device_id}", body), as_json)
 
 
 @devices.command("revoke")
 @click.argument("device_id")
 def devices_revoke(device_id: str) -> None:
-    with client() as fleet:
-        row = fleet.post(f"/v1/devices/{device_id}/revoke")
+    row = call("post", f"/v1/devices/{device_id}/revoke")
     click.echo(f"revoked device {row['id']}: its API token and broker login no longer work")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import client, json_option, table
+from edgeml.fleet.cli.output import call, json_option, table
 
 KEY_COLUMNS = [("key_id", "key id"), ("name", "name"), ("added_at", "added")]
 
@@ -20,14 +20,11 @@ def keys() -> None:
 @click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", default=None, help="a label (default: the file name)")
 def keys_trust(public_key: Path, name: str | None) -> None:
-    with client() as fleet:
-        row = fleet.post("/v1/keys", {"name": name or public_key.stem, "public_pem": public_key.read_text()})
+    row = call("post", "/v1/keys", {"name": name or public_key.stem, "public_pem": public_key.read_text()})
     click.echo(f"trusted key {row['key_id']} ({row['name']})")
 
 
 @keys.command("list")
 @json_option
 def keys_list(as_json: bool) -> None:
-    with client() as fleet:
-        rows = fleet.get("/v1/keys")
-    table(rows, KEY_COLUMNS, "trusted keys", as_json)
+    table(call("get", "/v1/keys"), KEY_COLUMNS, "trusted keys", as_json)

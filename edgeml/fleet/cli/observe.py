@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeml.fleet.cli.output import client, echo_json, json_option, table
+from edgeml.fleet.cli.output import call, echo_json, json_option, table
 
 AUDIT_COLUMNS = [("at", "when"), ("actor", "who"), ("action", "action"), ("target", "target"),
                  ("source", "from"), ("details", "details")]
@@ -28,9 +28,7 @@ DRIFT_COLUMNS = [("model", "model"), ("version", "version"), ("score", "drift (P
 def audit(actor: str | None, action: str | None, target: str | None, since: str | None, until: str | None,
           limit: int, as_json: bool) -> None:
     """Who changed what, when, from where."""
-    with client() as fleet:
-        rows = fleet.get("/v1/audit", actor=actor, action=action, target=target, since=since, until=until,
-                         limit=limit)
+    rows = call("get", "/v1/audit", actor=actor, action=action, target=target, since=since, until=until, limit=limit)
     table(rows, AUDIT_COLUMNS, "audit log", as_json)
 
 
@@ -40,8 +38,7 @@ def audit(actor: str | None, action: str | None, target: str | None, since: str 
 @json_option
 def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
     """One device's telemetry: per-model windows, drift and recent events."""
-    with client() as fleet:
-        doc = fleet.get(f"/v1/telemetry/{device_id}", minutes=minutes)
+    doc = call("get", f"/v1/telemetry/{device_id}", minutes=minutes)
     if as_json:
         echo_json(doc)
         return
@@ -57,6 +54,5 @@ def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
 @json_option
 def health(minutes: float, as_json: bool) -> None:
     """Fleet-wide health per model version: devices, req/s, error rate, p95 latency, drift."""
-    with client() as fleet:
-        rows = fleet.get("/v1/health", minutes=minutes)
+    rows = call("get", "/v1/health", minutes=minutes)
     table(rows, HEALTH_COLUMNS, f"fleet health, last {minutes:g} min", as_json)

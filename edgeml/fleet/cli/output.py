@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -21,6 +21,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON i
 def client() -> FleetClient:
     """A client for the server saved by ``edgeml-fleet login`` (or EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN)."""
     return FleetClient(ClientConfig.load())
+
+
+def call(method: Literal["get", "post", "patch", "delete", "upload"], path: str, *args: Any, **query: Any) -> Any:
+    """One request with :func:`client`'s login: ``call("get", "/v1/keys")`` is ``client().get("/v1/keys")``,
+    the connection closed after it (most commands make a single request)."""
+    with client() as fleet:
+        return getattr(fleet, method)(path, *args, **query)
 
 
 def echo_json(data: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from edgeml.errors import ConfigError
-from edgeml.fleet.cli.output import client, echo_json, json_option, table
+from edgeml.fleet.cli.output import call, client, echo_json, json_option, table
 from edgeml.fleet.rollouts.plan import Selector, parse_waves
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -71,8 +71,7 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
             "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
             "max_drift": max_drift, "min_requests": min_requests, "observe_s": observe, "wave_timeout_s": wave_timeout,
             "on_failure": on_failure, "probation_s": probation}
-    with client() as fleet:
-        row = fleet.post("/v1/rollouts", body)
+    row = call("post", "/v1/rollouts", body)
     if as_json:
         echo_json(row)
     else:
@@ -85,9 +84,7 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
 @json_option
 def rollout_list(state: str | None, as_json: bool) -> None:
     """Rollouts, newest first."""
-    with client() as fleet:
-        rows = fleet.get("/v1/rollouts", state=state)
-    table(rows, SUMMARY_COLUMNS, "rollouts", as_json)
+    table(call("get", "/v1/rollouts", state=state), SUMMARY_COLUMNS, "rollouts", as_json)
 
 
 WAVE_COLUMNS = [("wave", "wave"), ("percent", "%"), ("devices", "devices"), ("state", "state"),
@@ -135,8 +132,7 @@ def rollout_status(rollout_id: str, watch: bool, interval: float, as_json: bool)
 
 
 def _change(rollout_id: str, action: str, as_json: bool, body: dict[str, Any] | None = None) -> None:
-    with client() as fleet:
-        row = fleet.post(f"/v1/rollouts/{rollout_id}/{action}", body)
+    row = call("post", f"/v1/rollouts/{rollout_id}/{action}", body)
     if as_json:
         echo_json(row)
     else:

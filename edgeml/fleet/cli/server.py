@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import client
+from edgeml.fleet.cli.output import call
 from edgeml.fleet.client import ClientConfig, FleetClient
 from edgeml.paths import edgeml_home
 
@@ -90,8 +90,7 @@ def broker_config(out_dir: Path, port: int, bind: str, pid_file: Path | None) ->
     """Write Mosquitto password/ACL files enforcing the fleet's topic rules (and a mosquitto.conf)."""
     from edgeml.fleet.broker.mosquitto import MosquittoFiles, write_mosquitto_files
 
-    with client() as fleet:
-        doc = fleet.get("/v1/broker/mosquitto")
+    doc = call("get", "/v1/broker/mosquitto")
     paths = write_mosquitto_files(out_dir, MosquittoFiles(doc["password_file"], doc["acl_file"]),
                                   pid_file=pid_file, port=port, bind=bind)
     for what, path in paths.items():

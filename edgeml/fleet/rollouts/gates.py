@@ -82,7 +82,8 @@ def judge(gates: Gates, new: Health, previous: Health | None) -> Verdict:
     if not enough:
         reasons.append(f"only {new.requests} requests in the window (at least {gates.min_requests} needed)")
     if gates.max_error_rate is not None and new.requests and new.error_rate > gates.max_error_rate:
-        reasons.append(f"error rate {new.error_rate:.1%} ({new.errors}/{new.requests}) exceeds {gates.max_error_rate:.1%}")
+        reasons.append(f"error rate {new.error_rate:.1%} ({new.errors}/{new.requests}) "
+                       f"exceeds {gates.max_error_rate:.1%}")
     if gates.max_latency_regression is not None and previous is not None and previous.p50_ms and new.p50_ms is not None:
         limit = previous.p50_ms * (1 + gates.max_latency_regression)
         figures["latency_limit_ms"] = round(limit, 3)

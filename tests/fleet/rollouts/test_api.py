@@ -27,7 +27,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _push(fleet: Any, path: Path) -> dict[str, Any]:
-    r = fleet.call("POST", "/v1/bundles", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    r = fleet.call("POST", "/v1/bundles", content=path.read_bytes(),
+                   headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -91,7 +92,8 @@ def test_rollout_lifecycle_over_the_api(sqlite_fleet: Any, bundles: dict[str, An
     assert [w["devices"] for w in status["wave_list"]] == [2, 1] and status["wave_list"][0]["state"] == "current"
     assert status["gates"]["max_error_rate"] == 0.05
     assert {d["action"] for d in status["decisions"]} >= {"rollout.create", "rollout.wave_started"}
-    assert [x["id"] for x in fleet.call("GET", "/v1/rollouts", viewer, params={"state": "running"}).json()] == [ro["id"]]
+    running = fleet.call("GET", "/v1/rollouts", viewer, params={"state": "running"}).json()
+    assert [x["id"] for x in running] == [ro["id"]]
     # pause / resume / abort, each once, each audited
     assert fleet.call("POST", f"/v1/rollouts/{ro['id']}/pause", deployer).json()["state"] == "paused"
     assert fleet.call("POST", f"/v1/rollouts/{ro['id']}/pause", deployer).status_code == 409

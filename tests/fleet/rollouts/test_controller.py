@@ -83,7 +83,8 @@ class World:
                               window_s=1.0, requests=requests, errors=errors, latency=latency, stats={}))
 
     def rollout(self, **kwargs: Any) -> str:
-        spec = service.RolloutSpec(selector=kwargs.pop("selector", Selector()), waves=kwargs.pop("waves", [25, 50, 100]),
+        spec = service.RolloutSpec(selector=kwargs.pop("selector", Selector()),
+                                   waves=kwargs.pop("waves", [25, 50, 100]),
                                    gates=kwargs.pop("gates", Gates()), observe_s=kwargs.pop("observe_s", 10),
                                    wave_timeout_s=kwargs.pop("wave_timeout_s", 60), **kwargs)
         with self.store.session() as s:
@@ -93,7 +94,8 @@ class World:
         with self.store.session() as s:
             r = s.get(Rollout, rollout_id)
             assert r is not None
-            members = {m.device_id: m.state for m in s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
+            rows = s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))
+            members = {m.device_id: m.state for m in rows}
             return r.state, r.current_wave, members
 
     def desired(self, device: str) -> Any:
@@ -105,7 +107,8 @@ class World:
 
     def audit(self, action: str) -> list[dict[str, Any]]:
         with self.store.session() as s:
-            return [a.details for a in s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))]
+            entries = s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))
+            return [a.details for a in entries]
 
     def install_wave(self, devices: list[str], *, ms: float = 2.0, errors: int = 0) -> None:
         """The devices commit the new version; the next tick starts the observation, during which they
@@ -203,7 +206,8 @@ def test_latency_regression_against_the_previous_version_aborts_when_asked(world
     world.install_wave(["dev-0", "dev-1"], ms=20.0)   # 10x slower than 1.0.0
     state, _, members = world.state(rid)
     assert state == "aborted" and members["dev-0"] == members["dev-1"] == "reverted"
-    assert "p50 latency 20.00 ms vs 2.00 ms on the previous version" in world.audit("rollout.gate_failed")[0]["reasons"][0]
+    reason = world.audit("rollout.gate_failed")[0]["reasons"][0]
+    assert "p50 latency 20.00 ms vs 2.00 ms on the previous version" in reason
 
 
 def test_a_device_that_rolls_back_by_itself_fails_the_wave_at_once(world: World) -> None:
@@ -227,7 +231,8 @@ def test_a_device_that_refuses_the_version_before_switching_is_not_said_to_have_
     world.tick()
     state, _, _ = world.state(rid)
     (reason,) = world.audit("rollout.gate_failed")[0]["reasons"]
-    assert state == "paused" and reason == "device dev-0 refused it in smoke_testing: m@2.0.0: smoke test output 'y' differs"
+    assert state == "paused"
+    assert reason == "device dev-0 refused it in smoke_testing: m@2.0.0: smoke test output 'y' differs"
 
 
 def test_the_version_to_go_back_to_is_learnt_from_the_agent_when_the_fleet_did_not_know_it(world: World) -> None:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ import httpx
 import pytest
 
 from edgeml.bundle import SigningKey
-from edgeml.fleet.bootstrap import create_first_admin
 from tests.agent.agent_process import AGENT_CLI, AgentProcess, install, write_config
-from tests.fleet.server_process import ServerProcess, fleet_server
+from tests.fleet.rollouts.real_fleet import RealFleet, wait_for
+from tests.fleet.server_process import ServerProcess
 from tests.support.bundles import make_bundle
 from tests.support.services import free_port
 from tests.support.tiny_models import tiny_mlp
@@ -46,16 +46,6 @@ min_requests = 5
 download_retry_s = 0.2
 """
 BATCH = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 1.0, 1.1, 1.2]]   # v3 fails on batches > 1
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float, log: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log()}")
 
 
 class Traffic:
@@ -109,8 +99,12 @@ def serving(agent: AgentProcess) -> str:
     return str(r.json()["version"])
 
 
+# (server, admin token, agents, bundle files by version, device ids)
+FleetAndAgents = tuple[ServerProcess, str, list[AgentProcess], dict[str, Path], list[str]]
+
+
 @pytest.fixture
-def fleet_and_agents(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, list[AgentProcess], dict[str, Path], list[str]]]:
+def fleet_and_agents(tmp_path: Path) -> Iterator[FleetAndAgents]:
     key = SigningKey.generate()
     src = tmp_path / "src"
     src.mkdir()
@@ -119,17 +113,9 @@ def fleet_and_agents(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, list[
         "2.0.0": make_bundle(tmp_path / "m-2.edgepkg", key, tiny_mlp(src / "v2.onnx", seed=1), version="2.0.0"),
         "3.0.0": make_bundle(tmp_path / "m-3.edgepkg", key, failing_on_batches(src / "v3.onnx"), version="3.0.0"),
     }
-    data = tmp_path / "fleet"
-    data.mkdir()
-    admin = create_first_admin(f"sqlite:///{data / 'fleet.db'}")
     with ExitStack() as stack:
-        server = stack.enter_context(fleet_server(data))
-        http = stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"},
-                                                timeout=30))
-        assert http.post("/v1/keys", json={"name": "ci", "public_pem": key.public_pem().decode()}).status_code == 201
-        for path in bundles.values():
-            r = http.post("/v1/bundles", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
-            assert r.status_code == 201, r.text
+        fleet = RealFleet(tmp_path, stack, key, bundles)   # the server, with the key trusted, the bundles pushed
+        server, admin, http = fleet.server, fleet.admin, fleet.http
         agents, device_ids = [], []
         for i in range(AGENTS):
             agent_dir = tmp_path / f"agent{i}"
@@ -142,7 +128,8 @@ def fleet_and_agents(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, list[
             # enrolment wrote the keys to trust: the fleet's desired-state key and the bundle key
             assert (agent_dir / "trusted" / f"{key.key_id}.pub").exists()
             port = free_port()
-            config = write_config(tmp_path / f"agent{i}.toml", agent_dir, agent_dir / "trusted", port, extra=AGENT_EXTRA)
+            config = write_config(tmp_path / f"agent{i}.toml", agent_dir, agent_dir / "trusted", port,
+                                  extra=AGENT_EXTRA)
             install(config, bundles["1.0.0"])
             agents.append(stack.enter_context(AgentProcess(config, port, tmp_path / f"agent{i}.log")))
         yield server, admin, agents, bundles, device_ids
@@ -183,14 +170,16 @@ def test_good_version_rolls_out_in_waves_and_a_bad_one_is_stopped_in_its_first_w
                        "--max-latency-regression", "5")
         assert (ro["devices"], ro["waves"]) == (AGENTS, 3)
         # then the waves advance one after the other, each after its gates passed, until every device runs v2
-        done = wait_for("the v2 rollout to complete", lambda: status(ro["id"])["state"] in ("completed", "paused",
-                                                                                             "aborted") and status(ro["id"]), 120, logs)
+        done = wait_for("the v2 rollout to complete",
+                        lambda: status(ro["id"])["state"] in ("completed", "paused", "aborted") and status(ro["id"]),
+                        120, logs)
         assert done["state"] == "completed", json.dumps(done, indent=1, default=str)
         passed = [d for d in done["decisions"] if d["action"] == "rollout.wave_passed"]
         assert [p["details"]["wave"] for p in passed] == [1, 2, 3]
         assert all(p["details"]["figures"]["new"]["requests"] > 0 for p in passed)
         started = [d["details"]["devices"] for d in done["decisions"] if d["action"] == "rollout.wave_started"]
-        assert [len(s) for s in started] == [1, 1, 2] and sorted(d for wave in started for d in wave) == sorted(device_ids)
+        assert [len(s) for s in started] == [1, 1, 2]
+        assert sorted(d for wave in started for d in wave) == sorted(device_ids)
         assert [serving(a) for a in agents] == ["2.0.0"] * AGENTS
         cli_status = fleet_cli(server, admin, "rollout", "status", ro["id"])
         assert cli_status["counts"] == {"installed": AGENTS}
@@ -205,7 +194,8 @@ def test_good_version_rolls_out_in_waves_and_a_bad_one_is_stopped_in_its_first_w
         assert r.status_code == 201, r.text
         bad = r.json()["id"]
         # then the first wave's agent rolls back by itself, and the fleet pauses and sends the wave back
-        stopped = wait_for("the v3 rollout to stop", lambda: status(bad)["state"] != "running" and status(bad), 90, logs)
+        stopped = wait_for("the v3 rollout to stop",
+                           lambda: status(bad)["state"] != "running" and status(bad), 90, logs)
         assert stopped["state"] == "paused", json.dumps(stopped, indent=1, default=str)
         assert "rolled back by itself" in stopped["reason"]
         failed = next(d for d in stopped["decisions"] if d["action"] == "rollout.gate_failed")

@@ -55,7 +55,8 @@ def _bundles(tmp: Path, key: SigningKey) -> dict[str, Path]:
         "err@1": make_bundle(out, key, good, name="err", version="1.0.0"),
         "err@2": make_bundle(out, key, failing_on_batches(src / "batches.onnx"), name="err", version="2.0.0"),
         "lat@1": make_bundle(out, key, good, name="lat", version="1.0.0"),
-        "lat@2": make_bundle(out, key, slow_model(src / "slow.onnx", layers=12, width=256), name="lat", version="2.0.0"),
+        "lat@2": make_bundle(out, key, slow_model(src / "slow.onnx", layers=12, width=256), name="lat",
+                             version="2.0.0"),
         "drift@1": make_bundle(out, key, good, name="drift", version="1.0.0", extra=stats),
         "drift@2": make_bundle(out, key, v2, name="drift", version="2.0.0", extra=stats2),
         "calm@1": make_bundle(out, key, good, name="calm", version="1.0.0", extra=stats),
@@ -112,8 +113,9 @@ def test_a_slower_version_fails_the_latency_gate_and_the_wave_is_sent_back(fleet
     cam0, cam1 = fleet.devices
     # given the fleet knows 1.0.0's latency from live traffic on both devices
     with Load(cam0, "lat", BIG_BATCH), Load(cam1, "lat", BIG_BATCH):
-        wait_for("lat@1.0.0 telemetry", lambda: any(h["model"] == "lat" and h["version"] == "1.0.0"
-                                                    and h["requests"] >= 20 for h in fleet.http.get("/v1/health").json()),
+        wait_for("lat@1.0.0 telemetry",
+                 lambda: any(h["model"] == "lat" and h["version"] == "1.0.0" and h["requests"] >= 20
+                             for h in fleet.http.get("/v1/health").json()),
                  30, fleet.logs)
     # when a correct but much slower 2.0.0 is rolled out (p50 may grow by half at most) and cam-0 commits it
     ro = fleet.rollout("lat@2.0.0", waves=[50, 100], max_latency_regression=0.5)
