@@ -86,7 +86,8 @@ def test_predict_takes_the_same_inputs_whichever_path_checks_them(mlp_bundle, tr
         np.testing.assert_array_equal(model.predict(np.asfortranarray(x))["y"], want)
         np.testing.assert_allclose(model.predict(x.astype(np.float16))["y"], want, atol=1e-2)
         wide = np.zeros((3, 8), np.float32)
-        np.testing.assert_array_equal(model.predict(wide[:, ::2])["y"], model.predict(np.zeros((3, 4), np.float32))["y"])
+        np.testing.assert_array_equal(model.predict(wide[:, ::2])["y"],
+                                      model.predict(np.zeros((3, 4), np.float32))["y"])
         with pytest.raises(InferenceInputError, match=r"input 'x' has shape \[3, 5\]"):
             model.predict(np.zeros((3, 5), np.float32))
         with pytest.raises(InferenceInputError, match="dtype complex64"):

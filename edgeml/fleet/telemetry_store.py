@@ -128,7 +128,8 @@ def _reference_stats(session: Session, model: str, version: str,
                      cache: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     key = (model, version)
     if key not in cache:
-        bundle = session.execute(select(Bundle).where(Bundle.name == model, Bundle.version == version)).scalars().first()
+        query = select(Bundle).where(Bundle.name == model, Bundle.version == version)
+        bundle = session.execute(query).scalars().first()
         cache[key] = dict((bundle.manifest or {}).get("reference_stats") or {}) if bundle else {}
     return cache[key]
 
@@ -287,7 +288,8 @@ def device_telemetry(session: Session, device_id: str, since: datetime, limit: i
     events = session.execute(select(DeviceEvent).where(DeviceEvent.device_id == device_id, DeviceEvent.ts >= since)
                              .order_by(DeviceEvent.ts.desc()).limit(limit)).scalars().all()
     drift = session.execute(select(DriftScore).where(DriftScore.device_id == device_id)).scalars().all()
-    last = session.execute(select(DeviceMessage).where(DeviceMessage.device_id == device_id, DeviceMessage.kind == "telemetry")
+    mine = (DeviceMessage.device_id == device_id, DeviceMessage.kind == "telemetry")
+    last = session.execute(select(DeviceMessage).where(*mine)
                            .order_by(DeviceMessage.seq.desc()).limit(1)).scalars().first()
     return {
         "device": device_id,
@@ -303,4 +305,5 @@ def device_telemetry(session: Session, device_id: str, since: datetime, limit: i
 def max_sequence(session: Session, device_id: str) -> int:
     from sqlalchemy import func
 
-    return int(session.execute(select(func.max(DeviceMessage.seq)).where(DeviceMessage.device_id == device_id)).scalar() or 0)
+    query = select(func.max(DeviceMessage.seq)).where(DeviceMessage.device_id == device_id)
+    return int(session.execute(query).scalar() or 0)

@@ -76,7 +76,8 @@ def _tamper(bundle: Path, out: Path) -> Path:
     """Flip one byte of the model inside a signed bundle; the manifest and signature stay as signed."""
     raw = zstandard.ZstdDecompressor().stream_reader(bundle.read_bytes()).read()
     dst = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=dst, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (tarfile.open(fileobj=io.BytesIO(raw)) as src,
+          tarfile.open(fileobj=dst, mode="w", format=tarfile.PAX_FORMAT) as tar):
         for member in src.getmembers():
             data = src.extractfile(member).read()  # type: ignore[union-attr]
             if member.name.startswith("model/"):

@@ -95,7 +95,8 @@ def test_cli_workflow_and_restart_loses_nothing(database: str, tmp_path: Path, r
         assert again.exit_code != 0 and "already used" in again.output
 
         devices = fleet_json("devices", "list")
-        assert [(d["id"], d["name"], d["group"], d["tags"]) for d in devices] == [(device_id, "cam-1", "lobby", ["cam"])]
+        rows = [(d["id"], d["name"], d["group"], d["tags"]) for d in devices]
+        assert rows == [(device_id, "cam-1", "lobby", ["cam"])]
         assert devices[0]["hardware"]["cpu_count"] >= 1  # the agent's host probe
         fleet("devices", "tag", device_id, "--add", "beta")
         assert fleet_json("devices", "show", device_id)["tags"] == ["beta", "cam"]
@@ -131,7 +132,8 @@ def test_cli_workflow_and_restart_loses_nothing(database: str, tmp_path: Path, r
         assert [d["id"] for d in fleet_json("devices", "list")] == [device_id]
         revoked = fleet_json("devices", "list", "--include-revoked")
         assert {d["id"]: d["revoked"] for d in revoked} == {device_id: False, creds2["device_id"]: True}
-        assert httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {viewer}"}).json()["name"] == "dash"
+        whoami = httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {viewer}"}).json()
+        assert whoami["name"] == "dash"
         assert fleet_json("audit", "--limit", "1000") == audit_before
         # broker credentials survive too; the revoked device stays out
         peer, why = connect(broker_port, device_id, creds["mqtt"]["password"])

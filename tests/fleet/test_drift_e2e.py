@@ -32,7 +32,8 @@ def _auth(token: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_shifted_live_inputs_show_high_drift_calibration_like_inputs_low(tmp_path: Path, signing_key: SigningKey) -> None:
+def test_shifted_live_inputs_show_high_drift_calibration_like_inputs_low(tmp_path: Path,
+                                                                         signing_key: SigningKey) -> None:
     rng = np.random.default_rng(0)
     model = tiny_mlp(tmp_path / "m.onnx", seed=0)
     calib = rng.normal(0.0, 1.0, (512, 4)).astype(np.float32)
@@ -48,14 +49,16 @@ def test_shifted_live_inputs_show_high_drift_calibration_like_inputs_low(tmp_pat
     agents: list[Agent] = []
     try:
         with TestClient(server.app()) as http:
-            r = http.post("/v1/keys", headers=_auth(admin), json={"name": "ci", "public_pem": signing_key.public_pem().decode()})
+            r = http.post("/v1/keys", headers=_auth(admin),
+                          json={"name": "ci", "public_pem": signing_key.public_pem().decode()})
             assert r.status_code == 201, r.text
             r = http.post("/v1/bundles", headers=_auth(admin), content=bundle.read_bytes())
             assert r.status_code == 201, r.text
             devices = []
             for name in ("calm", "shifted"):
                 token = http.post("/v1/enrollment-tokens", headers=_auth(admin), json={}).json()["token"]
-                enrolled = http.post("/v1/enroll", headers=_auth(token), json={"name": name, "hardware": {}, "installed": {}})
+                enrolled = http.post("/v1/enroll", headers=_auth(token),
+                                     json={"name": name, "hardware": {}, "installed": {}})
                 assert enrolled.status_code == 201, enrolled.text
                 devices.append(enrolled.json())
         for device in devices:

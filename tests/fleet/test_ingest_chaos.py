@@ -80,7 +80,8 @@ def test_mosquitto_outage_and_device_sigkill_lose_nothing(tmp_path: Path) -> Non
     db = sqlite_url(tmp_path / "fleet.db")
     admin = create_first_admin(db)
     files = tmp_path / "mosquitto"
-    broker = RestartableMosquitto(tmp_path / "broker", password_file=files / "passwords", acl_file=files / "acl", pki=pki)
+    broker = RestartableMosquitto(tmp_path / "broker", password_file=files / "passwords", acl_file=files / "acl",
+                                  pki=pki)
     server = FleetServer(ServerConfig(data_dir=tmp_path / "data", db=db, broker=f"mqtts://127.0.0.1:{broker.port}",
                                       broker_ca=pki.ca_file, mosquitto_dir=files))
     server.start()  # writes the password/ACL files; its ingest connects once the broker is up

@@ -144,7 +144,8 @@ def test_fleet_health_drift_is_that_of_the_devices_in_the_window(db_url: str) ->
 def test_update_events_status_and_retention(db_url: str) -> None:
     store = _store(db_url)
     old = Envelope("dev-a", 1, NOW - timedelta(days=10), "event", {"event": "update", "state": "downloading"})
-    new = Envelope("dev-a", 2, NOW, "event", {"event": "update", "state": "committed", "model": "m", "version": "2.0.0"})
+    new = Envelope("dev-a", 2, NOW, "event",
+                   {"event": "update", "state": "committed", "model": "m", "version": "2.0.0"})
     with store.session() as s:
         store_messages(s, [old, new])
         record_status(s, "dev-b", "offline")

@@ -1,6 +1,7 @@
 """Real inputs for the TFLite tests, from images shipped in scikit-image (no download).
 
-- ``face_inputs``: square (128x128 by default) RGB crops around the astronaut's face (and shifted views), scaled to [-1, 1]
+- ``face_inputs``: square (128x128 by default) RGB crops around the astronaut's face (and shifted views),
+  scaled to [-1, 1]
   as MediaPipe's face detector expects, NHWC.
 - ``text_line_inputs``: 48x192 crops of scikit-image's ``text`` image, upright and rotated 180 degrees,
   normalized like PP-OCR's direction classifier ((x/255 - 0.5) / 0.5), NCHW.

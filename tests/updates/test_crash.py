@@ -166,7 +166,8 @@ class Device:
         except httpx.TransportError:
             return 0, None, None
         body = r.json()
-        return r.status_code, version, np.asarray(body["outputs"]["y"], dtype=np.float32) if r.status_code == 200 else None
+        outputs = np.asarray(body["outputs"]["y"], dtype=np.float32) if r.status_code == 200 else None
+        return r.status_code, version, outputs
 
 
 def _expected(model: Path) -> np.ndarray:

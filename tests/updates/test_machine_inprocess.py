@@ -36,8 +36,8 @@ class Rig:
         config = parse_config({
             "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},
             "telemetry": {"enabled": False},
-            "updates": {"poll_interval_s": poll_interval_s, "probation_s": 1.0, "min_requests": 5, "targets": list(targets),
-                        "download_attempts": 2, "download_retry_s": 0.1},
+            "updates": {"poll_interval_s": poll_interval_s, "probation_s": 1.0, "min_requests": 5,
+                        "targets": list(targets), "download_attempts": 2, "download_retry_s": 0.1},
         })
         self.agent = Agent(config, components=build_components, http=http)
         self.agent.store.install(self.bundles["1.0.0"])

@@ -122,8 +122,8 @@ class TelemetryCollector:
             for name, value in (arrays or {}).items():
                 summary = summaries.get(name)
                 if summary is None:
-                    summary = summaries[name] = RunningSummary(_reference(reference, side, name),
-                                                               classifier=side == "outputs" and _looks_like_scores(value))
+                    classifier = side == "outputs" and _looks_like_scores(value)
+                    summary = summaries[name] = RunningSummary(_reference(reference, side, name), classifier=classifier)
                 summary.update(value)
         first = next(iter((observation.inputs or {}).values()))
         size = str(first.shape[0]) if first.ndim else "1"

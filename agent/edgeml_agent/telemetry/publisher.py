@@ -243,7 +243,8 @@ class TelemetryPublisher:
                 self._commit_acks()
                 if not self._connected:
                     time.sleep(0.02)
-                if stopping and (not len(self.spool) or time.monotonic() >= self._flush_deadline or not self._connected):
+                flushed = not len(self.spool) or time.monotonic() >= self._flush_deadline or not self._connected
+                if stopping and flushed:
                     break
         finally:
             self._goodbye()

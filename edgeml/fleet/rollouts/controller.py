@@ -185,7 +185,8 @@ class RolloutController:
     # -- one rollout ---------------------------------------------------------------------------------
     def step(self, session: Session, r: Rollout) -> list[Issued]:
         now = self.now()
-        members = {m.device_id: m for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
+        members = {m.device_id: m
+                   for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
         if r.state == RolloutState.ABORTING:
             issued = self._revert(session, r, [m for m in members.values() if m.state != DeviceState.PENDING], now)
             r.state, r.updated_at = RolloutState.ABORTED, now
@@ -264,7 +265,8 @@ class RolloutController:
             m.state, m.sent_at, m.updated_at = DeviceState.SENT, now, now
         return issued
 
-    def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], now: datetime) -> list[Issued]:
+    def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice],
+                    now: datetime) -> list[Issued]:
         w = r.current_wave
         upto = [m for m in members.values() if m.wave <= w]
         wave = [m for m in upto if m.wave == w]
@@ -305,7 +307,8 @@ class RolloutController:
             return self._fail(session, r, members, list(verdict.reasons), verdict.figures, now)
         return self._advance(session, r, members, now, verdict.figures)
 
-    def verdict(self, session: Session, r: Rollout, device_ids: Sequence[str], members: dict[str, RolloutDevice]) -> Verdict:
+    def verdict(self, session: Session, r: Rollout, device_ids: Sequence[str],
+                members: dict[str, RolloutDevice]) -> Verdict:
         """The gates on the telemetry of ``device_ids`` since the observation began, against the previous
         version's health across the fleet since shortly before the rollout began."""
         gates = Gates.from_json(r.gates)

@@ -127,7 +127,8 @@ def status(row: Rollout, session: Session, health: HealthSource | None, now: dat
     for w in sorted(by_wave):
         state = ("done" if w < row.current_wave or row.state == "completed"
                  else "current" if w == row.current_wave else "waiting")
-        waves.append({"wave": w + 1, "percent": row.waves[w] if w < len(row.waves) and len(sizes) == len(row.waves) else None,
+        planned = w < len(row.waves) and len(sizes) == len(row.waves)
+        waves.append({"wave": w + 1, "percent": row.waves[w] if planned else None,
                       "devices": len(by_wave[w]), "state": state,
                       "counts": dict(Counter(m.state for m in by_wave[w]))})
     live = None
