@@ -243,8 +243,7 @@ class TelemetryPublisher:
                 self._commit_acks()
                 if not self._connected:
                     time.sleep(0.02)
-                flushed = not len(self.spool) or time.monotonic() >= self._flush_deadline or not self._connected
-                if stopping and flushed:
+                if stopping and self._flushed():
                     break
         finally:
             self._goodbye()
@@ -298,6 +297,10 @@ class TelemetryPublisher:
                 return
             self._inflight[info.mid] = msg.seq
             self._last_sent = msg.seq
+
+    def _flushed(self) -> bool:
+        """Stopping may end: nothing is left to send, the flush time is up, or there is no broker to send to."""
+        return not len(self.spool) or time.monotonic() >= self._flush_deadline or not self._connected
 
     def _goodbye(self) -> None:
         while not self._queue.empty():
