@@ -1,7 +1,10 @@
 """Verify a bundle before anything in it is trusted, and unpack it only after it verified.
 
-The order is the security property: (1) every archive member is checked for safety as it streams by
-(no links, devices, absolute paths, '..', over-size); (2) manifest.json and manifest.sig, which must be
+The order is the security property: (0) the archive is read by a reader that bounds every header
+(extended ones included) and the member count, so a crafted archive is refused within fixed memory
+before anything in it is checked (:mod:`edgeml.bundle.tarstream`); (1) every archive member is checked
+for safety as it streams by (no links, devices, absolute paths, '..', over-size, reserved names, a
+directory where a file is listed); (2) manifest.json and manifest.sig, which must be
 the first two members, are read with small caps and the signature is checked against the trusted keys;
 (3) every other member's size is compared with the signed manifest *before* it is read, then its
 sha256 while it streams by. Only a bundle that passed all of that is unpacked, and the unpack checks
@@ -17,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,18 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeml.bundle.archive import iter_chunks, open_tar_stream, read_member, safe_member_name
+from edgeml.bundle.archive import (
+    RESERVED_NAMES,
+    check_bundle_paths,
+    check_directory_member,
+    iter_chunks,
+    open_tar_stream,
+    read_member,
+    safe_member_name,
+)
 from edgeml.bundle.keys import verify_signature
 from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, check_format
+from edgeml.bundle.tarstream import ArchiveFormatError, TarMember, TarStream
 from edgeml.errors import (
     IntegrityError,
     ManifestError,
@@ -161,26 +172,20 @@ def load_unpacked(root: str | Path, trusted: Mapping[str, Ed25519PublicKey]) -> 
 
 # -- internals --------------------------------------------------------------------------------------
 
-def _next_member(tar: tarfile.TarFile, path: Path) -> tarfile.TarInfo | None:
+def _next_member(tar: TarStream, path: Path) -> TarMember | None:
     try:
         return tar.next()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except ArchiveFormatError as exc:
         raise TruncatedBundleError(f"{path} ends before its manifest (truncated or not a bundle): {exc}") from exc
 
 
-def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
+def _read_header(tar: TarStream, path: Path) -> BundleHeader:
     first = _next_member(tar, path)
     if first is None or safe_member_name(first) != MANIFEST_NAME:
         found = first.name if first is not None else "nothing"
         raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (found {found})")
     manifest_bytes = read_member(tar, first, MAX_MANIFEST_BYTES)
-    try:
-        raw = json.loads(manifest_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: manifest.json is not valid JSON: {exc}") from exc
-    if isinstance(raw, dict):
-        check_format(raw)  # an unknown format is reported as such, not as a bad signature
-    manifest = Manifest.from_dict(raw)
+    manifest = _parse_manifest(manifest_bytes, path)
     second = _next_member(tar, path)
     if second is None:
         # A real unsigned bundle still holds its model files; an archive that stops here was cut short.
@@ -194,13 +199,29 @@ def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
     return BundleHeader(manifest, key_id, signature, manifest_bytes, sig_doc)
 
 
+def _parse_manifest(data: bytes, path: Path) -> Manifest:
+    """The manifest as read from an archive, before its signature is checked: whatever it holds
+    (wrong types, absurd nesting, a 5,000-digit number), the only error is a :class:`ManifestError`."""
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, int digits cap
+        raise ManifestError(f"{path}: manifest.json is not valid JSON: {exc}") from exc
+    if isinstance(raw, dict):
+        check_format(raw)  # an unknown format is reported as such, not as a bad signature
+    try:
+        return Manifest.from_dict(raw)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        raise ManifestError(f"{path}: manifest.json has a value of the wrong type ({exc})") from exc
+
+
 def _parse_signature(data: bytes, path: Path) -> tuple[str, bytes]:
     try:
         doc = json.loads(data)
         if doc.get("algorithm") != "ed25519":
             raise SignatureError(f"{path}: signature algorithm {doc.get('algorithm')!r} is not ed25519")
         return str(doc["key_id"]), base64.b64decode(doc["signature"], validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, binascii.Error, TypeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, AttributeError, binascii.Error,
+            TypeError) as exc:  # ValueError covers JSONDecodeError and binascii.Error
         raise SignatureError(f"{path}: manifest.sig is malformed ({exc})") from exc
 
 
@@ -218,25 +239,31 @@ def _check_signature(header: BundleHeader, trusted: Mapping[str, Ed25519PublicKe
 
 
 def _walk_payload(
-    tar: tarfile.TarFile,
+    tar: TarStream,
     manifest: Manifest,
     max_member_bytes: int,
     max_total_bytes: int,
     sink: Callable[[FileEntry], IO[bytes]] | None,
 ) -> None:
     expected = {e.path: e for e in manifest.files}
+    check_bundle_paths(expected)
+    files = set(expected) | set(RESERVED_NAMES)
     seen: set[str] = set()
     total = 0
     while True:
         try:
             member = tar.next()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except ArchiveFormatError as exc:
             raise TruncatedBundleError(f"the bundle archive is cut short or corrupt: {exc}") from exc
         if member is None:
             break
         name = safe_member_name(member)
         if member.isdir():
+            check_directory_member(name, files)
             continue
+        if name in RESERVED_NAMES:
+            raise UnsafeArchiveError(f"bundle member '{name}' appears again after the bundle's header; "
+                                     "that name is reserved for the header")
         entry = expected.get(name)
         if entry is None or name in seen:
             what = "appears twice" if name in seen else "is not listed in the signed manifest"
