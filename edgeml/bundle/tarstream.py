@@ -238,10 +238,10 @@ class _MemberData:
 
 def _parse_header(block: bytes, offset: int) -> tuple[str, int, bytes, str]:
     """(name, size, type, linkname) of a 512-byte header, after checking its checksum."""
-    stored = _number(block[148:156], offset, "checksum")
+    stored = block[148:156].split(b"\x00", 1)[0].strip()
     unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
     signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)   # old tars: signed chars
-    if stored not in (unsigned, signed):
+    if not _is_octal(stored) or int(stored, 8) not in (unsigned, signed):
         what = "is not a tar archive (tar, optionally zstd)" if offset == 0 else "has a corrupt tar header"
         raise ArchiveFormatError(f"the archive {what}: header checksum mismatch at byte {offset}")
     size = _number(block[124:136], offset, "size")
@@ -265,9 +265,13 @@ def _number(raw: bytes, offset: int, what: str) -> int:
     text = _field(raw).strip()
     if not text:
         return 0
-    if not all(0x30 <= c <= 0x37 for c in text):
+    if not _is_octal(text):
         raise ArchiveFormatError(f"the tar header at byte {offset} has an invalid {what} field")
     return int(text, 8)
+
+
+def _is_octal(text: bytes) -> bool:
+    return bool(text) and all(0x30 <= c <= 0x37 for c in text)
 
 
 def _decode_name(raw: bytes) -> str:

@@ -48,7 +48,9 @@ from edgeml.errors import (
 )
 from edgeml.fileio import sha256_file
 
-MAX_MANIFEST_BYTES = 4 << 20
+# The manifest is parsed before its signature can be checked, and JSON grows ~30x into Python objects:
+# 1 MiB keeps that under ~30 MB. Manifests edgeml writes are tens of KB (labels travel as a file).
+MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
 DEFAULT_MAX_MEMBER_BYTES = 4 << 30
 DEFAULT_MAX_TOTAL_BYTES = 8 << 30

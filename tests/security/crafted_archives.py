@@ -7,13 +7,18 @@ decompresses to ``claimed`` bytes from a few dozen KB: one frame of filler, comp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
 from edgeml.bundle import SigningKey, pack_bundle
+from edgeml.bundle.manifest import canonical_json
+from edgeml.bundle.pack import signature_document
 
 BLOCK = 512
 GIB = 1 << 30
@@ -116,3 +121,31 @@ def split_at_payload(bundle: bytes) -> tuple[bytes, bytes]:
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
         third = tar.getmembers()[2]
     return bundle[:third.offset], bundle[third.offset:]
+
+
+def file_entries(files: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    return [{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for p, d in files.items()]
+
+
+def manifest_bytes(contents: Mapping[str, bytes], /, **manifest: Any) -> bytes:
+    """A canonical manifest listing ``contents`` (``manifest`` overrides keys; ``files=`` replaces the list)."""
+    raw = {**MANIFEST, "format": 1, "created": "2026-11-30T00:00:00+00:00", "files": file_entries(contents),
+           **manifest}
+    return canonical_json(raw)
+
+
+def signed_header(key: SigningKey, contents: Mapping[str, bytes], /, **manifest: Any) -> bytes:
+    """The manifest.json and manifest.sig members of a bundle listing ``contents``, signed by ``key``:
+    what a builder (or an attacker holding a builder key) can sign, checked by nothing but the reader."""
+    data = manifest_bytes(contents, **manifest)
+    return member(b"manifest.json", data) + member(b"manifest.sig", signature_document(key, data))
+
+
+def payload(files: Mapping[str, bytes]) -> bytes:
+    return b"".join(member(p.encode(), d) for p, d in files.items())
+
+
+def write(path: Path, *parts: bytes) -> Path:
+    """A plain tar file of ``parts`` (members, already encoded) and the end-of-archive blocks."""
+    path.write_bytes(b"".join(parts) + end_of_archive())
+    return path
