@@ -259,45 +259,62 @@ def _walk_payload(
             raise TruncatedBundleError(f"the bundle archive is cut short or corrupt: {exc}") from exc
         if member is None:
             break
-        name = safe_member_name(member)
-        if member.isdir():
-            check_directory_member(name, files)
+        entry = _listed_entry(member, expected, files, seen)
+        if entry is None:
             continue
-        if name in RESERVED_NAMES:
-            raise UnsafeArchiveError(f"bundle member '{name}' appears again after the bundle's header; "
-                                     "that name is reserved for the header")
-        entry = expected.get(name)
-        if entry is None or name in seen:
-            what = "appears twice" if name in seen else "is not listed in the signed manifest"
-            raise UnsafeArchiveError(f"bundle member '{name}' {what}")
         if member.size > max_member_bytes:
-            raise UnsafeArchiveError(f"bundle member '{name}' is {member.size} bytes, over the {max_member_bytes}-byte cap")
+            raise UnsafeArchiveError(
+                f"bundle member '{entry.path}' is {member.size} bytes, over the {max_member_bytes}-byte cap")
         total += member.size
         if total > max_total_bytes:
             raise UnsafeArchiveError(f"the bundle holds more than the {max_total_bytes}-byte cap")
         if member.size != entry.size:
-            raise IntegrityError(f"bundle member '{name}' is {member.size} bytes; the signed manifest says {entry.size}")
-        f = tar.extractfile(member)
-        if f is None:
-            raise UnsafeArchiveError(f"bundle member '{name}' is not a regular file")
-        digest = hashlib.sha256()
-        out = sink(entry) if sink else None
-        try:
-            for chunk in iter_chunks(f, member.size, name):
-                digest.update(chunk)
-                if out:
-                    out.write(chunk)
-        finally:
-            if out:
-                out.close()
-        if digest.hexdigest() != entry.sha256:
-            raise IntegrityError(f"bundle member '{name}' does not match its sha256 in the signed manifest (tampered or corrupt)")
-        seen.add(name)
+            raise IntegrityError(
+                f"bundle member '{entry.path}' is {member.size} bytes; the signed manifest says {entry.size}")
+        _check_member_data(tar, member, entry, sink)
+        seen.add(entry.path)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise TruncatedBundleError(
-            f"the bundle lacks {len(missing)} file(s) its manifest lists ({', '.join(missing[:3])}): truncated or tampered"
-        )
+        raise TruncatedBundleError(f"the bundle lacks {len(missing)} file(s) its manifest lists "
+                                   f"({', '.join(missing[:3])}): truncated or tampered")
+
+
+def _listed_entry(member: TarMember, expected: Mapping[str, FileEntry], files: set[str],
+                  seen: set[str]) -> FileEntry | None:
+    """The manifest entry a payload member stands for; None for a (harmless) directory member."""
+    name = safe_member_name(member)
+    if member.isdir():
+        check_directory_member(name, files)
+        return None
+    if name in RESERVED_NAMES:
+        raise UnsafeArchiveError(f"bundle member '{name}' appears again after the bundle's header; "
+                                 "that name is reserved for the header")
+    entry = expected.get(name)
+    if entry is None or name in seen:
+        what = "appears twice" if name in seen else "is not listed in the signed manifest"
+        raise UnsafeArchiveError(f"bundle member '{name}' {what}")
+    return entry
+
+
+def _check_member_data(tar: TarStream, member: TarMember, entry: FileEntry,
+                       sink: Callable[[FileEntry], IO[bytes]] | None) -> None:
+    """Stream the member through sha256 (and into ``sink``'s file when unpacking)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise UnsafeArchiveError(f"bundle member '{entry.path}' is not a regular file")
+    digest = hashlib.sha256()
+    out = sink(entry) if sink else None
+    try:
+        for chunk in iter_chunks(f, member.size, entry.path):
+            digest.update(chunk)
+            if out:
+                out.write(chunk)
+    finally:
+        if out:
+            out.close()
+    if digest.hexdigest() != entry.sha256:
+        raise IntegrityError(f"bundle member '{entry.path}' does not match its sha256 in the signed manifest "
+                             "(tampered or corrupt)")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -111,8 +111,8 @@ def genuine_bundle(tmp_path: Path, key: SigningKey, version: str = "1.0.0") -> b
     (src / "model.onnx").write_bytes(bytes(range(256)) * 16)
     (src / "input.npz").write_bytes(b"sample" * 50)
     out = tmp_path / "genuine.edgepkg"
-    pack_bundle(out, {**MANIFEST, "version": version}, {"model/model.onnx": src / "model.onnx", "smoke/input.npz": src / "input.npz"},
-                key, compression=None)
+    files = {"model/model.onnx": src / "model.onnx", "smoke/input.npz": src / "input.npz"}
+    pack_bundle(out, {**MANIFEST, "version": version}, files, key, compression=None)
     return out.read_bytes()
 
 

@@ -73,7 +73,8 @@ def test_a_file_where_another_listed_file_needs_a_directory_is_refused_by_verify
     pack_bundle(bundle, MANIFEST, {"model/model.onnx": src / "model.onnx", "sub": src / "sub", "sub/x": src / "x"},
                 signing_key)
     # then verify already refuses it, and install never gets to a raw OSError
-    _refused_everywhere(bundle, trust, tmp_path, ManifestError, r"'sub/x' needs 'sub' to be a directory, but it is a file")
+    _refused_everywhere(bundle, trust, tmp_path, ManifestError,
+                        r"'sub/x' needs 'sub' to be a directory, but it is a file")
 
 
 def test_a_payload_member_named_like_the_manifest_is_refused(tmp_path: Path, signing_key: SigningKey,
@@ -81,7 +82,8 @@ def test_a_payload_member_named_like_the_manifest_is_refused(tmp_path: Path, sig
     # given a signed manifest that lists a payload file called manifest.json (it would overwrite the header)
     files = {**MODEL, "manifest.json": b'{"format": 1, "name": "other"}'}
     bundle = write(tmp_path / "reserved.edgepkg", signed_header(signing_key, files), payload(files))
-    _refused_everywhere(bundle, trust, tmp_path, ManifestError, r"'manifest.json' is reserved for the bundle's own header")
+    _refused_everywhere(bundle, trust, tmp_path, ManifestError,
+                        r"'manifest.json' is reserved for the bundle's own header")
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -147,7 +149,8 @@ def test_an_extended_header_may_be_exactly_64_kib_and_not_one_byte_more(
     at_cap = write(tmp_path / "at.edgepkg", _pax(_comment_of(64 << 10)), body, payload(MODEL))
     assert verify_bundle(at_cap, trust).manifest.name == "tiny"
     over = write(tmp_path / "over.edgepkg", _pax(_comment_of((64 << 10) + 1)), body, payload(MODEL))
-    with pytest.raises(UnsafeArchiveError, match=r"extended tar header \(x\) claims 65537 bytes, over the 65536-byte cap"):
+    with pytest.raises(UnsafeArchiveError,
+                       match=r"extended tar header \(x\) claims 65537 bytes, over the 65536-byte cap"):
         verify_bundle(over, trust)
 
 
@@ -190,13 +193,15 @@ def test_pax_path_and_size_records_apply_to_the_next_member(tmp_path: Path, sign
     ([_pax(pax_record("path", b"a\x00b")), header(b"x", 0)], UnsafeArchiveError, "NUL byte"),
     ([_pax(pax_record("size", b"-5")), header(b"x", 0)], UnsafeArchiveError, "malformed PAX extended header"),
     ([_pax(pax_record("comment", b"x"))] * 9, UnsafeArchiveError, "more than 8 extended headers"),
-    ([header(b"././@LongLink", 2000, b"L") + padded(b"a" * 2000)], UnsafeArchiveError, "2000 bytes long, over the 1024-byte cap"),
+    ([header(b"././@LongLink", 2000, b"L") + padded(b"a" * 2000)], UnsafeArchiveError,
+     "2000 bytes long, over the 1024-byte cap"),
     ([header(b"\xff\xfe", 0)], UnsafeArchiveError, "not UTF-8"),
     ([header(b"sparse", 10, b"S") + padded(b"x" * 10)], UnsafeArchiveError, r"'sparse' has unsupported type b'S'"),
     ([header(b"volume", 0, b"V")], UnsafeArchiveError, r"has unsupported type b'V'"),
     ([header(b"multi", 0, b"M")], UnsafeArchiveError, r"has unsupported type b'M'"),
     ([header(b"dir", 4096, b"5")], UnsafeArchiveError, "directory that claims 4096 bytes"),
-    ([header(b"manifest.json", 0, raw_size=b"\x80" + (1 << 80).to_bytes(11, "big"))], UnsafeArchiveError, "over the 1048576-byte cap"),
+    ([header(b"manifest.json", 0, raw_size=b"\x80" + (1 << 80).to_bytes(11, "big"))], UnsafeArchiveError,
+     "over the 1048576-byte cap"),
     ([header(b"manifest.json", 0, raw_size=b"\xff" * 12)], TruncatedBundleError, "negative size"),
     ([header(b"manifest.json", 0, raw_size=b"12x4\x00" + bytes(7))], TruncatedBundleError, "invalid size field"),
     ([_pax(pax_record("size", b"2000000")), header(b"manifest.json", 5)], UnsafeArchiveError,
