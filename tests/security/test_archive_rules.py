@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeml.bundle import SigningKey, TrustStore, pack_bundle, read_header, unpack_bundle, verify_bundle
+from edgeml.bundle.tarstream import TarStream
 from edgeml.errors import BundleError, ManifestError, SignatureError, TruncatedBundleError, UnsafeArchiveError
 from edgeml_agent.cli import main as agent_cli
 from tests.security.crafted_archives import (
@@ -261,3 +262,12 @@ def test_a_manifest_over_one_mib_is_refused_before_it_is_read(tmp_path: Path, tr
     bundle = write(tmp_path / "big.edgepkg", header(b"manifest.json", (1 << 20) + 1))
     with pytest.raises(UnsafeArchiveError, match="1048577 bytes, over the 1048576-byte cap"):
         verify_bundle(bundle, trust)
+
+
+@pytest.mark.parametrize("kind", [b"S", b"V", b"M", b"N", b"D", b"A", b"\xff"])
+def test_the_tar_reader_itself_refuses_types_whose_data_layout_it_does_not_know(kind: bytes) -> None:
+    # a GNU sparse member ('S') is followed by sparse maps, not plain data: skipping its claimed size
+    # would read the next header from the middle of a map, so the reader stops at the header
+    stream = TarStream(io.BytesIO(header(b"odd", 10, kind) + padded(b"x" * 10) + member(b"next", b"y")))
+    with pytest.raises(UnsafeArchiveError, match=re.escape(f"'odd' has unsupported type {kind!r}")):
+        stream.next()
