@@ -39,6 +39,7 @@ PAX_MEMBER, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK = b"x", b"g", b"L", b"K"
 EXTENSION_TYPES = (PAX_MEMBER, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK)
 _DATALESS = (DIRECTORY, HARD_LINK, SYMLINK, *DEVICE_TYPES)
 _POSIX_MAGIC = b"ustar\x0000"
+_HIGH = bytes(range(0x80, 0x100))
 
 
 class ArchiveFormatError(TruncatedBundleError):
@@ -239,9 +240,7 @@ class _MemberData:
 def _parse_header(block: bytes, offset: int) -> tuple[str, int, bytes, str]:
     """(name, size, type, linkname) of a 512-byte header, after checking its checksum."""
     stored = block[148:156].split(b"\x00", 1)[0].strip()
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)   # old tars: signed chars
-    if not _is_octal(stored) or int(stored, 8) not in (unsigned, signed):
+    if not _is_octal(stored) or int(stored, 8) not in _checksums(block):
         what = "is not a tar archive (tar, optionally zstd)" if offset == 0 else "has a corrupt tar header"
         raise ArchiveFormatError(f"the archive {what}: header checksum mismatch at byte {offset}")
     size = _number(block[124:136], offset, "size")
@@ -250,6 +249,13 @@ def _parse_header(block: bytes, offset: int) -> tuple[str, int, bytes, str]:
     if block[257:265] == _POSIX_MAGIC and block[345] != 0:
         raw_name = _field(block[345:500]) + b"/" + raw_name
     return _decode_name(raw_name), size, kind, _decode_name(_field(block[157:257]))
+
+
+def _checksums(block: bytes) -> tuple[int, int]:
+    """The header's checksum over unsigned bytes, and over signed ones (some old tars summed those)."""
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    return unsigned, unsigned - 256 * (len(block) - 8 - len(block[:148].translate(None, _HIGH)) -
+                                       len(block[156:].translate(None, _HIGH)))
 
 
 def _field(raw: bytes) -> bytes:

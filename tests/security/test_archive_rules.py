@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeml.bundle import SigningKey, TrustStore, pack_bundle, read_header, unpack_bundle, verify_bundle
-from edgeml.bundle.tarstream import TarStream
+from edgeml.bundle.tarstream import TarMember, TarStream
 from edgeml.errors import BundleError, ManifestError, SignatureError, TruncatedBundleError, UnsafeArchiveError
 from edgeml_agent.cli import main as agent_cli
 from tests.security.crafted_archives import (
@@ -271,3 +271,17 @@ def test_the_tar_reader_itself_refuses_types_whose_data_layout_it_does_not_know(
     stream = TarStream(io.BytesIO(header(b"odd", 10, kind) + padded(b"x" * 10) + member(b"next", b"y")))
     with pytest.raises(UnsafeArchiveError, match=re.escape(f"'odd' has unsupported type {kind!r}")):
         stream.next()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_header_checksums_are_accepted_over_unsigned_and_signed_bytes(signed: bool) -> None:
+    # given a header with a non-ASCII name whose checksum was summed the POSIX way, or over signed chars
+    block = bytearray(header("modèle.onnx".encode(), 3))
+    block[148:156] = b" " * 8
+    total = sum(block) - (256 * sum(1 for b in block if b >= 0x80) if signed else 0)
+    block[148:156] = b"%06o\x00 " % total
+    # then the reader takes either, and a checksum that is neither is corruption
+    assert TarStream(io.BytesIO(bytes(block) + padded(b"abc"))).next() == TarMember("modèle.onnx", 3, b"0")
+    block[150] = ord("7") if block[150] != ord("7") else ord("6")
+    with pytest.raises(TruncatedBundleError, match="checksum mismatch at byte 0"):
+        TarStream(io.BytesIO(bytes(block) + padded(b"abc"))).next()
