@@ -26,7 +26,8 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-MAX_MANIFEST_BYTES = 4 << 20      # the same cap the archive reader applies to the manifest member
+# The cap the archive reader applies to the manifest member: parsed JSON grows ~30x in memory.
+MAX_MANIFEST_BYTES = 1 << 20
 MAX_MANIFEST_DEPTH = 64           # a real manifest nests about 5 levels; pass configs may add a few
 
 

@@ -1,7 +1,10 @@
 """Verify a bundle before anything in it is trusted, and unpack it only after it verified.
 
-The order is the security property: (1) every archive member is checked for safety as it streams by
-(no links, devices, absolute paths, '..', over-size); (2) manifest.json and manifest.sig, which must be
+The order is the security property: (0) the archive is read by a reader that bounds every header
+(extended ones included) and the member count, so a crafted archive is refused within fixed memory
+before anything in it is checked (:mod:`edgeml.bundle.tarstream`); (1) every archive member is checked
+for safety as it streams by (no links, devices, absolute paths, '..', over-size, reserved names, a
+directory where a file is listed); (2) manifest.json and manifest.sig, which must be
 the first two members, are read with small caps and the signature is checked against the trusted keys;
 (3) every other member's size is compared with the signed manifest *before* it is read, then its
 sha256 while it streams by. Only a bundle that passed all of that is unpacked, and the unpack checks
@@ -17,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,18 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeml.bundle.archive import iter_chunks, open_tar_stream, read_member, safe_member_name
+from edgeml.bundle.archive import (
+    RESERVED_NAMES,
+    check_bundle_paths,
+    check_directory_member,
+    iter_chunks,
+    open_tar_stream,
+    read_member,
+    safe_member_name,
+)
 from edgeml.bundle.keys import verify_signature
-from edgeml.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
+from edgeml.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, FileEntry, Manifest
+from edgeml.bundle.tarstream import ArchiveFormatError, TarMember, TarStream
 from edgeml.errors import (
     IntegrityError,
     ManifestError,
@@ -37,7 +48,8 @@ from edgeml.errors import (
 )
 from edgeml.fileio import sha256_file
 
-MAX_MANIFEST_BYTES = 4 << 20
+# The manifest is parsed before its signature can be checked, and JSON grows ~30x into Python objects:
+# 1 MiB keeps that under ~30 MB. Manifests edgeml writes are tens of KB (labels travel as a file).
 MAX_SIGNATURE_BYTES = 64 << 10
 DEFAULT_MAX_MEMBER_BYTES = 4 << 30
 DEFAULT_MAX_TOTAL_BYTES = 8 << 30
@@ -161,17 +173,16 @@ def load_unpacked(root: str | Path, trusted: Mapping[str, Ed25519PublicKey]) -> 
 
 # -- internals --------------------------------------------------------------------------------------
 
-def _next_member(tar: tarfile.TarFile, path: Path) -> tarfile.TarInfo | None:
+def _next_member(tar: TarStream, path: Path) -> TarMember | None:
     try:
         return tar.next()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        # tarfile reads the first header when it opens the stream, so this fails at the signature's header
+    except ArchiveFormatError as exc:
         raise TruncatedBundleError(
             f"{path} ends before its manifest and signature were read (truncated or not a bundle): {exc}"
         ) from exc
 
 
-def _read_header(tar: tarfile.TarFile, path: Path) -> BundleHeader:
+def _read_header(tar: TarStream, path: Path) -> BundleHeader:
     first = _next_member(tar, path)
     if first is None or safe_member_name(first) != MANIFEST_NAME:
         found = first.name if first is not None else "nothing"
@@ -197,7 +208,8 @@ def _parse_signature(data: bytes, path: Path) -> tuple[str, bytes]:
         if doc.get("algorithm") != "ed25519":
             raise SignatureError(f"{path}: signature algorithm {doc.get('algorithm')!r} is not ed25519")
         return str(doc["key_id"]), base64.b64decode(doc["signature"], validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, binascii.Error, TypeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, AttributeError, binascii.Error,
+            TypeError) as exc:  # ValueError covers JSONDecodeError and binascii.Error
         raise SignatureError(f"{path}: manifest.sig is malformed ({exc})") from exc
 
 
@@ -215,57 +227,80 @@ def _check_signature(header: BundleHeader, trusted: Mapping[str, Ed25519PublicKe
 
 
 def _walk_payload(
-    tar: tarfile.TarFile,
+    tar: TarStream,
     manifest: Manifest,
     max_member_bytes: int,
     max_total_bytes: int,
     sink: Callable[[FileEntry], IO[bytes]] | None,
 ) -> None:
     expected = {e.path: e for e in manifest.files}
+    check_bundle_paths(expected)
+    files = set(expected) | set(RESERVED_NAMES)
     seen: set[str] = set()
     total = 0
     while True:
         try:
             member = tar.next()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except ArchiveFormatError as exc:
             raise TruncatedBundleError(f"the bundle archive is cut short or corrupt: {exc}") from exc
         if member is None:
             break
-        name = safe_member_name(member)
-        if member.isdir():
+        entry = _listed_entry(member, expected, files, seen)
+        if entry is None:
             continue
-        entry = expected.get(name)
-        if entry is None or name in seen:
-            what = "appears twice" if name in seen else "is not listed in the signed manifest"
-            raise UnsafeArchiveError(f"bundle member '{name}' {what}")
         if member.size > max_member_bytes:
-            raise UnsafeArchiveError(f"bundle member '{name}' is {member.size} bytes, over the {max_member_bytes}-byte cap")
+            raise UnsafeArchiveError(
+                f"bundle member '{entry.path}' is {member.size} bytes, over the {max_member_bytes}-byte cap")
         total += member.size
         if total > max_total_bytes:
             raise UnsafeArchiveError(f"the bundle holds more than the {max_total_bytes}-byte cap")
         if member.size != entry.size:
-            raise IntegrityError(f"bundle member '{name}' is {member.size} bytes; the signed manifest says {entry.size}")
-        f = tar.extractfile(member)
-        if f is None:
-            raise UnsafeArchiveError(f"bundle member '{name}' is not a regular file")
-        digest = hashlib.sha256()
-        out = sink(entry) if sink else None
-        try:
-            for chunk in iter_chunks(f, member.size, name):
-                digest.update(chunk)
-                if out:
-                    out.write(chunk)
-        finally:
-            if out:
-                out.close()
-        if digest.hexdigest() != entry.sha256:
-            raise IntegrityError(f"bundle member '{name}' does not match its sha256 in the signed manifest (tampered or corrupt)")
-        seen.add(name)
+            raise IntegrityError(
+                f"bundle member '{entry.path}' is {member.size} bytes; the signed manifest says {entry.size}")
+        _check_member_data(tar, member, entry, sink)
+        seen.add(entry.path)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise TruncatedBundleError(
-            f"the bundle lacks {len(missing)} file(s) its manifest lists ({', '.join(missing[:3])}): truncated or tampered"
-        )
+        raise TruncatedBundleError(f"the bundle lacks {len(missing)} file(s) its manifest lists "
+                                   f"({', '.join(missing[:3])}): truncated or tampered")
+
+
+def _listed_entry(member: TarMember, expected: Mapping[str, FileEntry], files: set[str],
+                  seen: set[str]) -> FileEntry | None:
+    """The manifest entry a payload member stands for; None for a (harmless) directory member."""
+    name = safe_member_name(member)
+    if member.isdir():
+        check_directory_member(name, files)
+        return None
+    if name in RESERVED_NAMES:
+        raise UnsafeArchiveError(f"bundle member '{name}' appears again after the bundle's header; "
+                                 "that name is reserved for the header")
+    entry = expected.get(name)
+    if entry is None or name in seen:
+        what = "appears twice" if name in seen else "is not listed in the signed manifest"
+        raise UnsafeArchiveError(f"bundle member '{name}' {what}")
+    return entry
+
+
+def _check_member_data(tar: TarStream, member: TarMember, entry: FileEntry,
+                       sink: Callable[[FileEntry], IO[bytes]] | None) -> None:
+    """Stream the member through sha256 (and into ``sink``'s file when unpacking)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise UnsafeArchiveError(f"bundle member '{entry.path}' is not a regular file")
+    digest = hashlib.sha256()
+    out = sink(entry) if sink else None
+    try:
+        for chunk in iter_chunks(f, member.size, entry.path):
+            digest.update(chunk)
+            if out:
+                out.write(chunk)
+    finally:
+        if out:
+            out.close()
+    if digest.hexdigest() != entry.sha256:
+        raise IntegrityError(f"bundle member '{entry.path}' does not match its sha256 in the signed manifest "
+                             "(tampered or corrupt)")
 
 
 def _fsync_tree(root: Path) -> None:
