@@ -128,9 +128,7 @@ async def _read_all(receive: Receive, limit: int, what: str) -> tuple[bytes, Rec
     while True:
         message = await receive()
         if message["type"] != "http.request":   # the client left: let the route see it
-            async def gone() -> Message:
-                return message
-            return b"".join(chunks), gone
+            return b"".join(chunks), _repeat(message)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -138,6 +136,13 @@ async def _read_all(receive: Receive, limit: int, what: str) -> tuple[bytes, Rec
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), receive
+
+
+def _repeat(message: Message) -> Receive:
+    async def again() -> Message:
+        return message
+
+    return again
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
