@@ -45,7 +45,10 @@ class RequestLimits:
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int, what: str) -> None:
-        super().__init__(status_code=413, detail=f"the request body is over the {limit}-byte limit for {what}")
+        # Connection: close makes the server hang up after the answer instead of reading (and discarding)
+        # the rest of the body, so the client stops sending too.
+        super().__init__(status_code=413, detail=f"the request body is over the {limit}-byte limit for {what}",
+                         headers={"Connection": "close"})
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -102,7 +105,7 @@ class RequestLimitsMiddleware:
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, exc: HTTPException) -> None:
-    await JSONResponse({"detail": exc.detail}, status_code=exc.status_code)(scope, receive, send)
+    await JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
 
 
 def _counting(receive: Receive, limit: int, what: str) -> Receive:
