@@ -11,6 +11,8 @@ bytes that are not UTF-8 at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from tests.fleet.conftest import Fleet, db_url, fleet  # noqa: F401 - the fixtures, over SQLite and PostgreSQL
+from tests.fleet.conftest import Fleet, make_fleet
+from tests.support.postgres import temporary_database
 
 pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
@@ -32,6 +35,16 @@ ODD_TEXT = st.one_of(
     st.text(st.characters(min_codepoint=0x80), min_size=1, max_size=8),        # non-ASCII, astral planes too
     st.tuples(st.text(max_size=4), LONE_SURROGATE, st.text(max_size=4)).map("".join),
 )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """An in-process fleet (no listener, no broker) over SQLite or a throw-away PostgreSQL database."""
+    if request.param == "sqlite":
+        yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'fleet.db'}")
+    else:
+        with temporary_database() as url:
+            yield from make_fleet(tmp_path / "data", url)
 
 
 @st.composite
