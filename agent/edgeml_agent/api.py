@@ -2,7 +2,9 @@
 
 ``Api.handle(Request) -> Response`` routes, decodes inputs (JSON nested lists, ``.npy``, ``.npz``),
 runs the model and encodes outputs as the client's ``Accept`` asks. Every bad input becomes a 4xx
-with a message naming the problem; only a failure inside the runtime is a 500.
+with a message naming the problem; only a failure inside the runtime is a 500. A 4xx is the client's
+mistake, never the model's: it is counted apart (``Metrics.count_rejected``) and the registry's observers
+(metrics, telemetry, an update's health watch) never see it. JSON answers are strict JSON (NaN -> null).
 """
 
 from __future__ import annotations
