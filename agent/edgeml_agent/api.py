@@ -2,7 +2,9 @@
 
 ``Api.handle(Request) -> Response`` routes, decodes inputs (JSON nested lists, ``.npy``, ``.npz``),
 runs the model and encodes outputs as the client's ``Accept`` asks. Every bad input becomes a 4xx
-with a message naming the problem; only a failure inside the runtime is a 500.
+with a message naming the problem; only a failure inside the runtime is a 500. A 4xx is the client's
+mistake, never the model's: it is counted apart (``Metrics.count_rejected``) and the registry's observers
+(metrics, telemetry, an update's health watch) never see it. JSON answers are strict JSON (NaN -> null).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hmac
 import io
 import json
+import math
 import time
 import zipfile
 from collections.abc import Callable, Mapping
@@ -30,6 +33,8 @@ JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 MAX_NPZ_EXPANDED = 256 << 20      # inflated size of a compressed .npz body
+MAX_NAME_CHARS = 256              # an input name in a request
+MAX_TENSOR_DIMS = 64              # numpy's own limit; deeper JSON nesting is refused with a 400
 
 
 @dataclass
@@ -59,7 +64,23 @@ class HttpError(Exception):
 
 
 def json_response(status: int, data: object) -> Response:
-    return Response(status, json.dumps(data, separators=(",", ":")).encode())
+    """A JSON answer that strict parsers accept: NaN and ±Infinity (which Python would write as bare
+    ``NaN``/``Infinity``, not JSON) become ``null``."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
+    return Response(status, text.encode())
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def error_response(status: int, message: str) -> Response:
@@ -143,6 +164,12 @@ class Api:
                 seconds = time.perf_counter() - start
         except UnknownModelError as exc:
             raise HttpError(404, str(exc), "unknown_model") from None
+        if error is not None and resp.status < 500:
+            # The client's mistake (bad input, an unacceptable Accept): counted apart, never shown to the
+            # observers (health watch, telemetry, shadow), so no client can move a model's error rate.
+            kind = error
+            resp.after = lambda: self.metrics.count_rejected(loaded.name, loaded.version, kind)
+            return resp
         observation = Observation(loaded.name, loaded.version, seconds, resp.status, error, feeds, outputs)
         resp.after = lambda: self.registry.notify(observation)
         return resp
@@ -181,8 +208,11 @@ def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, Array]:
     if ctype in (JSON, "text/json", "application/x-www-form-urlencoded", ""):
         try:
             doc = json.loads(req.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HttpError(400, f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise HttpError(400, "the JSON body is nested too deeply; a tensor has at most "
+                                 f"{MAX_TENSOR_DIMS} dimensions") from None
+        except ValueError as exc:   # also a number of thousands of digits, or bytes that are not UTF-8
+            raise HttpError(400, f"the body is not valid JSON ({_clip(str(exc))})") from None
         raw = doc.get("inputs") if isinstance(doc, dict) else doc
         if raw is None:
             raise HttpError(400, "the JSON body needs an 'inputs' key: {\"inputs\": {name: nested lists}}")
@@ -191,6 +221,7 @@ def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, Array]:
                 raise HttpError(400, f"this model takes several inputs ({', '.join(specs)}): "
                                      "send 'inputs' as an object by input name")
             raw = {next(iter(specs)): raw}
+        _check_names(raw)
         arrays = {n: _json_array(n, v, specs[n].dtype if n in specs else None) for n, v in raw.items()}
     elif ctype == NPY:
         if len(specs) != 1:
@@ -199,16 +230,30 @@ def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, Array]:
         arrays = {next(iter(specs)): _load_npy(req.body)}
     elif ctype == NPZ:
         arrays = _load_npz(req.body)
+        _check_names(arrays)
     else:
         raise HttpError(415, f"unsupported Content-Type '{ctype}'; use {JSON}, {NPY} or {NPZ}")
     return model.backend.check_feeds(arrays)
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_names(arrays: Mapping[str, object]) -> None:
+    """Input names are echoed in error messages: a long one is refused here rather than sent back."""
+    for name in arrays:
+        if len(name) > MAX_NAME_CHARS:
+            raise HttpError(400, f"an input name is {len(name)} characters long; at most {MAX_NAME_CHARS} "
+                                 f"are accepted (see GET /v1/models/{{name}} for the model's input names)")
+
+
 def _json_array(name: str, value: object, dtype: str | None) -> Array:
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise HttpError(400, f"input '{name}' is not a rectangular array (rows of different lengths)") from None
+    except (ValueError, TypeError, RecursionError):
+        raise HttpError(400, f"input '{name}' is not a rectangular array of at most {MAX_TENSOR_DIMS} "
+                             "dimensions (rows of different lengths, or nested too deeply)") from None
     if arr.dtype.kind not in "biuf":
         raise HttpError(400, f"input '{name}' must hold numbers, not {arr.dtype} values")
     if dtype is not None:
@@ -258,5 +303,15 @@ def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, Array], accept: st
             raise HttpError(406, f"the model has {len(outputs)} outputs; ask for Accept: {NPZ} or {JSON}")
         return Response(200, npy.dumps(next(iter(outputs.values()))), NPY)
     data = {"model": loaded.name, "version": loaded.version,
-            "outputs": {n: a.tolist() for n, a in outputs.items()}}
+            "outputs": {n: _json_values(a) for n, a in outputs.items()}}
     return json_response(200, data)
+
+
+def _json_values(arr: Array) -> object:
+    """Nested lists of the array's values; NaN and ±Infinity as ``null`` (JSON has no such numbers: ask
+    for ``Accept: application/x-npy`` or ``x-npz`` to get them exactly)."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        values = arr.astype(object)
+        values[~np.isfinite(arr)] = None
+        return values.tolist()
+    return arr.tolist()

@@ -4,6 +4,14 @@ An observer of the model registry; counters live under one lock. They are render
 Prometheus text, and the telemetry collector reads them (``totals``) once per tick rather than
 counting every request a second time. The latency buckets are the fleet's fixed ones, so both views
 agree and histograms from many devices add up.
+
+Two classes of failed request, kept apart:
+
+- a model's errors (``observe``: status >= 500, e.g. the runtime failed on valid inputs) feed the error
+  rate that probation and the fleet's rollout gates read, through ``totals`` and the registry observers;
+- client errors (``count_rejected``: a 4xx for bad input, an unacceptable ``Accept``...) are counted only
+  here, by reason, and reach neither the observers nor ``totals``: otherwise any local client could push
+  a model's error rate over a gate, or dilute it with bad requests.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ class Metrics:
         self._hist: dict[tuple[str, str], list[int]] = {}
         self._sum: dict[tuple[str, str], float] = defaultdict(float)
         self._http: dict[str, int] = defaultdict(int)
+        self._rejected: dict[tuple[str, str, str], int] = defaultdict(int)
 
     def observe(self, obs: Observation) -> None:
         key = (obs.model, obs.version)
@@ -73,6 +82,11 @@ class Metrics:
                 out[(m, v)].errors[kind] = n
         return out
 
+    def count_rejected(self, model: str, version: str, reason: str) -> None:
+        """A request the model never had a fair chance at: the client's mistake, not the model's error."""
+        with self._lock:
+            self._rejected[(model, version, reason)] += 1
+
     def count_http(self, status: int) -> None:
         with self._lock:
             self._http[str(status)] += 1
@@ -80,14 +94,19 @@ class Metrics:
     def render(self, registry: ModelRegistry | None = None) -> str:
         lines: list[str] = []
         with self._lock:
-            lines += ["# HELP edgeml_requests_total Inference requests by model, version and HTTP status.",
+            lines += ["# HELP edgeml_requests_total Inference requests the model ran (or failed in), by version and status.",
                       "# TYPE edgeml_requests_total counter"]
             for (m, v, code), n in sorted(self._requests.items()):
                 lines.append(f"edgeml_requests_total{_labels(model=m, version=v, code=code)} {n}")
-            lines += ["# HELP edgeml_request_errors_total Failed inference requests by kind.",
+            lines += ["# HELP edgeml_request_errors_total The model's failed inference requests (5xx), by kind.",
                       "# TYPE edgeml_request_errors_total counter"]
             for (m, v, kind), n in sorted(self._errors.items()):
                 lines.append(f"edgeml_request_errors_total{_labels(model=m, version=v, kind=kind)} {n}")
+            lines += ["# HELP edgeml_requests_rejected_total Inference requests refused as the client's mistake "
+                      "(4xx), by reason; not in the error rate.",
+                      "# TYPE edgeml_requests_rejected_total counter"]
+            for (m, v, reason), n in sorted(self._rejected.items()):
+                lines.append(f"edgeml_requests_rejected_total{_labels(model=m, version=v, reason=reason)} {n}")
             lines += ["# HELP edgeml_request_duration_seconds Time in the agent per inference request.",
                       "# TYPE edgeml_request_duration_seconds histogram"]
             for (m, v), counts in sorted(self._hist.items()):

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 
 from edgeml import __version__ as edgeml_version
+from edgeml.fleet.api.limits import RequestLimits, RequestLimitsMiddleware
 from edgeml.fleet.context import FleetContext
 
 
@@ -28,10 +29,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorDetail, "description": "the token's role is not enough"},
     404: {"model": ErrorDetail, "description": "no such object"},
     409: {"model": ErrorDetail, "description": "conflicts with the current state"},
+    413: {"model": ErrorDetail, "description": "the body is over this endpoint's size limit"},
 }
 
 
-def create_app(ctx: FleetContext) -> FastAPI:
+def create_app(ctx: FleetContext, limits: RequestLimits | None = None) -> FastAPI:
     from edgeml.fleet import dashboard
     from edgeml.fleet.api import (
         audit_log,
@@ -50,6 +52,8 @@ def create_app(ctx: FleetContext) -> FastAPI:
     # loads its scripts from a CDN, which an air-gapped site cannot reach.
     app = FastAPI(title="edgeml fleet", version=edgeml_version, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.fleet = ctx
+    # Outside every route: bodies are counted and checked before a route (or FastAPI) parses them.
+    app.add_middleware(RequestLimitsMiddleware, limits=limits or RequestLimits())
 
     @app.exception_handler(DataError)
     def unstorable_value(request: Request, exc: DataError) -> JSONResponse:

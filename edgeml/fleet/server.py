@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from edgeml.errors import FleetError
+from edgeml.fleet.api.limits import RequestLimits
 from edgeml.fleet.artifacts import ArtifactStore
 from edgeml.fleet.broker import (
     BrokerComponent,
@@ -41,6 +42,7 @@ class ServerConfig:
     telemetry_retention_days: float = 7.0  # raw telemetry kept this long; hourly roll-ups for good
     online_window_s: float = 120.0
     rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
+    max_bundle_bytes: int = RequestLimits.max_bundle_bytes  # a bundle upload over this is refused (413)
 
     def db_url(self) -> str:
         return self.db or sqlite_url(data_paths(self.data_dir)[0])
@@ -145,7 +147,7 @@ class FleetServer:
     def app(self):  # type: ignore[no-untyped-def]
         from edgeml.fleet.app import create_app
 
-        return create_app(self.context)
+        return create_app(self.context, RequestLimits(max_bundle_bytes=self.config.max_bundle_bytes))
 
 
 def serve(config: ServerConfig) -> None:

@@ -223,7 +223,9 @@ def test_metrics_count_requests_errors_and_latency_per_model_version(client):
     assert "# TYPE edgeml_request_duration_seconds histogram" in text
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert int(lines['edgeml_requests_total{model="mlp",version="1.0.0",code="200"}']) >= 32 * 3
-    assert int(lines['edgeml_request_errors_total{model="cnn",version="1.0.0",kind="bad_input"}']) >= 1
+    # a client's mistake is counted apart from the model's errors (it must not move a rollout gate)
+    assert int(lines['edgeml_requests_rejected_total{model="cnn",version="1.0.0",reason="bad_input"}']) >= 1
+    assert not any(k.startswith("edgeml_request_errors_total") for k in lines)
     count = int(lines['edgeml_request_duration_seconds_count{model="mlp",version="1.0.0"}'])
     assert int(lines['edgeml_request_duration_seconds_bucket{model="mlp",version="1.0.0",le="+Inf"}']) == count
     assert 'edgeml_model_info{model="face",version="1.0.0",runtime="litert",device="CPU",fallback="false"} 1' in text

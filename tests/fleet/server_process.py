@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +27,13 @@ class ServerProcess:
 
 @contextmanager
 def fleet_server(data_dir: Path, *, db: str | None = None, port: int | None = None,
-                 broker_port: int | None = None) -> Iterator[ServerProcess]:
+                 broker_port: int | None = None, extra_args: Sequence[str] = ()) -> Iterator[ServerProcess]:
     port, broker_port = port or free_port(), broker_port or free_port()
     args = [sys.executable, "-m", "edgeml.fleet.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
             "--broker-port", str(broker_port)]
     if db:
         args += ["--db", db]
+    args += extra_args
     log = data_dir.parent / f"server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:

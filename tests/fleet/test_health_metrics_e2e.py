@@ -5,7 +5,8 @@ size from this test.
 Agents A and B serve m@1.0.0 (A: calibration-like inputs plus a few malformed requests; B: shifted
 inputs), agent C serves m@2.0.0. What the fleet reports per model version — devices, requests, errors,
 error rate, p50/p95, drift — must match what was sent, the agents' own ``/metrics`` counters and the
-per-device telemetry; ``/metrics`` must be valid Prometheus text with the same figures; a stopped agent
+per-device telemetry; the malformed requests are the client's mistake, so they are in none of it (a
+client must not move a model's error rate, which rollout gates read); ``/metrics`` must be valid Prometheus text with the same figures; a stopped agent
 must show as offline in ``/metrics`` and in ``/v1/devices`` alike.
 """
 
@@ -49,7 +50,7 @@ stats_budget = 1.0
 enabled = false
 """
 ROWS = 8            # rows per inference request
-BAD = [[1.0, 2.0, 3.0]]   # three features for a four-feature model: refused as bad input (an error)
+BAD = [[1.0, 2.0, 3.0]]   # three features for a four-feature model: refused as bad input (the client's)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Device:
     device_id: str
     agent: AgentProcess
     ok: int           # successful requests sent
-    bad: int          # malformed requests sent (the agent counts them as errors)
+    bad: int          # malformed requests sent (the agent counts them as rejected, not as the model's)
     shift: float      # mean of the inputs (0 = like the calibration data)
 
 
@@ -150,12 +151,13 @@ def _send_traffic(devices: list[Device]) -> None:
     rng = np.random.default_rng(7)
     for d in devices:
         with httpx.Client(base_url=d.agent.url, timeout=10) as client:
+            # the malformed ones first: had they been counted, they would be in the fleet before the rest
+            for _ in range(d.bad):
+                assert client.post("/v1/models/m/infer", json={"inputs": BAD}).status_code == 400
             for _ in range(d.ok):
                 x = rng.normal(d.shift, 1.0, (ROWS, 4)).astype(np.float32)
                 r = client.post("/v1/models/m/infer", json={"inputs": {"x": x.tolist()}})
                 assert r.status_code == 200 and r.json()["version"] == d.version, r.text
-            for _ in range(d.bad):
-                assert client.post("/v1/models/m/infer", json={"inputs": BAD}).status_code == 400
 
 
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
@@ -205,7 +207,7 @@ def _per_device(world: World) -> dict[str, dict[str, Any]]:
 
 def _all_telemetry_in(world: World) -> bool:
     docs = _per_device(world)
-    return all(sum(w["requests"] for w in docs[d.device_id]["windows"]) == d.ok + d.bad for d in world.devices)
+    return all(sum(w["requests"] for w in docs[d.device_id]["windows"]) == d.ok for d in world.devices)
 
 
 def _logs(world: World) -> str:
@@ -228,7 +230,9 @@ def test_health_and_metrics_report_what_the_agents_sent(world: World) -> None:
     for d in world.devices:
         windows = per_device[d.device_id]["windows"]
         assert {(w["model"], w["version"]) for w in windows} == {("m", d.version)}
-        assert (sum(w["requests"] for w in windows), sum(w["errors"] for w in windows)) == (d.ok + d.bad, d.bad)
+        assert (sum(w["requests"] for w in windows), sum(w["errors"] for w in windows)) == (d.ok, 0)
+        rejected = _families(httpx.get(d.agent.url + "/metrics", timeout=10).text)["edgeml_requests_rejected"]
+        assert sum(s.value for s in rejected.samples if s.labels.get("reason") == "bad_input") == d.bad
     drift = {d.name: _drift(per_device[d.device_id]) for d in world.devices}
     assert drift["cam-a"] < 0.1 < 0.25 < drift["cam-b"], drift
     # and per model version the fleet adds the devices up: counts, error rate, quantiles, drift (the worst)
@@ -236,7 +240,7 @@ def test_health_and_metrics_report_what_the_agents_sent(world: World) -> None:
     assert sorted(health) == ["1.0.0", "2.0.0"]
     for version, expected_drift in (("1.0.0", max(drift["cam-a"], drift["cam-b"])), ("2.0.0", drift["cam-c"])):
         mine = [d for d in world.devices if d.version == version]
-        requests, errors = sum(d.ok + d.bad for d in mine), sum(d.bad for d in mine)
+        requests, errors = sum(d.ok for d in mine), 0
         h = health[version]
         assert (h["devices"], h["requests"], h["errors"]) == (len(mine), requests, errors)
         assert h["error_rate"] == round(errors / requests, 5)

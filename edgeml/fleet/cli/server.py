@@ -32,9 +32,11 @@ def default_data_dir() -> Path:
               help="CA bundle that signed an mqtts:// broker's certificate")
 @click.option("--telemetry-retention-days", type=float, default=7.0, show_default=True,
               help="keep raw telemetry this long (hourly roll-ups are kept for good)")
+@click.option("--max-bundle-bytes", type=click.IntRange(min=1), default=2 << 30, show_default=True,
+              help="refuse a bundle upload larger than this many bytes (413), counted while it streams")
 def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: str | None, broker_port: int | None,
           mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float,
-          broker_ca: Path | None, telemetry_retention_days: float) -> None:
+          broker_ca: Path | None, telemetry_retention_days: float, max_bundle_bytes: int) -> None:
     """Run the fleet server (HTTP API + embedded MQTT broker)."""
     from edgeml.fleet.server import ServerConfig
     from edgeml.fleet.server import serve as run
@@ -44,7 +46,7 @@ def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: s
     run(ServerConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, db=db, broker=broker,
                      broker_port=broker_port, mosquitto_dir=mosquitto_dir, mosquitto_pid_file=mosquitto_pid_file,
                      online_window_s=online_window, broker_ca=broker_ca,
-                     telemetry_retention_days=telemetry_retention_days))
+                     telemetry_retention_days=telemetry_retention_days, max_bundle_bytes=max_bundle_bytes))
 
 
 @click.group()
