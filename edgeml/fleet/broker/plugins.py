@@ -1,12 +1,18 @@
-"""amqtt plugins that make the embedded broker enforce the fleet's rules (see ``edgeml.fleet.topics``).
+"""amqtt plugins that make the embedded broker enforce the fleet's rules (see ``edgeml.fleet.topics`` and
+``edgeml.fleet.broker.rules``).
 
 amqtt builds plugins from dotted class paths plus a plain config dict, so the live account checker is
 handed over through a registry keyed by a name the broker config carries.
+
+Revocation: ``revoke`` marks the user revoked (new logins refused without asking the store) and withdraws
+its topic rights; the broker then closes its connections (``IsolatingBroker.disconnect_user``). A login
+that passed the store check just before the revocation but registered its session just after the sweep
+is caught by ``FleetRevocationGuard`` when amqtt announces the connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,24 +21,28 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from edgeml.fleet.broker.accounts import BrokerAccounts
-from edgeml.fleet.topics import (
-    device_may_publish,
-    device_may_subscribe,
-    service_may_publish,
-    service_may_subscribe,
-)
+from edgeml.fleet.broker.rules import device_may_write
+from edgeml.fleet.topics import device_may_subscribe, service_may_publish, service_may_subscribe
 
 ACCOUNTS: dict[str, BrokerAccounts] = {}
 # registry key -> sink(topic, payload) for every publish the broker accepted (the in-process telemetry ingest)
 TAPS: dict[str, Callable[[str, bytes], None]] = {}
 # username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
 _KINDS: dict[tuple[str, str], str] = {}
+# registry key -> usernames revoked while this broker runs (device ids are never reused)
+REVOKED: dict[str, set[str]] = {}
+# registry key -> closes every connection of a username (the broker's disconnect_user)
+DISCONNECTORS: dict[str, Callable[[str], Coroutine[Any, Any, int]]] = {}
 
 
-def forget(registry_key: str, username: str) -> None:
-    """A revoked device's open connection loses every topic right at once (new logins are refused by
-    the auth plugin, which asks the store)."""
+def revoke(registry_key: str, username: str) -> None:
+    """A revoked device's open connection loses every topic right at once, and it cannot log in again."""
+    REVOKED.setdefault(registry_key, set()).add(username)
     _KINDS.pop((registry_key, username), None)
+
+
+def _is_revoked(registry_key: str, username: str | None) -> bool:
+    return username is not None and username in REVOKED.get(registry_key, ())
 
 
 @dataclass
@@ -54,10 +64,34 @@ class FleetAuthPlugin(BaseAuthPlugin):
         if accounts is None or session is None or not session.username:
             return False
         kind = accounts.login(session.username, session.password)
-        if kind is None:
+        if kind is None or _is_revoked(self._registry_key, session.username):
+            return False
+        if session.will_flag and not _may_publish(kind, session.username, session.will_topic or ""):
+            # amqtt publishes a last will without asking the topic plugins: refuse it here.
             return False
         _KINDS[(self._registry_key, session.username)] = kind
         return True
+
+
+def _may_publish(kind: str | None, username: str, topic: str) -> bool:
+    if kind == "service":
+        return service_may_publish(topic)
+    return kind == "device" and device_may_write(username, topic)
+
+
+class FleetRevocationGuard(BasePlugin[BaseContext]):
+    """Closes a connection that registered after its user was revoked (see the module docstring)."""
+
+    Config = _FleetConfig
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._registry_key = str(self._get_config_option("accounts", ""))
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        disconnect = DISCONNECTORS.get(self._registry_key)
+        if disconnect is not None and _is_revoked(self._registry_key, client_session.username):
+            await disconnect(str(client_session.username))
 
 
 class FleetTopicPlugin(BaseTopicPlugin):
@@ -75,16 +109,12 @@ class FleetTopicPlugin(BaseTopicPlugin):
         if session is None or not session.username or not topic:
             return False
         kind = _KINDS.get((self._registry_key, session.username))
+        if action == Action.PUBLISH:
+            return _may_publish(kind, session.username, topic)
         if kind == "service":
-            if action == Action.PUBLISH:
-                return service_may_publish(topic)
             return service_may_subscribe(topic) or action == Action.RECEIVE
-        if kind == "device":
-            if action == Action.PUBLISH:
-                return device_may_publish(session.username, topic)
-            if action == Action.SUBSCRIBE:
-                return device_may_subscribe(session.username, topic)
-            return device_may_subscribe(session.username, topic)  # RECEIVE: the message's concrete topic
+        if kind == "device":  # SUBSCRIBE: the filter; RECEIVE (live, retained, queued): the message's topic
+            return device_may_subscribe(session.username, topic)
         return False
 
 
