@@ -63,22 +63,45 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+def raw_connect(port: int, username: str, password: str, *, client_id: str | None = None,
+                will: tuple[str, bytes] | None = None, timeout: float = 10.0) -> tuple[socket.socket, int]:
+    """A bare MQTT 3.1.1 CONNECT (clean session, keepalive 30 s; with ``will``: a retained QoS 1 last will)
+    and its CONNACK. Returns the open socket and the CONNACK return code (0 = accepted, -1 = no CONNACK)."""
+    flags = 0x80 | 0x40 | 0x02  # user name, password, clean session
+    will_part = b""
+    if will is not None:
+        flags |= 0x20 | (1 << 3) | 0x04  # will retain, will QoS 1, will
+        will_part = _utf8(will[0]) + _bytes(will[1])
+    body = (_utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", 30)
+            + _utf8(client_id or f"raw-{time.monotonic_ns()}") + will_part + _utf8(username) + _utf8(password))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(bytes([0x10]) + _remaining_length(len(body)) + body)
+    connack = b""
+    while len(connack) < 4:
+        chunk = sock.recv(4 - len(connack))
+        if not chunk:
+            return sock, -1  # closed without a CONNACK: refused outright
+        connack += chunk
+    return sock, connack[3]
+
+
 def connect_with_will_and_vanish(port: int, username: str, password: str, *, will_topic: str,
-                                 will_payload: bytes, timeout: float = 10.0) -> int:
-    """MQTT 3.1.1 CONNECT carrying a retained QoS 1 will, read the CONNACK, then drop the TCP connection
-    without DISCONNECT so the broker fires the will. Returns the CONNACK return code (0 = accepted)."""
-    flags = 0x80 | 0x40 | 0x20 | (1 << 3) | 0x04 | 0x02  # user, password, will retain, will QoS 1, will, clean
-    variable = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", 30)
-    payload = (_utf8(f"will-{time.monotonic_ns()}") + _utf8(will_topic) + _bytes(will_payload)
-               + _utf8(username) + _utf8(password))
-    body = variable + payload
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(bytes([0x10]) + _remaining_length(len(body)) + body)
-        connack = b""
-        while len(connack) < 4:
-            chunk = sock.recv(4 - len(connack))
-            if not chunk:
-                return -1  # closed without a CONNACK: refused outright
-            connack += chunk
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN+DISCONNECT
-    return connack[3]
+                                 will_payload: bytes) -> int:
+    """Log in with a retained last will, then drop the TCP connection without DISCONNECT so the broker
+    fires the will. Returns the CONNACK return code."""
+    sock, code = raw_connect(port, username, password, will=(will_topic, will_payload))
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not DISCONNECT
+    return code
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """True once the broker closed this connection (EOF or reset), False if it is still open after
+    ``timeout`` seconds. Nothing is expected to arrive: the connection subscribed to nothing."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True

@@ -18,7 +18,7 @@ from edgeml.fleet.broker import service_credentials
 from edgeml.fleet.topics import desired_topic, device_prefix
 from tests.fleet.conftest import Fleet, make_fleet
 from tests.fleet.mqtt_checks import Peer, check_refused, connect
-from tests.security.broker_peers import connect_with_will_and_vanish, watched
+from tests.security.broker_peers import closed_by_peer, connect_with_will_and_vanish, raw_connect, watched
 from tests.support.mosquitto import running_mosquitto
 from tests.support.services import free_port
 
@@ -168,3 +168,18 @@ def test_a_revoked_device_is_disconnected_at_once_and_cannot_return(broker_fleet
     finally:
         for peer in (srv, dev_a, dev_b):
             peer.close()
+
+
+def test_revocation_closes_every_connection_of_the_device(broker_fleet) -> None:
+    # amqtt replaces a session when a second CONNECT reuses its client id but leaves the first connection
+    # open; a revoked device must not keep such a connection either.
+    bf = broker_fleet
+    b = bf.fleet.enroll()
+    first, code = raw_connect(bf.port, b["device_id"], b["mqtt"]["password"], client_id=b["device_id"])
+    assert code == 0
+    second, code = raw_connect(bf.port, b["device_id"], b["mqtt"]["password"], client_id=b["device_id"])
+    assert code == 0
+    with first, second:
+        assert bf.fleet.call("POST", f"/v1/devices/{b['device_id']}/revoke").status_code == 200
+        assert closed_by_peer(second, REVOKE_DISCONNECT_LIMIT_S)
+        assert closed_by_peer(first, REVOKE_DISCONNECT_LIMIT_S)

@@ -7,18 +7,29 @@ where it replays the retained messages matching *every* filter any client holds,
 that subscribed to nothing thus received every device's retained ``desired`` document. Here every retained
 or queued message is delivered only for a filter the session itself holds and only if the topic plugins
 allow this session to RECEIVE its topic — the same check as for live messages.
+
+Concurrency: everything here runs on the broker's event loop; ``disconnect_user`` is called from other
+threads through ``asyncio.run_coroutine_threadsafe``. A connection registers itself and checks for its
+user's revocation without awaiting in between, so a revocation either finds it or is found by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
 
 class IsolatingBroker(Broker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: dict[str, set[BrokerProtocolHandler]] = {}  # username -> open connections
+        self._disconnected_users: set[str] = set()  # revoked: device ids are never reused
+
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:
         topic_filter, qos = subscription
@@ -46,16 +57,31 @@ class IsolatingBroker(Broker):
         if sends:
             await asyncio.wait(sends)
 
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        # Runs for the whole life of an authenticated connection. Connections are tracked here rather
+        # than looked up in ``_sessions``: a second CONNECT with the same client id replaces the session
+        # there while the first connection stays open (amqtt does not close it).
+        username = str(client_session.username)
+        connections = self._connections.setdefault(username, set())
+        connections.add(handler)
+        try:
+            if username in self._disconnected_users:  # revoked between its login check and now
+                await handler.handle_connection_closed()  # the loop below then closes the socket
+            await super()._client_message_loop(client_session, handler)
+        finally:
+            connections.discard(handler)
+            if not connections:
+                self._connections.pop(username, None)
+
     async def disconnect_user(self, username: str) -> int:
-        """Close every connection logged in as ``username`` and drop its sessions (subscriptions and
-        queued messages). Returns how many connections were closed."""
-        closed = 0
-        for client_id, (session, handler) in list(self._sessions.items()):
-            if session.username != username:
-                continue
-            if session.transitions.is_connected():
-                # What a lost connection does: the session's message loop closes the socket and ends.
-                await handler.handle_connection_closed()
-                closed += 1
-            await self._delete_session(client_id)
-        return closed
+        """Close every connection logged in as ``username``, now and later, and drop its sessions
+        (subscriptions and queued messages). Returns how many connections were closed."""
+        self._disconnected_users.add(username)
+        handlers = list(self._connections.get(username, ()))
+        for handler in handlers:
+            # What a lost connection does: the connection's message loop closes the socket and ends.
+            await handler.handle_connection_closed()
+        for client_id, (session, _) in list(self._sessions.items()):
+            if session.username == username:
+                await self._delete_session(client_id)
+        return len(handlers)

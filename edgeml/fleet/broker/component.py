@@ -100,7 +100,6 @@ class EmbeddedBroker:
                 "edgeml.fleet.broker.plugins.FleetAuthPlugin": {"accounts": self._key},
                 "edgeml.fleet.broker.plugins.FleetTopicPlugin": {"accounts": self._key},
                 "edgeml.fleet.broker.plugins.FleetIngestTap": {"accounts": self._key},
-                "edgeml.fleet.broker.plugins.FleetRevocationGuard": {"accounts": self._key},
             },
         }
 
@@ -188,7 +187,6 @@ class EmbeddedBroker:
         plugins.ACCOUNTS.pop(self._key, None)
         plugins.TAPS.pop(self._key, None)
         plugins.DISCONNECTORS.pop(self._key, None)
-        plugins.REVOKED.pop(self._key, None)
 
 
 async def _quiesce(broker: Any, timeout_s: float = 5.0) -> None:

@@ -4,10 +4,8 @@
 amqtt builds plugins from dotted class paths plus a plain config dict, so the live account checker is
 handed over through a registry keyed by a name the broker config carries.
 
-Revocation: ``revoke`` marks the user revoked (new logins refused without asking the store) and withdraws
-its topic rights; the broker then closes its connections (``IsolatingBroker.disconnect_user``). A login
-that passed the store check just before the revocation but registered its session just after the sweep
-is caught by ``FleetRevocationGuard`` when amqtt announces the connection.
+Revocation: ``revoke`` withdraws a user's topic rights at once (new logins are refused by the store); the
+broker then closes its connections (``IsolatingBroker.disconnect_user``).
 """
 
 from __future__ import annotations
@@ -29,20 +27,13 @@ ACCOUNTS: dict[str, BrokerAccounts] = {}
 TAPS: dict[str, Callable[[str, bytes], None]] = {}
 # username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
 _KINDS: dict[tuple[str, str], str] = {}
-# registry key -> usernames revoked while this broker runs (device ids are never reused)
-REVOKED: dict[str, set[str]] = {}
-# registry key -> closes every connection of a username (the broker's disconnect_user)
+# registry key -> closes every connection of a username, now and later (the broker's disconnect_user)
 DISCONNECTORS: dict[str, Callable[[str], Coroutine[Any, Any, int]]] = {}
 
 
 def revoke(registry_key: str, username: str) -> None:
-    """A revoked device's open connection loses every topic right at once, and it cannot log in again."""
-    REVOKED.setdefault(registry_key, set()).add(username)
+    """A revoked device's open connection loses every topic right at once."""
     _KINDS.pop((registry_key, username), None)
-
-
-def _is_revoked(registry_key: str, username: str | None) -> bool:
-    return username is not None and username in REVOKED.get(registry_key, ())
 
 
 @dataclass
@@ -64,7 +55,7 @@ class FleetAuthPlugin(BaseAuthPlugin):
         if accounts is None or session is None or not session.username:
             return False
         kind = accounts.login(session.username, session.password)
-        if kind is None or _is_revoked(self._registry_key, session.username):
+        if kind is None:
             return False
         if session.will_flag and not _may_publish(kind, session.username, session.will_topic or ""):
             # amqtt publishes a last will without asking the topic plugins: refuse it here.
@@ -77,21 +68,6 @@ def _may_publish(kind: str | None, username: str, topic: str) -> bool:
     if kind == "service":
         return service_may_publish(topic)
     return kind == "device" and device_may_write(username, topic)
-
-
-class FleetRevocationGuard(BasePlugin[BaseContext]):
-    """Closes a connection that registered after its user was revoked (see the module docstring)."""
-
-    Config = _FleetConfig
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self._registry_key = str(self._get_config_option("accounts", ""))
-
-    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
-        disconnect = DISCONNECTORS.get(self._registry_key)
-        if disconnect is not None and _is_revoked(self._registry_key, client_session.username):
-            await disconnect(str(client_session.username))
 
 
 class FleetTopicPlugin(BaseTopicPlugin):
