@@ -11,6 +11,7 @@ from edgeml.errors import FleetError
 from edgeml.fleet.broker import EmbeddedBroker, service_credentials
 from tests.fleet.conftest import make_fleet
 from tests.fleet.mqtt_checks import check_device_isolation, check_refused, connect
+from tests.security.broker_peers import closed_by_peer, raw_connect
 from tests.support.services import free_port
 
 
@@ -83,3 +84,16 @@ def test_the_default_port_falls_back_to_a_free_one_when_taken(sqlite_fleet, monk
             peer.close()
         finally:
             broker.stop()
+
+
+def test_a_login_that_raced_the_revocation_is_closed_once_connected(fleet_with_broker) -> None:
+    # The broker is told of a revocation (forget) while a login already passed the store check: here the
+    # store still accepts the device, as it did for that login, so only the broker's own mark can stop it.
+    fleet = fleet_with_broker
+    port = fleet.server.broker.port
+    device = fleet.enroll()
+    fleet.server.broker.forget(device["device_id"])
+    sock, code = raw_connect(port, device["device_id"], device["mqtt"]["password"])
+    with sock:
+        assert code == 0  # the store check passed ...
+        assert closed_by_peer(sock, 10)  # ... and the connection is closed as soon as it is registered
