@@ -68,10 +68,20 @@ class IsolatingBroker(Broker):
             if username in self._disconnected_users:  # revoked between its login check and now
                 await handler.handle_connection_closed()  # the loop below then closes the socket
             await super()._client_message_loop(client_session, handler)
+            await self._deliver_leftovers(client_session, handler)
         finally:
             connections.discard(handler)
             if not connections:
                 self._connections.pop(username, None)
+
+    async def _deliver_leftovers(self, session: Session, handler: BrokerProtocolHandler) -> None:
+        # amqtt acknowledges a QoS 1 PUBLISH as soon as it is queued, and its message loop ends at the
+        # client's DISCONNECT, dropping whatever is still queued: the sender was told those arrived.
+        loop = asyncio.get_running_loop()
+        while not session.delivered_message_queue.empty():
+            message = loop.create_future()
+            message.set_result(session.delivered_message_queue.get_nowait())
+            await self._handle_message_delivery(session, handler, message)
 
     async def disconnect_user(self, username: str) -> int:
         """Close every connection logged in as ``username``, now and later, and drop its sessions
