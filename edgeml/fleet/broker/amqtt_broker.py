@@ -1,5 +1,5 @@
-"""amqtt's broker with the two holes that let one device see another's retained messages closed, and a way
-to close a revoked device's connections.
+"""amqtt's broker with the holes that let one device see another's retained messages closed, a way to close
+a revoked device's connections, and no acknowledged message dropped when its sender disconnects.
 
 amqtt 0.12.1 checks a topic plugin's RECEIVE rule for live messages only. Retained messages go out unchecked
 in two places: on SUBSCRIBE (harmless while the SUBSCRIBE rule holds) and, worse, right after every CONNECT,
