@@ -20,6 +20,7 @@ from tests.fleet.conftest import Fleet, make_fleet
 from tests.fleet.mqtt_checks import Peer, check_refused, connect
 from tests.security.broker_peers import closed_by_peer, connect_with_will_and_vanish, raw_connect, watched
 from tests.support.mosquitto import running_mosquitto
+from tests.support.postgres import temporary_database
 from tests.support.services import free_port
 
 # Every filter a device might use to read beyond its own topics.
@@ -47,17 +48,15 @@ class BrokerFleet:
         return peer
 
 
-def _embedded(tmp_path) -> Iterator[BrokerFleet]:
-    for fleet in make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'f.db'}", broker=None,
-                            broker_port=free_port()):
+def _embedded(tmp_path, db: str) -> Iterator[BrokerFleet]:
+    for fleet in make_fleet(tmp_path / "data", db, broker=None, broker_port=free_port()):
         creds = service_credentials(fleet.server.store)
         yield BrokerFleet(fleet, fleet.server.broker.port, (creds.username, creds.password))
 
 
-def _mosquitto(tmp_path) -> Iterator[BrokerFleet]:
+def _mosquitto(tmp_path, db: str) -> Iterator[BrokerFleet]:
     files, pid_file = tmp_path / "broker-files", tmp_path / "mosq" / "mosquitto.pid"
-    fleets = make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'f.db'}", mosquitto_dir=files,
-                        mosquitto_pid_file=pid_file)
+    fleets = make_fleet(tmp_path / "data", db, mosquitto_dir=files, mosquitto_pid_file=pid_file)
     fleet = next(fleets)
     try:
         with running_mosquitto(tmp_path / "mosq", password_file=files / "passwords",
@@ -69,9 +68,19 @@ def _mosquitto(tmp_path) -> Iterator[BrokerFleet]:
         fleets.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    # The fleet's store answers the broker's login checks and holds the revocation: both databases.
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+    else:
+        with temporary_database() as url:
+            yield url
+
+
 @pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-def broker_fleet(request: pytest.FixtureRequest, tmp_path) -> Iterator[BrokerFleet]:
-    yield from (_embedded if request.param == "embedded" else _mosquitto)(tmp_path)
+def broker_fleet(request: pytest.FixtureRequest, tmp_path, store_url: str) -> Iterator[BrokerFleet]:
+    yield from (_embedded if request.param == "embedded" else _mosquitto)(tmp_path, store_url)
 
 
 def _foreign(peer: Peer, own_id: str) -> list[tuple[str, bytes]]:
