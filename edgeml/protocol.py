@@ -63,10 +63,15 @@ def _has_wildcard(topic: str) -> bool:
     return "+" in topic or "#" in topic
 
 
+# What a device writes, on both brokers: status (retained, also its last will), telemetry and events (QoS 1).
+# Never ``desired``, not even its own: only the fleet writes it (a device that could write its own retained
+# ``desired`` topic could replace the fleet's signed document with an old or garbage one). Mosquitto's
+# acl_file has no "all but one" rule, so the writable leaves are listed.
+DEVICE_WRITABLE_LEAVES = ("status", "telemetry", "events")
+
+
 def device_may_publish(device_id: str, topic: str) -> bool:
-    parts = topic.split("/")
-    return (not _has_wildcard(topic) and len(parts) >= 4 and "/".join(parts[:3]) == device_prefix(device_id)
-            and all(parts[3:]))
+    return topic in {f"{device_prefix(device_id)}/{leaf}" for leaf in DEVICE_WRITABLE_LEAVES}
 
 
 def device_may_subscribe(device_id: str, topic_filter: str) -> bool:
@@ -136,6 +141,7 @@ class RolloutDeviceState(StrEnum):
 
 
 __all__ = [
+    "DEVICE_WRITABLE_LEAVES",
     "KINDS", "ROOT", "SERVICE_USERNAME", "UPDATE_EVENT", "RolloutDeviceState", "RolloutState", "UpdateEvent",
     "UpdateState", "desired_topic", "device_from_topic", "device_may_publish", "device_may_subscribe",
     "device_prefix", "service_may_publish", "service_may_subscribe", "status_topic", "topic_for",

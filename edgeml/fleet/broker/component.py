@@ -20,6 +20,7 @@ from edgeml.fleet.broker.accounts import BrokerAccounts
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 1883
+REVOKE_TIMEOUT_S = 5.0  # the promise: a revoked device is off the broker within 5 s
 
 
 class BrokerComponent(Protocol):
@@ -119,12 +120,13 @@ class EmbeddedBroker:
         self._loop = asyncio.new_event_loop()
 
         def run() -> None:
-            from amqtt.broker import Broker
+            from edgeml.fleet.broker.amqtt_broker import IsolatingBroker
 
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
             try:
-                broker = Broker(self._config(), loop=self._loop)
+                broker = IsolatingBroker(self._config(), loop=self._loop)
+                plugins.DISCONNECTORS[self._key] = broker.disconnect_user
                 self._loop.run_until_complete(broker.start())
                 self._broker = broker
             except BaseException as exc:
@@ -142,10 +144,24 @@ class EmbeddedBroker:
             raise FleetError(f"the embedded MQTT broker could not start on {self.host}:{self.port}: {cause}") from cause
 
     def forget(self, username: str) -> None:
-        """Withdraw every topic right of a connected user (called when a device is revoked)."""
+        """A device was revoked: withdraw its topic rights, refuse its logins, close its connections.
+
+        Returns once its connections are closed, so the revoke request answers after the device is off.
+        """
         from edgeml.fleet.broker import plugins
 
-        plugins.forget(self._key, username)
+        plugins.revoke(self._key, username)
+        loop, disconnect = self._loop, plugins.DISCONNECTORS.get(self._key)
+        if loop is None or disconnect is None or not loop.is_running():
+            return
+        closing = asyncio.run_coroutine_threadsafe(disconnect(username), loop)
+        try:
+            closed = closing.result(timeout=REVOKE_TIMEOUT_S)
+        except Exception:
+            # Its rights are gone already and it cannot log in again; it only holds a socket.
+            log.exception("could not close the connections of revoked device %s", username)
+            return
+        log.info("revoked device %s: closed %d broker connection(s)", username, closed)
 
     def stop(self) -> None:
         from edgeml.fleet.broker import plugins
@@ -170,6 +186,7 @@ class EmbeddedBroker:
         self._loop = self._thread = self._broker = None
         plugins.ACCOUNTS.pop(self._key, None)
         plugins.TAPS.pop(self._key, None)
+        plugins.DISCONNECTORS.pop(self._key, None)
 
 
 async def _quiesce(broker: Any, timeout_s: float = 5.0) -> None:

@@ -2,9 +2,12 @@
 
 ``password_file`` holds ``user:$7$…`` lines (mosquitto_passwd's PBKDF2-SHA512 format) for the service
 account and every unrevoked device; ``acl_file`` gives the service account read on everything and write on
-``desired`` topics, and every other user (a device, username = device id) write under its own prefix and
-read on its own ``desired`` topic via ``%u`` patterns. The files are rewritten on every enrol/revoke and
-Mosquitto is told to reload them with SIGHUP when its pid file is known.
+``desired`` topics, and every other user (a device, username = device id) write on its own status,
+telemetry and events topics and read on its own ``desired`` topic via ``%u`` patterns. Mosquitto checks
+read rights for every message it delivers, retained ones and those matched by wildcard or ``$share``
+filters included, and write rights for last wills too. The files are rewritten on every enrol/revoke and
+Mosquitto is told to reload them with SIGHUP when its pid file is known: on that reload Mosquitto checks
+every connected client against the new password file again and disconnects a revoked device at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from edgeml.errors import FleetError
 from edgeml.fileio import write_atomic
-from edgeml.protocol import ROOT, SERVICE_USERNAME
+from edgeml.protocol import DEVICE_WRITABLE_LEAVES, ROOT, SERVICE_USERNAME
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,9 @@ def acl_text() -> str:
         "topic read $share/#",
         f"topic write {ROOT}/+/desired",
         "",
-        "# every other user is a device whose username is its id",
-        f"pattern write {ROOT}/%u/#",
+        "# every other user is a device whose username is its id: it writes its own topics but never",
+        "# 'desired' (only the fleet does), and reads only its own 'desired' (retained or not)",
+        *(f"pattern write {ROOT}/%u/{leaf}" for leaf in DEVICE_WRITABLE_LEAVES),
         f"pattern read {ROOT}/%u/desired",
         "",
     ])

@@ -2,11 +2,14 @@
 
 amqtt builds plugins from dotted class paths plus a plain config dict, so the live account checker is
 handed over through a registry keyed by a name the broker config carries.
+
+Revocation: ``revoke`` withdraws a user's topic rights at once (new logins are refused by the store); the
+broker then closes its connections (``IsolatingBroker.disconnect_user``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +30,12 @@ ACCOUNTS: dict[str, BrokerAccounts] = {}
 TAPS: dict[str, Callable[[str, bytes], None]] = {}
 # username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
 _KINDS: dict[tuple[str, str], str] = {}
+# registry key -> closes every connection of a username, now and later (the broker's disconnect_user)
+DISCONNECTORS: dict[str, Callable[[str], Coroutine[Any, Any, int]]] = {}
 
 
-def forget(registry_key: str, username: str) -> None:
-    """A revoked device's open connection loses every topic right at once (new logins are refused by
-    the auth plugin, which asks the store)."""
+def revoke(registry_key: str, username: str) -> None:
+    """A revoked device's open connection loses every topic right at once."""
     _KINDS.pop((registry_key, username), None)
 
 
@@ -56,8 +60,17 @@ class FleetAuthPlugin(BaseAuthPlugin):
         kind = accounts.login(session.username, session.password)
         if kind is None:
             return False
+        if session.will_flag and not _may_publish(kind, session.username, session.will_topic or ""):
+            # amqtt publishes a last will without asking the topic plugins: refuse it here.
+            return False
         _KINDS[(self._registry_key, session.username)] = kind
         return True
+
+
+def _may_publish(kind: str | None, username: str, topic: str) -> bool:
+    if kind == "service":
+        return service_may_publish(topic)
+    return kind == "device" and device_may_publish(username, topic)
 
 
 class FleetTopicPlugin(BaseTopicPlugin):
@@ -75,16 +88,12 @@ class FleetTopicPlugin(BaseTopicPlugin):
         if session is None or not session.username or not topic:
             return False
         kind = _KINDS.get((self._registry_key, session.username))
+        if action == Action.PUBLISH:
+            return _may_publish(kind, session.username, topic)
         if kind == "service":
-            if action == Action.PUBLISH:
-                return service_may_publish(topic)
             return service_may_subscribe(topic) or action == Action.RECEIVE
-        if kind == "device":
-            if action == Action.PUBLISH:
-                return device_may_publish(session.username, topic)
-            if action == Action.SUBSCRIBE:
-                return device_may_subscribe(session.username, topic)
-            return device_may_subscribe(session.username, topic)  # RECEIVE: the message's concrete topic
+        if kind == "device":  # SUBSCRIBE: the filter; RECEIVE (live, retained, queued): the message's topic
+            return device_may_subscribe(session.username, topic)
         return False
 
 
