@@ -94,7 +94,8 @@ class Metrics:
     def render(self, registry: ModelRegistry | None = None) -> str:
         lines: list[str] = []
         with self._lock:
-            lines += ["# HELP edgeml_requests_total Inference requests the model ran (or failed in), by version and status.",
+            lines += ["# HELP edgeml_requests_total Inference requests the model ran (or failed in), "
+                      "by version and status.",
                       "# TYPE edgeml_requests_total counter"]
             for (m, v, code), n in sorted(self._requests.items()):
                 lines.append(f"edgeml_requests_total{_labels(model=m, version=v, code=code)} {n}")
@@ -113,9 +114,11 @@ class Metrics:
                 total = 0
                 for bound, n in zip((*[repr(b) for b in BUCKETS], "+Inf"), counts, strict=True):
                     total += n
-                    lines.append(f"edgeml_request_duration_seconds_bucket{_labels(model=m, version=v, le=bound)} {total}")
-                lines.append(f"edgeml_request_duration_seconds_sum{_labels(model=m, version=v)} {self._sum[(m, v)]:.6f}")
-                lines.append(f"edgeml_request_duration_seconds_count{_labels(model=m, version=v)} {total}")
+                    bucket = _labels(model=m, version=v, le=bound)
+                    lines.append(f"edgeml_request_duration_seconds_bucket{bucket} {total}")
+                labels = _labels(model=m, version=v)
+                lines.append(f"edgeml_request_duration_seconds_sum{labels} {self._sum[(m, v)]:.6f}")
+                lines.append(f"edgeml_request_duration_seconds_count{labels} {total}")
             lines += ["# HELP edgeml_http_responses_total Every HTTP response by status.",
                       "# TYPE edgeml_http_responses_total counter"]
             for code, n in sorted(self._http.items()):

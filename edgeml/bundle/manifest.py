@@ -170,7 +170,8 @@ class Manifest:
         return parse_semver(self.version)
 
     def __repr__(self) -> str:
-        return f"Manifest({self.name}@{self.version}, target={self.target_id}, runtime={self.runtime}, precision={self.precision})"
+        return (f"Manifest({self.name}@{self.version}, target={self.target_id}, runtime={self.runtime}, "
+                f"precision={self.precision})")
 
 
 def check_format(raw: Mapping[str, Any]) -> None:

@@ -44,7 +44,8 @@ def authenticate(ctx: FleetContext, credentials: HTTPAuthorizationCredentials | 
     with ctx.store.session() as session:
         row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
         if row is None or not hashes_match(row.token_hash, digest):
-            raise unauthorized("unknown API token: check the token or create a new one with 'edgeml-fleet tokens create'")
+            raise unauthorized("unknown API token: check the token or create a new one with "
+                               "'edgeml-fleet tokens create'")
         if row.revoked_at is not None:
             raise unauthorized(f"API token '{row.name}' was revoked")
         expires = as_utc(row.expires_at)
@@ -67,7 +68,8 @@ def require_role(minimum: str) -> Callable[..., Principal]:
         principal = authenticate(get_context(request), credentials)
         if principal.role not in _RANK or _RANK[principal.role] < _RANK[minimum]:
             raise HTTPException(
-                status_code=403, detail=f"this needs the '{minimum}' role; the token '{principal.name}' has '{principal.role}'"
+                status_code=403,
+                detail=f"this needs the '{minimum}' role; the token '{principal.name}' has '{principal.role}'",
             )
         return principal
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,8 @@ def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
     return info, data
 
 
-def _resign(members: list[tuple[tarfile.TarInfo, bytes]], key: SigningKey, change) -> list:  # type: ignore[no-untyped-def]
+def _resign(members: list[tuple[tarfile.TarInfo, bytes]], key: SigningKey,
+            change: Callable[[dict[str, object]], object]) -> list[tuple[tarfile.TarInfo, bytes]]:
     """Change the manifest and sign it again with ``key`` (an attacker who holds *a* key)."""
     manifest = json.loads(members[0][1])
     change(manifest)
@@ -146,7 +148,8 @@ def test_flipped_byte_in_model_fails_its_hash(bundle: Path, trust: TrustStore, t
     assert not list(tmp_path.glob(".out.unpacking-*"))
 
 
-def test_member_size_differing_from_manifest_is_refused_before_reading(bundle: Path, trust: TrustStore, tmp_path: Path) -> None:
+def test_member_size_differing_from_manifest_is_refused_before_reading(bundle: Path, trust: TrustStore,
+                                                                      tmp_path: Path) -> None:
     members = _members(bundle)
     i = next(i for i, (m, _) in enumerate(members) if m.name == "smoke/input.npz")
     members[i] = _file("smoke/input.npz", members[i][1] + b"extra")
@@ -232,7 +235,8 @@ def test_missing_listed_file_is_refused(bundle: Path, trust: TrustStore, tmp_pat
         verify_bundle(_write(tmp_path / "missing.edgepkg", members), trust)
 
 
-def test_unknown_format_version_is_refused_as_such(bundle: Path, trust: TrustStore, signing_key: SigningKey, tmp_path: Path) -> None:
+def test_unknown_format_version_is_refused_as_such(bundle: Path, trust: TrustStore, signing_key: SigningKey,
+                                                   tmp_path: Path) -> None:
     members = _resign(_members(bundle), signing_key, lambda m: m.update(format=2))
     with pytest.raises(UnsupportedFormatError, match="format 2 is not supported"):
         verify_bundle(_write(tmp_path / "v2.edgepkg", members), trust)
@@ -252,7 +256,8 @@ def test_malformed_signature_document_is_refused(bundle: Path, trust: TrustStore
         verify_bundle(_write(tmp_path / "badsig.edgepkg", members), trust)
 
 
-def test_manifest_without_required_keys_is_refused(bundle: Path, trust: TrustStore, signing_key: SigningKey, tmp_path: Path) -> None:
+def test_manifest_without_required_keys_is_refused(bundle: Path, trust: TrustStore, signing_key: SigningKey,
+                                                   tmp_path: Path) -> None:
     members = _resign(_members(bundle), signing_key, lambda m: m.pop("runtime"))
     with pytest.raises(ManifestError, match="runtime"):
         verify_bundle(_write(tmp_path / "noruntime.edgepkg", members), trust)
@@ -275,5 +280,6 @@ def test_unpacked_bundle_modified_on_disk_is_detected(bundle: Path, trust: Trust
 
 
 def test_every_bundle_error_is_an_edgeml_bundle_error() -> None:
-    for cls in (UnsupportedFormatError, TruncatedBundleError, UnsafeArchiveError, SignatureError, IntegrityError, ManifestError):
+    for cls in (UnsupportedFormatError, TruncatedBundleError, UnsafeArchiveError, SignatureError, IntegrityError,
+                ManifestError):
         assert issubclass(cls, BundleError)

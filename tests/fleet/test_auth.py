@@ -87,7 +87,8 @@ def test_every_endpoint_refuses_bad_tokens(fleet) -> None:
     failures = []
 
     def expect(method: str, path: str, headers: dict[str, str], statuses: set[int], case: str) -> None:
-        r = fleet.http.request(method, _concrete(path), headers=headers, json={} if method in ("POST", "PATCH") else None)
+        body = {} if method in ("POST", "PATCH") else None
+        r = fleet.http.request(method, _concrete(path), headers=headers, json=body)
         if r.status_code not in statuses:
             failures.append(f"{method} {path} [{case}]: {r.status_code} {r.text[:120]}")
         elif r.status_code == 401 and r.headers.get("www-authenticate") != "Bearer":

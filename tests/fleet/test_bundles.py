@@ -151,7 +151,8 @@ def test_delete_is_refused_while_a_rollout_uses_the_bundle(fleet, bundles) -> No
 
 
 def test_trusting_a_private_key_is_refused(sqlite_fleet, bundles) -> None:
-    r = sqlite_fleet.call("POST", "/v1/keys", json={"name": "oops", "public_pem": bundles["key"].private_pem().decode()})
+    r = sqlite_fleet.call("POST", "/v1/keys",
+                          json={"name": "oops", "public_pem": bundles["key"].private_pem().decode()})
     assert r.status_code == 400 and "private key" in r.json()["detail"]
     r = sqlite_fleet.call("POST", "/v1/keys", json={"name": "junk", "public_pem": "-----BEGIN PUBLIC KEY-----"})
     assert r.status_code == 400

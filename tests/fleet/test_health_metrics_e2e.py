@@ -6,7 +6,8 @@ Agents A and B serve m@1.0.0 (A: calibration-like inputs plus a few malformed re
 inputs), agent C serves m@2.0.0. What the fleet reports per model version — devices, requests, errors,
 error rate, p50/p95, drift — must match what was sent, the agents' own ``/metrics`` counters and the
 per-device telemetry; the malformed requests are the client's mistake, so they are in none of it (a
-client must not move a model's error rate, which rollout gates read); ``/metrics`` must be valid Prometheus text with the same figures; a stopped agent
+client must not move a model's error rate, which rollout gates read); ``/metrics`` must be valid Prometheus
+text with the same figures; a stopped agent
 must show as offline in ``/metrics`` and in ``/v1/devices`` alike.
 """
 

@@ -32,7 +32,8 @@ def query_audit(
     if actor is not None:
         query = query.where(AuditEntry.actor == actor)
     if action is not None:
-        query = query.where(AuditEntry.action.startswith(action) if action.endswith(".") else AuditEntry.action == action)
+        prefix = action.endswith(".")   # "rollout." means every rollout action
+        query = query.where(AuditEntry.action.startswith(action) if prefix else AuditEntry.action == action)
     if target is not None:
         query = query.where(AuditEntry.target == target)
     if since is not None:

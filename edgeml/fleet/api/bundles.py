@@ -58,7 +58,8 @@ def find_bundle(session: Session, ref: str) -> Bundle:
     else:
         row = session.get(Bundle, ref)
     if row is None:
-        raise HTTPException(status_code=404, detail=f"no bundle '{ref}' (use a sha256 id or name@version; see 'edgeml-fleet bundles list')")
+        raise HTTPException(status_code=404, detail=f"no bundle '{ref}' (use a sha256 id or name@version; "
+                                                    "see 'edgeml-fleet bundles list')")
     return row
 
 
@@ -138,7 +139,8 @@ def download_bundle(ref: str, caller: AnyCaller, ctx: Ctx) -> FileResponse:
         digest, filename = row.id, f"{row.name}-{row.version}.edgepkg"
     path = ctx.artifacts.path(digest)
     if not path.is_file():
-        raise HTTPException(status_code=404, detail=f"the file of bundle {digest} is missing from the artifact store; push it again")
+        raise HTTPException(status_code=404,
+                            detail=f"the file of bundle {digest} is missing from the artifact store; push it again")
     # FileResponse answers Range requests itself (206 + Content-Range, 416 outside the file) and sends an
     # ETag, so an interrupted download resumes with 'Range: bytes=<have>-' plus 'If-Range: <etag>'.
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
@@ -151,7 +153,8 @@ def delete_bundle(ref: str, request: Request, caller: Deployer, ctx: Ctx) -> Bun
         users = list(session.scalars(select(Rollout.id).where(Rollout.bundle_id == row.id)))
         if users:
             raise HTTPException(status_code=409, detail=(
-                f"bundle {row.name}@{row.version} is used by rollout(s) {', '.join(users)}; finish or delete them first"))
+                f"bundle {row.name}@{row.version} is used by rollout(s) {', '.join(users)}; "
+                "finish or delete them first"))
         out = bundle_out(row)
         session.delete(row)
         audit.record(session, request, caller.name, "bundle.delete", row.id, name=row.name, version=row.version)

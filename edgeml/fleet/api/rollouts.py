@@ -126,8 +126,10 @@ def show_rollout(rollout_id: str, caller: Viewer, ctx: Ctx) -> RolloutStatus:
         return RolloutStatus(**service.status(row, session, TelemetryHealth()))
 
 
-def _change(ctx: FleetContext, request: Request, caller: str, rollout_id: str, action: str, **kwargs: str) -> RolloutOut:
-    operations: dict[str, Callable[..., Rollout]] = {"pause": service.pause, "resume": service.resume, "abort": service.abort}
+def _change(ctx: FleetContext, request: Request, caller: str, rollout_id: str, action: str,
+            **kwargs: str) -> RolloutOut:
+    operations: dict[str, Callable[..., Rollout]] = {
+        "pause": service.pause, "resume": service.resume, "abort": service.abort}
     with ctx.store.session() as session:
         try:
             row = operations[action](session, rollout_id, **kwargs)

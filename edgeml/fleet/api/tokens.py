@@ -61,7 +61,8 @@ def revoke_token(token_id: str, request: Request, caller: Admin, ctx: Ctx) -> To
     with ctx.store.session() as session:
         row = session.get(ApiToken, token_id)
         if row is None:
-            raise HTTPException(status_code=404, detail=f"no token with id '{token_id}' (see 'edgeml-fleet tokens list')")
+            raise HTTPException(status_code=404,
+                                detail=f"no token with id '{token_id}' (see 'edgeml-fleet tokens list')")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             audit.record(session, request, caller.name, "token.revoke", row.id, name=row.name)
