@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from edgeml.errors import TargetError
 from edgeml.paths import user_target_dirs
 from edgeml.runtimes.registry import RUNTIMES
+from edgeml.tomlsection import TomlSection
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHES = ("x86_64", "aarch64", "armv7l")
@@ -34,10 +34,10 @@ class RuntimeOptions:
     """Per-runtime settings of a profile. Only the keys that make sense for that runtime are allowed."""
 
     providers: tuple[str, ...] = ()                       # onnxruntime: execution providers in order
-    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    provider_options: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: MappingProxyType({}))
     device: str | None = None                             # openvino: preferred device
     fallback_devices: tuple[str, ...] = ()                # openvino: tried in order if `device` is absent
-    properties: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # openvino compile props
+    properties: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # openvino compile props
     num_threads: int = 0                                  # litert / onnxruntime: 0 = runtime default
 
 
@@ -58,7 +58,7 @@ class TargetProfile:
     def options(self, runtime: str) -> RuntimeOptions:
         return self.runtime.get(runtime, RuntimeOptions())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The constraints copied into a bundle's manifest."""
         return {
             "id": self.id, "arch": list(self.arch), "runtimes": list(self.runtimes),
@@ -69,8 +69,8 @@ class TargetProfile:
         }
 
 
-def _options_json(o: RuntimeOptions) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _options_json(o: RuntimeOptions) -> dict[str, object]:
+    out: dict[str, object] = {}
     if o.providers:
         out["providers"] = list(o.providers)
     if o.provider_options:
@@ -92,62 +92,22 @@ _TOP_KEYS = {"id", "description", "arch", "runtimes", "precisions", "max_opset",
              "memory_budget_mb", "cpu_fallback", "runtime"}
 
 
-class _Reader:
-    def __init__(self, source: str, data: Mapping[str, Any], prefix: str = "") -> None:
-        self.source, self.data, self.prefix = source, data, prefix
-
-    def fail(self, key: str, why: str) -> TargetError:
-        return TargetError(f"{self.source}: key '{self.prefix}{key}' {why}")
-
-    def unknown(self, allowed: set[str]) -> None:
-        extra = sorted(set(self.data) - allowed)
-        if extra:
-            raise self.fail(extra[0], f"is not a known key (allowed: {', '.join(sorted(allowed))})")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
-        if key not in self.data:
-            if required or default is ...:
-                raise self.fail(key, "is required")
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) and kind is int:
-            raise self.fail(key, f"must be an integer, not {value!r}")
-        if not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(key, f"must be {names}, not {type(value).__name__} {value!r}")
-        return value
-
-    def choices(self, key: str, allowed: tuple[str, ...], default: Any = ..., many: bool = True) -> Any:
-        value = self.get(key, list if many else str, default)
-        values = value if many else [value]
-        if value is default and default is not ...:
-            return default
-        if many and not values:
-            raise self.fail(key, "must not be empty")
-        for v in values:
-            if v not in allowed:
-                raise self.fail(key, f"has unknown value {v!r} (allowed: {', '.join(allowed)})")
-        if many and len(set(values)) != len(values):
-            raise self.fail(key, "lists a value twice")
-        return tuple(values) if many else value
-
-
-def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
-    r = _Reader(source, data)
-    r.unknown(_TOP_KEYS)
-    profile_id = r.get("id", str, required=True)
+def parse_profile(data: Mapping[str, object], source: str) -> TargetProfile:
+    r = TomlSection(source, data, TargetError)
+    r.only(_TOP_KEYS)
+    profile_id = r.get("id", str)
     if not profile_id or not all(c.isalnum() or c in "-_." for c in profile_id):
         raise r.fail("id", "must be letters, digits, '-', '_' or '.'")
     runtimes = r.choices("runtimes", tuple(RUNTIMES))
-    max_opset = r.get("max_opset", int, required=True)
+    max_opset = r.get("max_opset", int)
     if not 7 <= max_opset <= 30:
         raise r.fail("max_opset", f"must be between 7 and 30, not {max_opset}")
     budget = r.get("memory_budget_mb", int, 0)
     if budget < 0:
         raise r.fail("memory_budget_mb", "must not be negative")
-    runtime_tables = r.get("runtime", dict, {})
+    runtime_tables = r.table("runtime")
     options: dict[str, RuntimeOptions] = {}
-    for name, table in runtime_tables.items():
+    for name, table in runtime_tables.data.items():
         if name not in RUNTIMES:
             raise r.fail(f"runtime.{name}", f"is not a known runtime (allowed: {', '.join(RUNTIMES)})")
         if name not in runtimes:
@@ -155,7 +115,7 @@ def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
                          f"configures a runtime that 'runtimes' does not list ({', '.join(runtimes)})")
         if not isinstance(table, dict):
             raise r.fail(f"runtime.{name}", "must be a table")
-        options[name] = _parse_runtime(_Reader(source, table, f"runtime.{name}."), name)
+        options[name] = _parse_runtime(runtime_tables.table(name), name)
     return TargetProfile(
         id=profile_id,
         description=r.get("description", str, ""),
@@ -171,8 +131,8 @@ def parse_profile(data: Mapping[str, Any], source: str) -> TargetProfile:
     )
 
 
-def _parse_runtime(r: _Reader, name: str) -> RuntimeOptions:
-    r.unknown(set(RUNTIMES[name].profile_keys))   # the keys the registry line allows for this runtime
+def _parse_runtime(r: TomlSection[TargetError], name: str) -> RuntimeOptions:
+    r.only(set(RUNTIMES[name].profile_keys))   # the keys the registry line allows for this runtime
     provider_options = r.get("provider_options", dict, {})
     providers = r.choices("providers", ORT_PROVIDERS, ())
     for provider, opts in provider_options.items():
@@ -180,9 +140,7 @@ def _parse_runtime(r: _Reader, name: str) -> RuntimeOptions:
             raise r.fail(f"provider_options.{provider}", "is not a known execution provider")
         if not isinstance(opts, dict):
             raise r.fail(f"provider_options.{provider}", "must be a table")
-    device = r.get("device", str, None)
-    if device is not None and device not in OPENVINO_DEVICES:
-        raise r.fail("device", f"has unknown value {device!r} (allowed: {', '.join(OPENVINO_DEVICES)})")
+    device = r.choice("device", OPENVINO_DEVICES, None)
     threads = r.get("num_threads", int, 0)
     if threads < 0:
         raise r.fail("num_threads", "must not be negative")

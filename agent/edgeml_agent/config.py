@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeml.errors import ConfigError
-from edgeml_agent.section import Section
+from edgeml.tomlsection import TomlSection
 from edgeml_agent.telemetry.settings import TelemetryConfig, parse_telemetry
 from edgeml_agent.updates.settings import UpdatesConfig, parse_updates
 
-__all__ = ["DEFAULT_PORT", "AgentConfig", "ModelConfig", "RuntimeConfig", "Section", "ServerConfig",
+__all__ = ["DEFAULT_PORT", "AgentConfig", "ModelConfig", "RuntimeConfig", "ServerConfig",
            "load_config", "parse_config"]
 
 DEFAULT_PORT = 8470
@@ -66,7 +66,7 @@ _TOP = {"data_dir", "trusted_keys", "server", "runtime", "models", "telemetry", 
 
 
 def parse_config(data: Mapping[str, object], source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
-    root = Section(source, data)
+    root = TomlSection(source, data, ConfigError)
     root.only(_TOP)
     base = base_dir or Path.cwd()
     data_dir_value = root.get("data_dir", str, None)
@@ -90,7 +90,7 @@ def parse_config(data: Mapping[str, object], source: str = "<config>", base_dir:
     )
 
 
-def _server(s: Section) -> ServerConfig:
+def _server(s: TomlSection[ConfigError]) -> ServerConfig:
     s.only({"host", "port", "api_token", "max_body_bytes", "drain_timeout_s"})
     token = s.get("api_token", str, None)
     if token is not None and len(token) < 16:
@@ -104,7 +104,7 @@ def _server(s: Section) -> ServerConfig:
     )
 
 
-def _runtime(s: Section) -> RuntimeConfig:
+def _runtime(s: TomlSection[ConfigError]) -> RuntimeConfig:
     s.only({"num_threads", "cpu_fallback", "allow_other_arch", "smoke_test"})
     return RuntimeConfig(
         num_threads=s.integer("num_threads", 0, minimum=0, maximum=1024),
@@ -114,7 +114,7 @@ def _runtime(s: Section) -> RuntimeConfig:
     )
 
 
-def _models(s: Section) -> dict[str, ModelConfig]:
+def _models(s: TomlSection[ConfigError]) -> dict[str, ModelConfig]:
     out: dict[str, ModelConfig] = {}
     for name in s.data:
         m = s.table(name)

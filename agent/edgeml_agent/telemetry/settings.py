@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeml_agent.section import Section
+from edgeml.errors import ConfigError
+from edgeml.tomlsection import TomlSection
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class TelemetryConfig:
     stats_budget: float = 0.002
 
 
-def parse_telemetry(s: Section) -> TelemetryConfig:
+def parse_telemetry(s: TomlSection[ConfigError]) -> TelemetryConfig:
     s.only({"enabled", "broker", "device_id", "username", "password", "ca_file", "interval_s", "heartbeat_s",
             "spool_max_messages", "stats_budget"})
     broker = s.get("broker", str, None)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgeml_agent.section import Section
+from edgeml.errors import ConfigError
+from edgeml.tomlsection import TomlSection
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class UpdatesConfig:
     settings: UpdateSettings = field(default_factory=UpdateSettings)
 
 
-def parse_updates(s: Section) -> UpdatesConfig:
+def parse_updates(s: TomlSection[ConfigError]) -> UpdatesConfig:
     s.only({"enabled", "poll_interval_s", "targets", "keep_versions", "probation_s", "max_error_rate",
             "max_latency_regression", "min_shadow_agreement", "shadow_fraction", "min_requests",
             "min_download_speed", "download_attempts", "download_retry_s"})
