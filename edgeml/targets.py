@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from edgeml.errors import TargetError
+from edgeml.jsontypes import JSONDict, to_json
 from edgeml.paths import user_target_dirs
 from edgeml.runtimes.registry import RUNTIMES
 from edgeml.tomlsection import TomlSection
@@ -58,7 +59,7 @@ class TargetProfile:
     def options(self, runtime: str) -> RuntimeOptions:
         return self.runtime.get(runtime, RuntimeOptions())
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> JSONDict:
         """The constraints copied into a bundle's manifest."""
         return {
             "id": self.id, "arch": list(self.arch), "runtimes": list(self.runtimes),
@@ -69,18 +70,18 @@ class TargetProfile:
         }
 
 
-def _options_json(o: RuntimeOptions) -> dict[str, object]:
-    out: dict[str, object] = {}
+def _options_json(o: RuntimeOptions) -> JSONDict:
+    out: JSONDict = {}
     if o.providers:
         out["providers"] = list(o.providers)
     if o.provider_options:
-        out["provider_options"] = {k: dict(v) for k, v in o.provider_options.items()}
+        out["provider_options"] = to_json(o.provider_options)   # TOML tables: JSON, checked on the way
     if o.device:
         out["device"] = o.device
     if o.fallback_devices:
         out["fallback_devices"] = list(o.fallback_devices)
     if o.properties:
-        out["properties"] = dict(o.properties)
+        out["properties"] = to_json(o.properties)
     if o.num_threads:
         out["num_threads"] = o.num_threads
     return out
