@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edgeml.telemetry.latency import LATENCY_BUCKETS_MS
@@ -43,6 +44,10 @@ class ModelTotals:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _family(metric: str, kind: str, what: str) -> list[str]:
+    return [f"# HELP {metric} {what}", f"# TYPE {metric} {kind}"]
 
 
 def _labels(**labels: str) -> str:
@@ -94,22 +99,20 @@ class Metrics:
     def render(self, registry: ModelRegistry | None = None) -> str:
         lines: list[str] = []
         with self._lock:
-            lines += ["# HELP edgeml_requests_total Inference requests the model ran (or failed in), "
-                      "by version and status.",
-                      "# TYPE edgeml_requests_total counter"]
-            for (m, v, code), n in sorted(self._requests.items()):
-                lines.append(f"edgeml_requests_total{_labels(model=m, version=v, code=code)} {n}")
-            lines += ["# HELP edgeml_request_errors_total The model's failed inference requests (5xx), by kind.",
-                      "# TYPE edgeml_request_errors_total counter"]
-            for (m, v, kind), n in sorted(self._errors.items()):
-                lines.append(f"edgeml_request_errors_total{_labels(model=m, version=v, kind=kind)} {n}")
-            lines += ["# HELP edgeml_requests_rejected_total Inference requests refused as the client's mistake "
-                      "(4xx), by reason; not in the error rate.",
-                      "# TYPE edgeml_requests_rejected_total counter"]
-            for (m, v, reason), n in sorted(self._rejected.items()):
-                lines.append(f"edgeml_requests_rejected_total{_labels(model=m, version=v, reason=reason)} {n}")
-            lines += ["# HELP edgeml_request_duration_seconds Time in the agent per inference request.",
-                      "# TYPE edgeml_request_duration_seconds histogram"]
+            counters: tuple[tuple[str, str, Mapping[tuple[str, str, str], int], tuple[str, str, str]], ...] = (
+                ("edgeml_requests_total", "Inference requests the model ran (or failed in), by version and status.",
+                 self._requests, ("model", "version", "code")),
+                ("edgeml_request_errors_total", "The model's failed inference requests (5xx), by kind.",
+                 self._errors, ("model", "version", "kind")),
+                ("edgeml_requests_rejected_total", "Inference requests refused as the client's mistake (4xx), "
+                 "by reason; not in the error rate.", self._rejected, ("model", "version", "reason")),
+            )
+            for metric, what, table, names in counters:
+                lines += _family(metric, "counter", what)
+                for key, value in sorted(table.items()):
+                    lines.append(f"{metric}{_labels(**dict(zip(names, key, strict=True)))} {value}")
+            lines += _family("edgeml_request_duration_seconds", "histogram",
+                             "Time in the agent per inference request.")
             for (m, v), counts in sorted(self._hist.items()):
                 total = 0
                 for bound, n in zip((*[repr(b) for b in BUCKETS], "+Inf"), counts, strict=True):
@@ -119,13 +122,11 @@ class Metrics:
                 labels = _labels(model=m, version=v)
                 lines.append(f"edgeml_request_duration_seconds_sum{labels} {self._sum[(m, v)]:.6f}")
                 lines.append(f"edgeml_request_duration_seconds_count{labels} {total}")
-            lines += ["# HELP edgeml_http_responses_total Every HTTP response by status.",
-                      "# TYPE edgeml_http_responses_total counter"]
+            lines += _family("edgeml_http_responses_total", "counter", "Every HTTP response by status.")
             for code, n in sorted(self._http.items()):
                 lines.append(f"edgeml_http_responses_total{_labels(code=code)} {n}")
         if registry is not None:
-            lines += ["# HELP edgeml_model_info The model versions being served and where they run.",
-                      "# TYPE edgeml_model_info gauge"]
+            lines += _family("edgeml_model_info", "gauge", "The model versions being served and where they run.")
 
             for lm in registry.models():
                 served = lm.model
@@ -136,7 +137,7 @@ class Metrics:
             batched = [lm for lm in registry.models() if lm.batcher is not None]
             for metric, what, attr in (("edgeml_batches_total", "Model runs made by the micro-batcher.", "batches"),
                                        ("edgeml_batch_rows_total", "Rows in those runs.", "rows")):
-                lines += [f"# HELP {metric} {what}", f"# TYPE {metric} counter"]
+                lines += _family(metric, "counter", what)
                 for lm in batched:
                     lines.append(f"{metric}{_labels(model=lm.name, version=lm.version)} {getattr(lm.batcher, attr)}")
         return "\n".join(lines) + "\n"
@@ -145,8 +146,8 @@ class Metrics:
 def fallback_lines(registry: ModelRegistry) -> list[str]:
     """One sample per model that runs on the CPU instead of the accelerator its bundle prefers, with why:
     an operator alerting on ``edgeml_model_info{fallback="true"}`` needs the reason next to it."""
-    lines = ["# HELP edgeml_model_fallback_info Models on the CPU instead of their preferred device, and why.",
-             "# TYPE edgeml_model_fallback_info gauge"]
+    lines = _family("edgeml_model_fallback_info", "gauge",
+                    "Models on the CPU instead of their preferred device, and why.")
     for lm in registry.models():
         selection = lm.model.selection
         if selection.fallback:
