@@ -72,8 +72,10 @@ class Credentials:
     def insufficient(self, guard: str) -> list[tuple[str, str | None, int]]:
         if guard == "enrollment":
             return self.always[:3] + self.enrolment
-        weaker = {"deployer": ["viewer", "device"], "admin": ["viewer", "deployer", "device"],
-                  "device": ["admin", "viewer"]}[guard]
+        # A read-only guard ("viewer", "any") on a state-changing route is itself the hole: walk it as the
+        # strictest guard, so every weaker token that gets through shows up with what it changed.
+        weaker = {"deployer": ["viewer", "device"], "device": ["admin", "viewer"]}.get(
+            guard, ["viewer", "deployer", "device"])
         return self.always + [(f"{role} token", self.valid[role], 403) for role in weaker]
 
 
@@ -106,6 +108,8 @@ def test_insufficient_credentials_change_nothing_on_any_state_changing_route(fle
     guard_of = {(method, path): guard for method, path, guard in ROUTES}
     failures: list[str] = []
     for (method, path), build in sorted(BUILDERS.items()):
+        if guard_of[(method, path)] in ("viewer", "any"):
+            failures.append(f"{method} {path}: a read-only guard ({guard_of[(method, path)]}) on a state-changing route")
         # given a request that the right caller could make, and the database as it stands
         call = build(world)
         before = _dump(fleet)
