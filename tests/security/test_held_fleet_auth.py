@@ -35,12 +35,15 @@ NOT_CALLER_STATE = {Lease.__tablename__}
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
-    """A fleet server in-process (the API over TestClient) on SQLite and on PostgreSQL."""
+    """A fleet server in-process (the API over TestClient) on SQLite and on PostgreSQL.
+
+    The rollout controller never steps on its own here: its steps move rollouts whoever calls, and the
+    walk must see only what the callers did."""
     if request.param == "sqlite":
-        yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'fleet.db'}")
+        yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'fleet.db'}", rollout_tick_s=3600)
     else:
         with temporary_database() as url:
-            yield from make_fleet(tmp_path / "data", url)
+            yield from make_fleet(tmp_path / "data", url, rollout_tick_s=3600)
 
 
 class Credentials:
