@@ -13,10 +13,14 @@ Document (schema 1)::
                 }],
      "probation": {"seconds", "max_error_rate", "max_latency_regression", "min_shadow_agreement",
                    "shadow_fraction"},
-     "rollout": id or null}
+     "rollout": id or null,
+     "trust": {"signers": [PEM], "revoked": [key id]}   # optional: the bundle signers (edgeml.keyroles)
+    }
 
-Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64}`` —
-the signature covers the exact payload bytes.
+Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64,
+"rotations": [fleet-key rotation statements]}`` — the signature covers the exact payload bytes. Only the
+fleet key (``trusted`` here is the device's *fleet* trust set, never its bundle signers), or a successor
+it vouched for in ``rotations``, can sign a desired state: see :mod:`edgeml.keyroles`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeml.bundle.keys import SigningKey, verify_signature
 from edgeml.bundle.manifest import canonical_json, parse_semver
 from edgeml.errors import DesiredStateError
+from edgeml.keyroles import TrustSection, follow_rotations, parse_trust_section
 
 SCHEMA = 1
 
@@ -58,16 +63,23 @@ class DesiredState:
     probation: Mapping[str, Any]
     rollout: str | None
     raw: bytes            # the signed wire document, kept to persist and re-check after a restart
+    key_id: str = ""      # the fleet key that signed it (a successor once the fleet rotated its key)
+    fleet_key: Ed25519PublicKey | None = None
+    trust: TrustSection | None = None     # the bundle signers the fleet wants this device to accept
 
     def model(self, name: str) -> DesiredModel | None:
         return next((m for m in self.models if m.name == name), None)
 
 
-def sign_desired(document: Mapping[str, Any], key: SigningKey) -> bytes:
+def sign_desired(document: Mapping[str, Any], key: SigningKey,
+                 rotations: list[dict[str, str]] | None = None) -> bytes:
     payload = canonical_json({**document, "schema": SCHEMA}).decode()
     signature = key.sign(payload.encode())
-    return json.dumps({"payload": payload, "key_id": key.key_id,
-                       "signature": base64.b64encode(signature).decode()}).encode()
+    wire: dict[str, Any] = {"payload": payload, "key_id": key.key_id,
+                            "signature": base64.b64encode(signature).decode()}
+    if rotations:
+        wire["rotations"] = rotations
+    return json.dumps(wire).encode()
 
 
 def parse_desired(
@@ -78,7 +90,9 @@ def parse_desired(
     now: float | None = None,
     last_serial: int | None = None,
 ) -> DesiredState:
-    """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not."""
+    """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not.
+
+    ``trusted`` is the device's fleet-key set (never its bundle signers)."""
     try:
         outer = json.loads(wire)
         payload = outer["payload"].encode()
@@ -86,9 +100,10 @@ def parse_desired(
         signature = base64.b64decode(outer["signature"], validate=True)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise DesiredStateError(f"the desired state is malformed ({exc})") from exc
-    key = trusted.get(key_id)
+    key = follow_rotations(trusted, outer.get("rotations")).get(key_id)
     if key is None:
-        raise DesiredStateError(f"the desired state is signed by key {key_id}, which this device does not trust")
+        raise DesiredStateError(f"the desired state is signed by key {key_id}, which this device does not trust "
+                                "as its fleet key")
     if not verify_signature(key, signature, payload):
         raise DesiredStateError("the desired state's signature does not match: it was altered")
     try:
@@ -101,7 +116,8 @@ def parse_desired(
             for m in doc["models"]
         )
         state = DesiredState(str(doc["device"]), float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
-                             models, dict(doc.get("probation") or {}), doc.get("rollout"), wire)
+                             models, dict(doc.get("probation") or {}), doc.get("rollout"), wire,
+                             key_id, key, parse_trust_section(doc.get("trust")))
     except (KeyError, TypeError, ValueError) as exc:
         raise DesiredStateError(f"the desired state misses or mistypes a field ({exc})") from exc
     for m in models:

@@ -25,6 +25,7 @@ from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import LoadedModel, ModelRegistry
 from edgeml_agent.store import Store
 from edgeml_agent.transport import HttpClient, HttpxClient
+from edgeml_agent.trust import DeviceTrust
 
 log = logging.getLogger("edgeml_agent")
 
@@ -64,12 +65,17 @@ class NoEvents:
         pass
 
 
-def trust_from_config(config: AgentConfig) -> TrustStore:
-    present = [p for p in config.trusted_keys if p.exists()]
+def device_trust(config: AgentConfig) -> DeviceTrust:
+    """The device's fleet key and bundle signers, kept apart (:mod:`edgeml_agent.trust`)."""
     for p in config.trusted_keys:
         if not p.exists():
             log.warning("trusted key path %s does not exist (trusted_keys in %s)", p, config.source)
-    return TrustStore.from_paths(present)
+    return DeviceTrust(config.data_dir, config.trusted_keys)
+
+
+def trust_from_config(config: AgentConfig) -> TrustStore:
+    """The bundle signers this device accepts (never its fleet key, never a revoked key)."""
+    return device_trust(config).bundles
 
 
 class ModelLoader:
@@ -98,7 +104,7 @@ class ModelLoader:
 @dataclass(frozen=True)
 class Services:
     config: AgentConfig
-    trust: TrustStore
+    trust: DeviceTrust        # .fleet checks desired states, .bundles checks bundles: never mixed
     store: Store
     registry: ModelRegistry
     metrics: Metrics
@@ -110,8 +116,8 @@ class Services:
     @classmethod
     def build(cls, config: AgentConfig, *, http: HttpClient | None = None,
               on_state: StateHook | None = None) -> Services:
-        trust = trust_from_config(config)
-        store = Store(config.data_dir, trust)
+        trust = device_trust(config)
+        store = Store(config.data_dir, trust.bundles)
         registry = ModelRegistry()
         metrics = Metrics()
         registry.add_observer(metrics.observe)

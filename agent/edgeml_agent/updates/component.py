@@ -86,8 +86,11 @@ class UpdateComponent:
             if wire is None:
                 continue
             try:
-                desired = parse_desired(wire, self.services.trust, device_id=self.device_id,
+                desired = parse_desired(wire, self.services.trust.fleet, device_id=self.device_id,
                                         last_serial=self.records.load().last_serial)
+                for change in self.services.trust.adopt(desired):
+                    log.warning("trust: %s", change)
+                    self.machine.ctx.report("trust_changed", change=change)
             except EdgeMLError as exc:
                 log.warning("desired state refused: %s", exc)
                 self.last_refusal = str(exc)

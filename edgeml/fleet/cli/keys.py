@@ -1,4 +1,5 @@
-"""``edgeml-fleet keys``: the signing keys whose bundles this fleet accepts."""
+"""``edgeml-fleet keys``: the fleet's keys and their roles — bundle signers (which models may run) and
+the fleet key (signs desired states: which model runs now)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import click
 
 from edgeml.fleet.cli.output import client, json_option, table
 
-KEY_COLUMNS = [("key_id", "key id"), ("name", "name"), ("added_at", "added")]
+KEY_COLUMNS = [("key_id", "key id"), ("role", "role"), ("status", "status"), ("name", "name"),
+               ("added_at", "added"), ("changed_at", "retired/revoked")]
 
 
 @click.group()
 def keys() -> None:
-    """Signing keys whose bundles this fleet accepts."""
+    """Keys and their roles: bundle signers and the fleet key."""
 
 
 @keys.command("trust")
 @click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", default=None, help="a label (default: the file name)")
 def keys_trust(public_key: Path, name: str | None) -> None:
+    """Accept bundles signed by PUBLIC_KEY (a builder's .pub); devices learn it with their next desired state."""
     with client() as fleet:
         row = fleet.post("/v1/keys", {"name": name or public_key.stem, "public_pem": public_key.read_text()})
     click.echo(f"trusted key {row['key_id']} ({row['name']})")
@@ -28,6 +31,26 @@ def keys_trust(public_key: Path, name: str | None) -> None:
 @keys.command("list")
 @json_option
 def keys_list(as_json: bool) -> None:
+    """Every key with its role (fleet / bundle-signer) and status (active / retired / revoked)."""
     with client() as fleet:
         rows = fleet.get("/v1/keys")
-    table(rows, KEY_COLUMNS, "trusted keys", as_json)
+    table(rows, KEY_COLUMNS, "keys", as_json)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke bundle signer KEY_ID fleet-wide: refused on upload, and every device refuses bundles signed only
+    by it from its next desired state on (installed ones at their next load)."""
+    with client() as fleet:
+        row = fleet.post(f"/v1/keys/{key_id}/revoke", {})
+    click.echo(f"revoked key {row['key_id']} ({row['name']}); devices drop it with their next desired state")
+
+
+@keys.command("rotate-fleet")
+def keys_rotate_fleet() -> None:
+    """Replace the fleet key (desired states) by a new one the current key vouches for; no re-enrolment."""
+    with client() as fleet:
+        row = fleet.post("/v1/keys/fleet/rotate", {})
+    click.echo(f"fleet key {row['previous_key_id']} retired; new fleet key {row['key_id']} "
+               f"({row['reissued']} desired states re-signed)")
