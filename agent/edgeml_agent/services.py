@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from edgeml.bundle.keys import TrustStore
@@ -25,7 +26,7 @@ from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import LoadedModel, ModelRegistry
 from edgeml_agent.store import Store
 from edgeml_agent.transport import HttpClient, HttpxClient
-from edgeml_agent.trust import DeviceTrust
+from edgeml_agent.trust import DeviceTrust, fleet_key_ids
 
 log = logging.getLogger("edgeml_agent")
 
@@ -65,12 +66,14 @@ class NoEvents:
         pass
 
 
-def device_trust(config: AgentConfig) -> DeviceTrust:
+def device_trust(config: AgentConfig, http: HttpClient | None = None) -> DeviceTrust:
     """The device's fleet key and bundle signers, kept apart (:mod:`edgeml_agent.trust`)."""
     for p in config.trusted_keys:
         if not p.exists():
             log.warning("trusted key path %s does not exist (trusted_keys in %s)", p, config.source)
-    return DeviceTrust(config.data_dir, config.trusted_keys)
+    creds = enrolled(config.data_dir)
+    ask = None if creds is None else partial(fleet_key_ids, http or HttpxClient(), creds["server"], creds["api_token"])
+    return DeviceTrust(config.data_dir, config.trusted_keys, ask_fleet=ask)
 
 
 def trust_from_config(config: AgentConfig) -> TrustStore:
@@ -116,11 +119,12 @@ class Services:
     @classmethod
     def build(cls, config: AgentConfig, *, http: HttpClient | None = None,
               on_state: StateHook | None = None) -> Services:
-        trust = device_trust(config)
+        http = http or HttpxClient()
+        trust = device_trust(config, http)
         store = Store(config.data_dir, trust.bundles)
         registry = ModelRegistry()
         metrics = Metrics()
         registry.add_observer(metrics.observe)
         return cls(config=config, trust=trust, store=store, registry=registry, metrics=metrics,
                    load_model=ModelLoader(config, store), credentials=enrolled(config.data_dir),
-                   http=http or HttpxClient(), on_state=on_state or no_hook)
+                   http=http, on_state=on_state or no_hook)

@@ -9,19 +9,21 @@ Layout under ``<data_dir>/trusted/``::
 Bundle signers = ``bundles/`` plus the config's ``trusted_keys`` (the operator's own keys), minus revoked
 keys and minus any fleet key: one key never holds both roles on a device.
 
-Migration from the single ``trusted/`` directory older agents wrote (fleet key and bundle keys together):
-the key that signed the last desired state this device accepted (``updates/state.json``) is the fleet
-key and moves to ``fleet/``; every other ``*.pub`` there moves to ``bundles/``. A device that never
-accepted a desired state cannot tell the fleet key apart: all keys become bundle signers, and desired
-states are refused (with that reason) until the fleet key is placed in ``trusted/fleet/`` or the device
-is enrolled again.
+Migration from the single ``trusted/`` directory older agents wrote (fleet key and bundle keys together),
+on the first start: the fleet this device enrolled with is asked which key ids are fleet keys
+(``GET /v1/devices/me/keys``, with the device's token, the same channel enrolment used; the answer only
+classifies keys the device already holds, it never adds one); failing that, the key that signed the
+desired state being applied (``updates/state.json``) is the fleet key. It moves to ``fleet/``; every other
+``*.pub`` there moves to ``bundles/``. When neither tells, all keys become bundle signers and desired
+states are refused (with that reason) until the fleet key is placed in ``trusted/fleet/`` or the device is
+enrolled again — never the unsafe way round.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,6 +32,7 @@ from edgeml.bundle.keys import TrustStore, key_id, load_public_key, public_key_p
 from edgeml.desired import DesiredState
 from edgeml.errors import EdgeMLError
 from edgeml.fileio import write_atomic
+from edgeml_agent.transport import HttpClient
 
 log = logging.getLogger("edgeml_agent")
 
@@ -39,12 +42,13 @@ TRUSTED_DIR = "trusted"
 class DeviceTrust:
     """``fleet`` checks desired states, ``bundles`` checks bundles; both are live (updated in place)."""
 
-    def __init__(self, data_dir: Path, local_paths: Iterable[Path] = ()) -> None:
+    def __init__(self, data_dir: Path, local_paths: Iterable[Path] = (),
+                 ask_fleet: Callable[[], set[str]] | None = None) -> None:
         self.root = data_dir / TRUSTED_DIR
         self.fleet_dir, self.bundles_dir = self.root / "fleet", self.root / "bundles"
         self.revoked_file = self.root / "revoked.json"
         self.local_paths = [p for p in local_paths if p.resolve() != self.root.resolve()]
-        migrate(data_dir)
+        migrate(data_dir, ask_fleet)
         self.fleet, self.bundles = TrustStore(), TrustStore()
         self.reload()
 
@@ -97,26 +101,48 @@ def write_keys(directory: Path, keys: Iterable[Ed25519PublicKey], *, replace: bo
     return ids
 
 
-def migrate(data_dir: Path) -> None:
+def migrate(data_dir: Path, ask_fleet: Callable[[], set[str]] | None = None) -> None:
     """Split an old single ``trusted/`` directory into ``fleet/`` and ``bundles/`` (see the module doc)."""
     root = data_dir / TRUSTED_DIR
     loose = sorted(root.glob("*.pub")) if root.is_dir() else []
     if not loose:
         return
-    fleet_id = _last_desired_signer(data_dir)
+    fleet_ids = _ask(ask_fleet) or {k for k in [_last_desired_signer(data_dir)] if k}
     for path in loose:
         try:
             key = load_public_key(path)
         except EdgeMLError as exc:
             log.warning("trusted key %s is unusable and was left out: %s", path, exc)
             continue
-        role = "fleet" if key_id(key) == fleet_id else "bundles"
+        role = "fleet" if key_id(key) in fleet_ids else "bundles"
         write_keys(root / role, [key])
         path.unlink()
         log.warning("trusted key %s moved to %s/ (key roles are kept apart now)", path.name, root / role)
-    if fleet_id is None:
+    if not fleet_ids:
         log.warning("no fleet key could be identified in %s: desired states are refused until the fleet's key "
                     "is placed in %s or the device is enrolled again", root, root / "fleet")
+
+
+def _ask(ask_fleet: Callable[[], set[str]] | None) -> set[str]:
+    if ask_fleet is None:
+        return set()
+    try:
+        return ask_fleet()
+    except EdgeMLError as exc:
+        log.warning("could not ask the fleet which key is its fleet key (%s)", exc)
+        return set()
+
+
+def fleet_key_ids(http: HttpClient, server: str, token: str) -> set[str]:
+    """The fleet's answer to "which key ids are fleet keys" (for the migration)."""
+    status, body = http.get(f"{server.rstrip('/')}/v1/devices/me/keys",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    if status != 200:
+        raise EdgeMLError(f"GET /v1/devices/me/keys answered {status}")
+    try:
+        return {str(k) for k in json.loads(body)["fleet"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgeMLError(f"GET /v1/devices/me/keys answered something unexpected ({exc})") from exc
 
 
 def _last_desired_signer(data_dir: Path) -> str | None:

@@ -70,6 +70,12 @@ class KeyOut(BaseModel):
     changed_at: str | None = Field(default=None, description="when it was retired or revoked")
 
 
+class DeviceKeys(BaseModel):
+    fleet: list[str] = Field(description="the current fleet key id, then retired ones")
+    signers: list[str] = Field(description="bundle signer key ids")
+    revoked: list[str] = Field(description="revoked bundle signer key ids")
+
+
 class FleetKeyRotated(BaseModel):
     previous_key_id: str
     key_id: str

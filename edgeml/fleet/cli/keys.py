@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import client, json_option, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 
 KEY_COLUMNS = [("key_id", "key id"), ("role", "role"), ("status", "status"), ("name", "name"),
                ("added_at", "added"), ("changed_at", "retired/revoked")]
@@ -39,18 +39,26 @@ def keys_list(as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
+@json_option
+def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke bundle signer KEY_ID fleet-wide: refused on upload, and every device refuses bundles signed only
     by it from its next desired state on (installed ones at their next load)."""
     with client() as fleet:
         row = fleet.post(f"/v1/keys/{key_id}/revoke", {})
+    if as_json:
+        echo_json(row)
+        return
     click.echo(f"revoked key {row['key_id']} ({row['name']}); devices drop it with their next desired state")
 
 
 @keys.command("rotate-fleet")
-def keys_rotate_fleet() -> None:
+@json_option
+def keys_rotate_fleet(as_json: bool) -> None:
     """Replace the fleet key (desired states) by a new one the current key vouches for; no re-enrolment."""
     with client() as fleet:
         row = fleet.post("/v1/keys/fleet/rotate", {})
+    if as_json:
+        echo_json(row)
+        return
     click.echo(f"fleet key {row['previous_key_id']} retired; new fleet key {row['key_id']} "
                f"({row['reissued']} desired states re-signed)")
