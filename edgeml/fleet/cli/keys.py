@@ -51,6 +51,15 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     click.echo(f"revoked key {row['key_id']} ({row['name']}); devices drop it with their next desired state")
 
 
+@keys.command("untrust")
+@click.argument("key_id")
+def keys_untrust(key_id: str) -> None:
+    """Stop accepting uploads signed by KEY_ID (devices keep it; use revoke for a leaked key)."""
+    with client() as fleet:
+        row = fleet.delete(f"/v1/keys/{key_id}")
+    click.echo(f"untrusted key {row['key_id']} ({row['name']}); bundles already uploaded stay")
+
+
 @keys.command("rotate-fleet")
 @json_option
 def keys_rotate_fleet(as_json: bool) -> None:
