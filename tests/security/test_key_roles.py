@@ -132,7 +132,8 @@ def test_a_revoked_builder_key_stops_working_on_the_device(fleet: RealFleet, bui
     r = fleet.http.post("/v1/keys", json={"name": "leaky", "public_pem": leaked.public_pem().decode()})
     assert r.status_code == 201, r.text
     bundle = make_bundle(tmp_path, leaked, tiny_mlp(tmp / "v2.onnx"), name="rev", version="2.0.0")
-    r = fleet.http.post("/v1/bundles", content=bundle.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    r = fleet.http.post("/v1/bundles", content=bundle.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 201, r.text
     # when the admin revokes the leaked key with the real CLI
     assert fleet.cli("keys", "revoke", leaked.key_id)["status"] == "revoked"

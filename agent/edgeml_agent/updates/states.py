@@ -55,7 +55,8 @@ class Downloading(State):
         for attempt in range(1, attempts + 1):
             try:
                 download(ctx.services.http, url, dest, expected_size=model.size, expected_sha256=model.sha256,
-                         headers=credentials_for(url, ctx.server_url, ctx.headers), min_bytes_per_s=ctx.settings.min_download_speed, progress=progress)
+                         headers=credentials_for(url, ctx.server_url, ctx.headers),
+                         min_bytes_per_s=ctx.settings.min_download_speed, progress=progress)
                 return E.DOWNLOADED
             except TransientDownloadError as exc:
                 log.warning("download attempt %d failed: %s", attempt, exc)
