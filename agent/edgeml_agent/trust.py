@@ -49,8 +49,21 @@ class DeviceTrust:
         self.revoked_file = self.root / "revoked.json"
         self.local_paths = [p for p in local_paths if p.resolve() != self.root.resolve()]
         migrate(data_dir, ask_fleet)
+        if ask_fleet is not None and not _keys_in(self.fleet_dir):
+            self._fleet_key_from_config(ask_fleet)
         self.fleet, self.bundles = TrustStore(), TrustStore()
         self.reload()
+
+    def _fleet_key_from_config(self, ask_fleet: Callable[[], set[str]]) -> None:
+        """An enrolled device configured by hand with the fleet key among its ``trusted_keys``: that key
+        (as the fleet names it) takes the fleet role; in the config it is only ever a bundle signer."""
+        local = TrustStore.from_paths([p for p in self.local_paths if p.exists()])
+        if not local:
+            return
+        fleet_ids = _ask(ask_fleet) & set(local)
+        write_keys(self.fleet_dir, [local[k] for k in sorted(fleet_ids)])
+        if fleet_ids:
+            log.warning("fleet key %s (listed in trusted_keys) now has the fleet role only", sorted(fleet_ids))
 
     def revoked(self) -> set[str]:
         try:

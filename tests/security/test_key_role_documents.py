@@ -124,6 +124,16 @@ def test_migration_asks_the_enrolled_fleet_which_key_is_its_fleet_key(tmp_path: 
     assert set(trust.fleet) == {fleet.key_id} and set(trust.bundles) == {builder.key_id}
 
 
+def test_a_fleet_key_in_the_configs_trusted_keys_takes_the_fleet_role_only(tmp_path: Path) -> None:
+    fleet, builder = SigningKey.generate(), SigningKey.generate()
+    local = tmp_path / "operator-keys"
+    local.mkdir()
+    _pub(local, fleet)
+    _pub(local, builder)
+    trust = DeviceTrust(tmp_path / "agent", [local], ask_fleet=lambda: {fleet.key_id})
+    assert set(trust.fleet) == {fleet.key_id} and set(trust.bundles) == {builder.key_id}
+
+
 def test_migration_without_a_known_fleet_key_gives_the_fleet_role_to_nobody(tmp_path: Path) -> None:
     a, b = SigningKey.generate(), SigningKey.generate()
     data = tmp_path / "agent"
