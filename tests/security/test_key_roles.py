@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgeml.bundle import SigningKey, TrustStore, sha256_file
@@ -131,22 +132,36 @@ def test_a_revoked_builder_key_stops_working_on_the_device(fleet: RealFleet, bui
     leaked = SigningKey.generate()
     r = fleet.http.post("/v1/keys", json={"name": "leaky", "public_pem": leaked.public_pem().decode()})
     assert r.status_code == 201, r.text
-    bundle = make_bundle(tmp_path, leaked, tiny_mlp(tmp / "v2.onnx"), name="rev", version="2.0.0")
-    r = fleet.http.post("/v1/bundles", content=bundle.read_bytes(),
-                        headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    # when the admin revokes the leaked key with the real CLI
+    v2, v3 = (make_bundle(tmp_path, leaked, tiny_mlp(tmp / "v2.onnx"), name="rev", version=v)
+              for v in ("2.0.0", "3.0.0"))
+    for bundle in (v2, v3):
+        r = fleet.http.post("/v1/bundles", content=bundle.read_bytes(),
+                            headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, r.text
+    # given the device runs rev@2.0.0, signed by a builder key that then leaks
+    assert fleet.wait_stopped(fleet.rollout("rev@2.0.0", min_requests=0))["state"] == "completed"
+    assert cam.serving("rev") == "2.0.0"
+    # when the admin revokes the key with the real CLI
     assert fleet.cli("keys", "revoke", leaked.key_id)["status"] == "revoked"
     listed = {k["key_id"]: k for k in fleet.cli("keys", "list")}
     assert (listed[leaked.key_id]["role"], listed[leaked.key_id]["status"]) == ("bundle-signer", "revoked")
-    # then the fleet refuses to trust it again
+    # then the device drops it with the desired state the revocation re-signed
+    revoked = fleet.tmp / cam.name / "trusted" / "revoked.json"
+    wait_for("the device to record the revocation", lambda: revoked.exists() and leaked.key_id in revoked.read_text(),
+             30, fleet.logs)
+    assert not (fleet.tmp / cam.name / "trusted" / "bundles" / f"{leaked.key_id}.pub").exists()
+    # and the fleet refuses to trust it again, or to roll out another bundle it signed
     r = fleet.http.post("/v1/keys", json={"name": "leaky", "public_pem": leaked.public_pem().decode()})
     assert r.status_code == 409, r.text
-    # and a rollout of the bundle it signed (registered before the revocation) is refused by the device
-    stopped = fleet.wait_stopped(fleet.rollout("rev@2.0.0", min_requests=0))
-    refused = _refused_update(fleet, cam, "rev", "2.0.0")
-    assert refused["source"] == "verifying" and "not trusted" in refused["reason"], refused
-    assert stopped["state"] != "completed" and cam.serving("rev") == "1.0.0"
+    r = fleet.http.post("/v1/rollouts", json={"bundle": "rev@3.0.0", "group": "cams"})
+    assert r.status_code == 409 and "revoked" in r.json()["detail"], r.text
+    # and at its next load the device refuses the installed version the key signed (TUF: no grace)
+    cam.agent.stop()
+    cam.agent.__enter__()
+    models = httpx.get(f"{cam.agent.url}/v1/models", timeout=10).json()
+    failed = {m["name"]: m["error"] for m in models["failed"]}
+    assert "not trusted" in failed.get("rev", ""), models
+    assert cam.answering("rev") is None and cam.serving("bk") is not None   # the other models keep serving
 
 
 def test_the_fleet_key_rotates_without_re_enrolling(fleet: RealFleet, built: Any) -> None:

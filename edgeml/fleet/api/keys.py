@@ -71,7 +71,8 @@ def list_keys(caller: Viewer, ctx: Ctx) -> list[KeyOut]:
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 def untrust_key(key_id: str, request: Request, caller: Admin, ctx: Ctx) -> KeyOut:
-    """Stop accepting new uploads signed by this key (devices keep it until it is revoked)."""
+    """Stop accepting uploads signed by this key; devices drop it from their fleet-managed signers with their
+    next desired state (not revoked: it may be trusted again)."""
     with ctx.store.session() as session:
         row = _signer(session, key_id)
         session.delete(row)

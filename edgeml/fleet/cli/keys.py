@@ -54,10 +54,11 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 @keys.command("untrust")
 @click.argument("key_id")
 def keys_untrust(key_id: str) -> None:
-    """Stop accepting uploads signed by KEY_ID (devices keep it; use revoke for a leaked key)."""
+    """Stop accepting uploads signed by KEY_ID; devices drop it with their next desired state (revoke a leaked
+    key instead: that also overrides device configs and can never be undone)."""
     with client() as fleet:
         row = fleet.delete(f"/v1/keys/{key_id}")
-    click.echo(f"untrusted key {row['key_id']} ({row['name']}); bundles already uploaded stay")
+    click.echo(f"untrusted key {row['key_id']} ({row['name']})")
 
 
 @keys.command("rotate-fleet")
