@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeml.bundle.keys import TrustStore, key_id, load_public_key, public_key_pem
 from edgeml.desired import DesiredState
-from edgeml.errors import EdgeMLError
+from edgeml.errors import ConfigError, EdgeMLError
 from edgeml.fileio import write_atomic
 from edgeml_agent.transport import HttpClient
 
@@ -71,7 +71,7 @@ class DeviceTrust:
         except FileNotFoundError:
             return set()
         except (OSError, ValueError, TypeError) as exc:
-            raise EdgeMLError(f"{self.revoked_file} is unreadable ({exc}); delete it and the fleet resends it") from exc
+            raise ConfigError(f"{self.revoked_file} is unreadable ({exc}); delete it and the fleet resends it") from exc
 
     def reload(self) -> None:
         fleet = _keys_in(self.fleet_dir)
@@ -84,18 +84,16 @@ class DeviceTrust:
 
     def adopt(self, state: DesiredState) -> list[str]:
         """Take over what an accepted desired state says about keys; returns what changed (for the log)."""
-        changes = []
+        changes, before = [], set(self.bundles)
         if state.fleet_key is not None and state.key_id not in self.fleet:
             write_keys(self.fleet_dir, [state.fleet_key], replace=True)   # the old fleet key is retired
             changes.append(f"fleet key rotated to {state.key_id}")
         if state.trust is not None:
-            before = set(self.bundles)
             write_keys(self.bundles_dir, state.trust.signers.values(), replace=True)
             write_atomic(self.revoked_file, json.dumps(sorted(state.trust.revoked)))
-            self.reload()
-            if set(self.bundles) != before:
-                changes.append(f"bundle signers now {sorted(self.bundles)} (revoked {sorted(state.trust.revoked)})")
         self.reload()
+        if set(self.bundles) != before:
+            changes.append(f"bundle signers now {sorted(self.bundles)}")
         return changes
 
 
