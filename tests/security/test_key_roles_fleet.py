@@ -54,11 +54,20 @@ def test_revocation_and_rotation_reach_the_device_signed(fleet: Fleet, tmp_path:
     revoked = parse_desired(_desired(fleet, token, state.serial), first_fleet_key, device_id=device_id)
     assert revoked.trust is not None and set(revoked.trust.signers) == {builder.key_id}
     assert revoked.trust.revoked == {leaked.key_id}
+    assert revoked.serial > state.serial
     # and the key can neither be trusted again nor sign an upload
     again = fleet.call("POST", "/v1/keys", json={"name": "again", "public_pem": leaked.public_pem().decode()})
     assert again.status_code == 409 and "revoked" in again.json()["detail"]
     evil = make_bundle(tmp_path / "evil.edgepkg", leaked, tiny_mlp(tmp_path / "e.onnx", seed=3), version="9.0.0")
     assert _push(fleet, evil).status_code in (400, 403, 422)
+    # a key untrusted earlier can still be revoked; a fleet key or a garbage id cannot
+    stray = SigningKey.generate()
+    fleet.trust(stray, name="stray")
+    assert fleet.call("DELETE", f"/v1/keys/{stray.key_id}").status_code == 200
+    assert fleet.call("POST", f"/v1/keys/{stray.key_id}/revoke").status_code == 200
+    fleet_id = next(iter(first_fleet_key))
+    assert fleet.call("POST", f"/v1/keys/{fleet_id}/revoke").status_code == 400
+    assert fleet.call("POST", "/v1/keys/not-a-key/revoke").status_code == 400
     # the fleet key is never a bundle signer
     as_signer = fleet.call("POST", "/v1/keys", json={"name": "fleet", "public_pem": device["desired_key_pem"]})
     assert as_signer.status_code == 400 and "one role" in as_signer.json()["detail"]
@@ -74,9 +83,10 @@ def test_revocation_and_rotation_reach_the_device_signed(fleet: Fleet, tmp_path:
         parse_desired(without_chain, first_fleet_key, device_id=device_id)
     roles = {(k["key_id"], k["role"], k["status"]) for k in fleet.call("GET", "/v1/keys").json()}
     assert roles == {(builder.key_id, "bundle-signer", "active"), (leaked.key_id, "bundle-signer", "revoked"),
-                     (new_id, "fleet", "active"), (next(iter(first_fleet_key)), "fleet", "retired")}
+                     (stray.key_id, "bundle-signer", "revoked"), (new_id, "fleet", "active"),
+                     (fleet_id, "fleet", "retired")}
     # a new device is handed the new key directly
     assert load_public_key(fleet.enroll(group="cams")["desired_key_pem"].encode()) is not None
     mine = fleet.http.get("/v1/devices/me/keys", headers=fleet.auth(token)).json()
-    assert mine == {"fleet": [new_id, next(iter(first_fleet_key))], "signers": [builder.key_id],
-                    "revoked": [leaked.key_id]}
+    assert mine == {"fleet": [new_id, fleet_id], "signers": [builder.key_id],
+                    "revoked": sorted([leaked.key_id, stray.key_id])}

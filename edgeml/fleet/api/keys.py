@@ -3,6 +3,7 @@ and run on devices) and the fleet key (signs desired states only). See :mod:`edg
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -20,6 +21,7 @@ from edgeml.fleet.rollouts.desired_docs import fleet_signing_key, reissue_all, r
 from edgeml.fleet.store.models import TrustedKey, utcnow
 
 router = APIRouter(prefix="/v1", tags=["keys"])
+KEY_ID = re.compile(r"[0-9a-f]{16}")
 Ctx = Annotated[FleetContext, Depends(get_context)]
 
 
@@ -84,15 +86,24 @@ def untrust_key(key_id: str, request: Request, caller: Admin, ctx: Ctx) -> KeyOu
 def revoke_key(key_id: str, request: Request, caller: Admin, ctx: Ctx) -> KeyOut:
     """Revoke a bundle signer fleet-wide: refused on upload here, and every device is sent a new desired
     state telling it to refuse bundles signed only by this key (also ones already installed, at next load)."""
+    if not KEY_ID.fullmatch(key_id):
+        raise HTTPException(status_code=400, detail=f"'{key_id}' is not a key id (16 hex digits, see edgeml-fleet "
+                            "keys list or edgeml keys list)")
     fleet = fleet_signing_key(ctx.store)
     with ctx.store.session() as session:
-        row = _signer(session, key_id)
-        keyring.revoke(session, row.key_id, row.name, row.public_pem)
-        session.delete(row)
-        session.flush()
+        if key_id == fleet.key_id or key_id in keyring.retired_key_ids(session):
+            raise HTTPException(status_code=400, detail=f"key {key_id} is a fleet key, not a bundle signer: "
+                                "rotate it with edgeml-fleet keys rotate-fleet")
+        # a key untrusted earlier (no row any more) can still be revoked: it may sit in device configs
+        row = session.get(TrustedKey, key_id)
+        name = row.name if row is not None else "(untrusted earlier)"
+        keyring.revoke(session, key_id, name, row.public_pem if row is not None else "")
+        if row is not None:
+            session.delete(row)
+            session.flush()
         reissued = reissue_all(session, fleet)
-        audit.record(session, request, caller.name, "key.revoke", key_id, name=row.name, reissued=reissued)
-        return KeyOut(key_id=row.key_id, name=row.name, status="revoked", changed_at=utcnow().isoformat())
+        audit.record(session, request, caller.name, "key.revoke", key_id, name=name, reissued=reissued)
+        return KeyOut(key_id=key_id, name=name, status="revoked", changed_at=utcnow().isoformat())
 
 
 @router.post("/keys/fleet/rotate", response_model=FleetKeyRotated)
