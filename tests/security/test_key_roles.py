@@ -38,7 +38,7 @@ from tests.support.tiny_models import tiny_mlp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-MODELS = ("bk", "fk", "rot", "rev")
+MODELS = ("bk", "fk", "rot", "rev", "mig")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SigningKey, d
     out = tmp / "bundles"
     out.mkdir()
     found = {f"{m}@1": make_bundle(out, key, v1, name=m, version="1.0.0") for m in MODELS}
-    found |= {f"{m}@2": make_bundle(out, key, v2, name=m, version="2.0.0") for m in ("bk", "rot")}
+    found |= {f"{m}@2": make_bundle(out, key, v2, name=m, version="2.0.0") for m in ("bk", "rot", "mig")}
     return tmp, key, found
 
 
@@ -209,3 +209,22 @@ def test_install_of_a_tampered_archive_of_an_installed_version_is_refused(fleet:
     # and the installed copy is untouched and keeps serving
     assert AgentStore(fleet.tmp / cam.name, TrustStore([built[1].public_key])).open("fk").manifest.version == "1.0.0"
     assert cam.serving("fk") == "1.0.0"
+
+
+def test_an_agent_upgraded_from_one_trusted_directory_splits_it_by_role(fleet: RealFleet) -> None:
+    cam = fleet.devices[0]
+    trusted = fleet.tmp / cam.name / "trusted"
+    # given the layout older agents wrote: the fleet key and the bundle keys side by side in trusted/
+    cam.agent.stop()
+    for path in [*trusted.glob("fleet/*.pub"), *trusted.glob("bundles/*.pub")]:
+        path.rename(trusted / path.name)
+    (trusted / "revoked.json").unlink(missing_ok=True)
+    fleet_id = fleet_signing_key(_db(fleet)).key_id
+    # when the upgraded agent starts, it asks its fleet which of the keys it holds is the fleet key
+    cam.agent.__enter__()
+    assert not list(trusted.glob("*.pub"))
+    assert [p.stem for p in trusted.glob("fleet/*.pub")] == [fleet_id]
+    assert fleet_id not in [p.stem for p in trusted.glob("bundles/*.pub")]
+    # and it still follows the fleet
+    assert fleet.wait_stopped(fleet.rollout("mig@2.0.0", min_requests=0))["state"] == "completed"
+    assert cam.serving("mig") == "2.0.0"
