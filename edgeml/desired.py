@@ -13,11 +13,16 @@ Document (schema 1)::
                 }],
      "probation": {"seconds", "max_error_rate", "max_latency_regression", "min_shadow_agreement",
                    "shadow_fraction"},
-     "rollout": id or null}
+     "rollout": id or null,
+     "trust": {"signers": [PEM], "revoked": [key id]}   # optional: the bundle signers (edgeml.keyroles)
+    }
 
-Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64}`` —
-the signature covers the exact payload bytes. Both layers are JSON Schemas in ``edgeml/schemas/``
-(``wire.schema.json``, ``desired.schema.json``); keys they do not name are allowed and ignored.
+Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64,
+"rotations": [fleet-key rotation statements]}`` — the signature covers the exact payload bytes. Only the
+fleet key (``trusted`` here is the device's *fleet* trust set, never its bundle signers), or a successor
+it vouched for in ``rotations``, can sign a desired state: see :mod:`edgeml.keyroles`. Both layers are
+JSON Schemas in ``edgeml/schemas/`` (``wire.schema.json``, ``desired.schema.json``); keys they do not
+name are allowed and ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from edgeml.bundle.keys import SigningKey, verify_signature
 from edgeml.bundle.manifest import canonical_json, parse_semver
 from edgeml.errors import DesiredStateError
 from edgeml.jsonlimits import JSONLimitError, loads_bounded
+from edgeml.keyroles import TrustSection, follow_rotations, parse_trust_section
 
 SCHEMA = 1
 MAX_DESIRED_BYTES = 1 << 20     # a document lists a device's models: a few KB; the cap stops a flood
@@ -63,16 +69,23 @@ class DesiredState:
     probation: Mapping[str, Any]
     rollout: str | None
     raw: bytes            # the signed wire document, kept to persist and re-check after a restart
+    key_id: str = ""      # the fleet key that signed it (a successor once the fleet rotated its key)
+    fleet_key: Ed25519PublicKey | None = None
+    trust: TrustSection | None = None     # the bundle signers the fleet wants this device to accept
 
     def model(self, name: str) -> DesiredModel | None:
         return next((m for m in self.models if m.name == name), None)
 
 
-def sign_desired(document: Mapping[str, Any], key: SigningKey) -> bytes:
+def sign_desired(document: Mapping[str, Any], key: SigningKey,
+                 rotations: list[dict[str, str]] | None = None) -> bytes:
     payload = canonical_json({**document, "schema": SCHEMA}).decode()
     signature = key.sign(payload.encode())
-    return json.dumps({"payload": payload, "key_id": key.key_id,
-                       "signature": base64.b64encode(signature).decode()}).encode()
+    wire: dict[str, Any] = {"payload": payload, "key_id": key.key_id,
+                            "signature": base64.b64encode(signature).decode()}
+    if rotations:
+        wire["rotations"] = rotations
+    return json.dumps(wire).encode()
 
 
 def parse_desired(
@@ -85,26 +98,29 @@ def parse_desired(
 ) -> DesiredState:
     """Verify and parse a desired-state document; raise :class:`DesiredStateError` saying why not.
 
-    Shape and types are checked against ``edgeml/schemas/{wire,desired}.schema.json`` before any field is
-    used (every offending JSON path in one error); the checks below them are about meaning.
+    ``trusted`` is the device's fleet-key set (never its bundle signers). Shape and types are checked
+    against ``edgeml/schemas/{wire,desired}.schema.json`` before any field is used (every offending JSON
+    path in one error); the checks below them are about meaning.
     """
     outer = _wire_fields(wire)
     payload = outer["payload"].encode()
+    key_id = str(outer["key_id"])
     try:
         signature = base64.b64decode(outer["signature"], validate=True)
     except binascii.Error as exc:
         raise DesiredStateError(f"the desired state is malformed ({exc})") from exc
-    key = trusted.get(outer["key_id"])
+    key = follow_rotations(trusted, outer.get("rotations")).get(key_id)
     if key is None:
-        raise DesiredStateError(
-            f"the desired state is signed by key {outer['key_id']}, which this device does not trust")
+        raise DesiredStateError(f"the desired state is signed by key {key_id}, which this device does not trust "
+                                "as its fleet key")
     if not verify_signature(key, signature, payload):
         raise DesiredStateError("the desired state's signature does not match: it was altered")
     doc = _document(payload)
     models = tuple(DesiredModel(m["name"], m["version"], m["sha256"], int(m["size"]), m["url"],
                                 m.get("rollback", False)) for m in doc["models"])
     state = DesiredState(doc["device"], float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
-                         models, dict(doc.get("probation") or {}), doc.get("rollout"), wire)
+                         models, dict(doc.get("probation") or {}), doc.get("rollout"), wire, key_id, key,
+                         parse_trust_section(doc.get("trust")))
     for m in models:
         parse_semver(m.version)
     if state.device != device_id:

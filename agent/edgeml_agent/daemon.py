@@ -38,7 +38,7 @@ class Agent:
                  http: HttpClient | None = None, on_state: StateHook | None = None) -> None:
         self.config = config
         self.services = Services.build(config, http=http, on_state=on_state)
-        self.trust, self.store, self.registry = self.services.trust, self.services.store, self.services.registry
+        self.trust, self.store, self.registry = self.services.trust.bundles, self.services.store, self.services.registry
         self.metrics, self.load_model = self.services.metrics, self.services.load_model
         self.api = Api(self.registry, self.metrics, config.server.api_token, status=self._status)
         self.components = list(components(self.services))

@@ -102,25 +102,20 @@ def enroll(server: str, token: str, data_dir: Path, *, name: str | None = None, 
     credentials: Credentials = {"server": server.rstrip("/"), "device_id": answer["device_id"],
                                 "api_token": answer["api_token"], "mqtt": answer["mqtt"]}
     _write_secret(path, credentials)
-    # a fleet older than the rollout engine sends no keys: the operator then places them by hand
-    keys = [answer["desired_key_pem"]] if answer.get("desired_key_pem") else []
-    write_trusted_keys(data_dir / "trusted", keys + list(answer.get("trusted_keys") or []))
+    # Key roles are kept apart from the start: the fleet key checks desired states only, the bundle keys
+    # check bundles only (a fleet older than the rollout engine sends no keys: the operator places them).
+    write_trusted_keys(data_dir / "trusted" / "fleet", [answer["desired_key_pem"]] if answer.get("desired_key_pem")
+                       else [])
+    write_trusted_keys(data_dir / "trusted" / "bundles", list(answer.get("trusted_keys") or []))
     return credentials
 
 
 def write_trusted_keys(directory: Path, pems: list[str]) -> list[str]:
-    """Trust what the fleet said to trust: ``<key id>.pub`` files in the agent's default trusted-keys
-    directory (the fleet's desired-state key and its bundle signing keys); returns the key ids."""
-    from edgeml.bundle.keys import key_id, load_public_key, public_key_pem
+    """Trust what the fleet said to trust, in one role's directory (``<key id>.pub`` files); returns the ids."""
+    from edgeml.bundle.keys import load_public_key
+    from edgeml_agent.trust import write_keys
 
-    directory.mkdir(parents=True, exist_ok=True)
-    ids = []
-    for pem in pems:
-        key = load_public_key(pem.encode())
-        kid = key_id(key)
-        write_atomic(directory / f"{kid}.pub", public_key_pem(key))
-        ids.append(kid)
-    return ids
+    return write_keys(directory, [load_public_key(pem.encode()) for pem in pems])
 
 
 @click.command("enroll")

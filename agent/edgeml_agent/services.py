@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from edgeml.bundle.keys import TrustStore
@@ -25,6 +26,7 @@ from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import LoadedModel, ModelRegistry
 from edgeml_agent.store import Store
 from edgeml_agent.transport import HttpClient, HttpxClient
+from edgeml_agent.trust import DeviceTrust, fleet_key_ids
 
 log = logging.getLogger("edgeml_agent")
 
@@ -64,12 +66,19 @@ class NoEvents:
         pass
 
 
-def trust_from_config(config: AgentConfig) -> TrustStore:
-    present = [p for p in config.trusted_keys if p.exists()]
+def device_trust(config: AgentConfig, http: HttpClient | None = None) -> DeviceTrust:
+    """The device's fleet key and bundle signers, kept apart (:mod:`edgeml_agent.trust`)."""
     for p in config.trusted_keys:
         if not p.exists():
             log.warning("trusted key path %s does not exist (trusted_keys in %s)", p, config.source)
-    return TrustStore.from_paths(present)
+    creds = enrolled(config.data_dir)
+    ask = None if creds is None else partial(fleet_key_ids, http or HttpxClient(), creds["server"], creds["api_token"])
+    return DeviceTrust(config.data_dir, config.trusted_keys, ask_fleet=ask)
+
+
+def trust_from_config(config: AgentConfig) -> TrustStore:
+    """The bundle signers this device accepts (never its fleet key, never a revoked key)."""
+    return device_trust(config).bundles
 
 
 class ModelLoader:
@@ -98,7 +107,7 @@ class ModelLoader:
 @dataclass(frozen=True)
 class Services:
     config: AgentConfig
-    trust: TrustStore
+    trust: DeviceTrust        # .fleet checks desired states, .bundles checks bundles: never mixed
     store: Store
     registry: ModelRegistry
     metrics: Metrics
@@ -110,11 +119,12 @@ class Services:
     @classmethod
     def build(cls, config: AgentConfig, *, http: HttpClient | None = None,
               on_state: StateHook | None = None) -> Services:
-        trust = trust_from_config(config)
-        store = Store(config.data_dir, trust)
+        http = http or HttpxClient()
+        trust = device_trust(config, http)
+        store = Store(config.data_dir, trust.bundles)
         registry = ModelRegistry()
         metrics = Metrics()
         registry.add_observer(metrics.observe)
         return cls(config=config, trust=trust, store=store, registry=registry, metrics=metrics,
                    load_model=ModelLoader(config, store), credentials=enrolled(config.data_dir),
-                   http=http or HttpxClient(), on_state=on_state or no_hook)
+                   http=http, on_state=on_state or no_hook)

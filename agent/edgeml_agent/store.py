@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeml.bundle.manifest import parse_semver
-from edgeml.bundle.verify import VerifiedBundle, load_unpacked, read_header, unpack_bundle
+from edgeml.bundle.verify import VerifiedBundle, load_unpacked, read_header, unpack_bundle, verify_bundle
 from edgeml.errors import BundleError, ConfigError
 from edgeml.fileio import write_atomic
 
@@ -81,6 +81,8 @@ class Store:
         name, version = _checked(header.manifest.name), header.manifest.version
         dest = self.path(name, version)
         if dest.exists():
+            # the archive itself must verify too: "already installed" is no excuse to accept a tampered file
+            verify_bundle(bundle, self.trusted)
             existing = load_unpacked(dest, self.trusted)
             if existing.manifest.to_bytes() != header.manifest_bytes:
                 raise BundleError(f"{name}@{version} is already installed from a different bundle; "

@@ -162,6 +162,10 @@ class TrustStore(Mapping[str, Ed25519PublicKey]):
         self._keys[kid] = key
         return kid
 
+    def replace(self, keys: Iterable[Ed25519PublicKey]) -> None:
+        """Hold exactly ``keys`` from now on (in place: whoever holds this store sees the change)."""
+        self._keys = {key_id(k): k for k in keys}
+
     def __getitem__(self, kid: str) -> Ed25519PublicKey:
         return self._keys[kid]
 

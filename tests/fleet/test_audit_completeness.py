@@ -101,6 +101,16 @@ def _untrusted_key(w: World) -> Call:
     return Call("DELETE", f"/v1/keys/{key.key_id}", target=key.key_id)
 
 
+def _revoked_key(w: World) -> Call:
+    key = SigningKey.generate()
+    w.fleet.trust(key, name="to-revoke")
+    return Call("POST", f"/v1/keys/{key.key_id}/revoke", target=key.key_id)
+
+
+def _rotated_fleet_key(w: World) -> Call:
+    return Call("POST", "/v1/keys/fleet/rotate")     # the target is the new key id the answer names
+
+
 def _uploaded_bundle(w: World) -> Call:
     return Call("POST", "/v1/bundles", w.fleet.token("deployer", name="pusher"),
                 {"content": w.bundle_file().read_bytes()}, actor="pusher")
@@ -150,6 +160,8 @@ AUDITED: dict[tuple[str, str], tuple[Callable[[World], Call], str]] = {
     ("DELETE", "/v1/tokens/{token_id}"): (_revoked_token, "token.revoke"),
     ("POST", "/v1/keys"): (_trusted_key, "key.trust"),
     ("DELETE", "/v1/keys/{key_id}"): (_untrusted_key, "key.untrust"),
+    ("POST", "/v1/keys/{key_id}/revoke"): (_revoked_key, "key.revoke"),
+    ("POST", "/v1/keys/fleet/rotate"): (_rotated_fleet_key, "key.rotate_fleet"),
     ("POST", "/v1/bundles"): (_uploaded_bundle, "bundle.upload"),
     ("DELETE", "/v1/bundles/{ref}"): (_deleted_bundle, "bundle.delete"),
     ("POST", "/v1/enrollment-tokens"): (_enrollment_token, "enrollment_token.create"),

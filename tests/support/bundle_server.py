@@ -23,6 +23,7 @@ class BundleServer:
         self.plan: list[str] = []          # behaviours for the next bundle requests, one each, then `behaviour`
         self.desired: bytes | None = None
         self.requests: list[tuple[str, str | None]] = []   # (path, Range header)
+        self.authorization: list[str | None] = []            # each request's Authorization header
         self.bytes_sent = 0
         outer = self
 
@@ -34,6 +35,7 @@ class BundleServer:
 
             def do_GET(self) -> None:
                 outer.requests.append((self.path, self.headers.get("Range")))
+                outer.authorization.append(self.headers.get("Authorization"))
                 if self.path == "/v1/devices/me/desired":
                     body = outer.desired or b""
                     self.send_response(200 if body else 204)

@@ -86,8 +86,10 @@ class Device:
         trusted = tmp / "trusted"
         trusted.mkdir()
         (trusted / "builder.pub").write_bytes(built.key.public_pem())
-        (trusted / "fleet.pub").write_bytes(built.fleet_key.public_pem())
         self.data = tmp / "agent"
+        # the fleet key has its own role on the device: trusted/fleet/, never beside the bundle signers
+        (self.data / "trusted" / "fleet").mkdir(parents=True)
+        (self.data / "trusted" / "fleet" / "fleet.pub").write_bytes(built.fleet_key.public_pem())
         self.config = tmp / "agent.toml"
         self.server = BundleServer(built.tmp).__enter__()
         write_credentials(self.data, self.server.base_url)

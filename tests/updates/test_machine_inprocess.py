@@ -30,8 +30,10 @@ class Rig:
         trusted = tmp / "trusted"
         trusted.mkdir()
         (trusted / "builder.pub").write_bytes(key.public_pem())
-        (trusted / "fleet.pub").write_bytes(fleet_key.public_pem())
         self.data = tmp / "agent"
+        # the fleet key has its own role on the device: trusted/fleet/, never beside the bundle signers
+        (self.data / "trusted" / "fleet").mkdir(parents=True)
+        (self.data / "trusted" / "fleet" / "fleet.pub").write_bytes(fleet_key.public_pem())
         write_credentials(self.data, self.server.base_url)
         config = parse_config({
             "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},

@@ -86,14 +86,26 @@ class UpdateComponent:
             if wire is None:
                 continue
             try:
-                desired = parse_desired(wire, self.services.trust, device_id=self.device_id,
+                desired = parse_desired(wire, self.services.trust.fleet, device_id=self.device_id,
                                         last_serial=self.records.load().last_serial)
+                self._accept(desired)
             except EdgeMLError as exc:
                 log.warning("desired state refused: %s", exc)
                 self.last_refusal = str(exc)
                 self.machine.ctx.report("desired_refused", reason=str(exc))
                 continue
             self._apply(desired)
+
+    def _accept(self, desired: DesiredState) -> None:
+        """Take over its keys, and remember its serial even when it changes no model: an older document
+        replayed later must not bring back a key this one revoked or retired."""
+        record = self.records.load()
+        if desired.serial > record.last_serial:
+            record.last_serial = desired.serial
+            self.records.save(record)
+        for change in self.services.trust.adopt(desired):
+            log.warning("trust: %s", change)
+            self.machine.ctx.report("trust_changed", change=change)
 
     def _next_document(self) -> bytes | None:
         interval = self.config.poll_interval_s

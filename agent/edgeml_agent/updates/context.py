@@ -35,7 +35,7 @@ class UpdateContext:
 
     def desired(self, record: UpdateRecord) -> tuple[DesiredState, DesiredModel]:
         assert record.desired is not None and record.model is not None
-        state = parse_desired(record.desired.encode(), self.services.trust, device_id=self.device_id,
+        state = parse_desired(record.desired.encode(), self.services.trust.fleet, device_id=self.device_id,
                               now=0.0)  # expiry was checked on receipt and is checked again before switching
         model = state.model(record.model)
         assert model is not None

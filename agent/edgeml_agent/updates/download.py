@@ -7,10 +7,32 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edgeml.errors import UpdateError
 from edgeml.fileio import sha256_file
 from edgeml_agent.transport import HttpClient, HttpUnreachable, StreamedResponse
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: what "the same server" means."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:      # a port that is not a number: no origin can equal it
+        return scheme, "<invalid port>", None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def credentials_for(url: str, server_url: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+    """The device's credentials go only to the fleet it enrolled with: a mirror or CDN named in a
+    desired state gets none (the signed sha256 makes any mirror safe without them)."""
+    if server_url and origin(url) == origin(server_url):
+        return dict(headers)
+    return {}
 
 
 class TransientDownloadError(UpdateError):

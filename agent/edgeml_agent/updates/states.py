@@ -21,7 +21,7 @@ from edgeml.bundle.verify import verify_bundle
 from edgeml.errors import EdgeMLError, UpdateError
 from edgeml.protocol import UpdateEvent, UpdateState
 from edgeml_agent.updates.context import UpdateContext
-from edgeml_agent.updates.download import TransientDownloadError, download
+from edgeml_agent.updates.download import TransientDownloadError, credentials_for, download
 from edgeml_agent.updates.health import Shadow
 from edgeml_agent.updates.record import UpdateRecord, now
 from edgeml_agent.updates.settings import UpdateSettings
@@ -55,7 +55,8 @@ class Downloading(State):
         for attempt in range(1, attempts + 1):
             try:
                 download(ctx.services.http, url, dest, expected_size=model.size, expected_sha256=model.sha256,
-                         headers=ctx.headers, min_bytes_per_s=ctx.settings.min_download_speed, progress=progress)
+                         headers=credentials_for(url, ctx.server_url, ctx.headers),
+                         min_bytes_per_s=ctx.settings.min_download_speed, progress=progress)
                 return E.DOWNLOADED
             except TransientDownloadError as exc:
                 log.warning("download attempt %d failed: %s", attempt, exc)
@@ -69,7 +70,7 @@ class Verifying(State):
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> UpdateEvent:
         desired, model = ctx.desired(rec)
-        verified = verify_bundle(ctx.bundle_path(rec), ctx.services.trust)
+        verified = verify_bundle(ctx.bundle_path(rec), ctx.services.trust.bundles)
         m = verified.manifest
         if (m.name, m.version) != (model.name, model.version):
             raise UpdateError(f"the bundle is {m.name}@{m.version}, the desired state asks for "

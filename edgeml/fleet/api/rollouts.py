@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from edgeml.errors import ConfigError, RolloutError
-from edgeml.fleet import audit
+from edgeml.fleet import audit, keyring
 from edgeml.fleet.api.bundles import find_bundle
 from edgeml.fleet.auth import Deployer, Viewer
 from edgeml.fleet.context import FleetContext, get_context
@@ -23,7 +24,7 @@ from edgeml.fleet.rollouts import service
 from edgeml.fleet.rollouts.gates import Gates
 from edgeml.fleet.rollouts.health import TelemetryHealth
 from edgeml.fleet.rollouts.plan import Selector
-from edgeml.fleet.store.models import Rollout
+from edgeml.fleet.store.models import Bundle, Rollout, TrustedKey
 
 router = APIRouter(prefix="/v1", tags=["rollouts"])
 Ctx = Annotated[FleetContext, Depends(get_context)]
@@ -95,6 +96,7 @@ def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx:
                                probation={"seconds": body.probation_s} if body.probation_s is not None else None)
     with ctx.store.session() as session:
         bundle = find_bundle(session, body.bundle)
+        _signer_still_trusted(session, bundle)
         try:
             row = service.create(session, bundle, spec, caller.name)
         except ConfigError as exc:
@@ -106,6 +108,19 @@ def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx:
                      observe_s=row.observe_s, wave_timeout_s=row.wave_timeout_s, on_failure=row.on_failure)
         session.flush()
         return RolloutOut(**service.summary(row, session))
+
+
+def _signer_still_trusted(session: Session, bundle: Bundle) -> None:
+    """Devices accept only bundles whose signer the fleet lists: a rollout they would all refuse is refused
+    here."""
+    if bundle.key_id in keyring.revoked_keys(session):
+        raise HTTPException(status_code=409, detail=f"{bundle.name}@{bundle.version} is signed by revoked key "
+                            f"{bundle.key_id}: devices refuse it; sign the model with a trusted key and upload "
+                            "it again")
+    if session.get(TrustedKey, bundle.key_id) is None:
+        raise HTTPException(status_code=409, detail=f"{bundle.name}@{bundle.version} is signed by key "
+                            f"{bundle.key_id}, which this fleet no longer trusts: trust it again "
+                            "(edgeml-fleet keys trust) or re-sign")
 
 
 @router.get("/rollouts", response_model=list[RolloutOut])

@@ -63,7 +63,23 @@ class KeyCreate(BaseModel):
 class KeyOut(BaseModel):
     key_id: str
     name: str
-    added_at: datetime
+    added_at: datetime | None = Field(default=None, description="when it was trusted (bundle signers)")
+    role: str = Field(default="bundle-signer", description="bundle-signer (which models may run) or fleet "
+                      "(signs desired states: which model runs now)")
+    status: str = Field(default="active", description="active, retired (an old fleet key) or revoked")
+    changed_at: str | None = Field(default=None, description="when it was retired or revoked")
+
+
+class DeviceKeys(BaseModel):
+    fleet: list[str] = Field(description="the current fleet key id, then retired ones")
+    signers: list[str] = Field(description="bundle signer key ids")
+    revoked: list[str] = Field(description="revoked bundle signer key ids")
+
+
+class FleetKeyRotated(BaseModel):
+    previous_key_id: str
+    key_id: str
+    reissued: int = Field(description="desired states re-signed with the new key (devices move over with them)")
 
 
 class BundleOut(BaseModel):

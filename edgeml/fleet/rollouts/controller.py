@@ -121,15 +121,13 @@ class RolloutController:
         self.health: HealthSource = health or TelemetryHealth()
         self.tick_s, self.lease_ttl_s, self.clock = tick_s, lease_ttl_s, clock
         self.holder = holder or uuid.uuid4().hex[:16]
-        self._key: SigningKey | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def key(self) -> SigningKey:
-        if self._key is None:
-            self._key = fleet_signing_key(self.store)
-        return self._key
+        # read each time, not cached: another process may have rotated the fleet key
+        return fleet_signing_key(self.store)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)

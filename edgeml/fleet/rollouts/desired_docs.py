@@ -9,17 +9,20 @@ to refuse replays: ``max(previous + 1, now in ms)`` stays monotonic even if a ro
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from edgeml.bundle.keys import SigningKey
 from edgeml.desired import sign_desired
 from edgeml.errors import KeyStoreError
+from edgeml.fleet import keyring
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Bundle, DesiredDocument, Setting, utcnow
 
@@ -70,12 +73,46 @@ def issue(session: Session, key: SigningKey, device_id: str, entry: Mapping[str,
     row = session.get(DesiredDocument, device_id, with_for_update=True)
     models = [m for m in (row.models if row else []) if m.get("name") != entry["name"]] + [dict(entry)]
     serial = max((row.serial + 1) if row else 1, int(now * 1000))
-    wire = sign_desired({"device": device_id, "issued": now, "expires": now + DESIRED_LIFETIME_S, "serial": serial,
-                         "models": sorted(models, key=lambda m: str(m["name"])), "probation": dict(probation),
-                         "rollout": rollout_id}, key)
+    wire = _sign(session, key, device_id, serial, models, probation, rollout_id, now)
     if row is None:
         row = DesiredDocument(device_id=device_id)
         session.add(row)
     row.serial, row.models, row.wire, row.rollout_id = serial, models, wire.decode(), rollout_id
     row.issued_at, row.published_at = utcnow(), None
     return Issued(device_id, wire)
+
+
+def _sign(session: Session, key: SigningKey, device_id: str, serial: int, models: list[dict[str, Any]],
+          probation: Mapping[str, Any], rollout_id: str | None, now: float) -> bytes:
+    """Every document carries the bundle signers (trust section) and the fleet key's rotation chain."""
+    return sign_desired({"device": device_id, "issued": now, "expires": now + DESIRED_LIFETIME_S, "serial": serial,
+                         "models": sorted(models, key=lambda m: str(m["name"])), "probation": dict(probation),
+                         "rollout": rollout_id, "trust": keyring.device_trust_section(session)},
+                        key, keyring.rotations(session))
+
+
+def reissue_all(session: Session, key: SigningKey, now: float | None = None) -> int:
+    """Re-sign every device's current document (same models, new serial, current trust section), so a
+    key rotation or revocation reaches each device with its next document; returns how many."""
+    now = time.time() if now is None else now
+    count = 0
+    for row in session.scalars(select(DesiredDocument).with_for_update()):
+        previous = json.loads(json.loads(row.wire)["payload"])
+        row.serial = max(row.serial + 1, int(now * 1000))
+        row.wire = _sign(session, key, row.device_id, row.serial, list(row.models),
+                         previous.get("probation") or {}, row.rollout_id, now).decode()
+        row.issued_at, row.published_at = utcnow(), None
+        count += 1
+    return count
+
+
+def rotate_fleet_key(store: Store) -> tuple[SigningKey, SigningKey, int]:
+    """Replace the fleet key by a successor the current key vouches for; returns (old, new, reissued)."""
+    with store.session() as session:
+        row = session.get(Setting, KEY_SETTING, with_for_update=True)
+        if row is None:
+            raise KeyStoreError("the fleet has no desired-state key yet: nothing to rotate")
+        current, successor = _key_from_pem(row.value), SigningKey.generate()
+        keyring.record_rotation(session, current, successor)
+        row.value = successor.private_pem().decode()
+        return current, successor, reissue_all(session, successor)

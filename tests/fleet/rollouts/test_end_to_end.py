@@ -125,8 +125,9 @@ def fleet_and_agents(tmp_path: Path) -> Iterator[FleetAndAgents]:
             assert out.returncode == 0, out.stderr
             creds = json.loads((agent_dir / "credentials.json").read_text())
             device_ids.append(creds["device_id"])
-            # enrolment wrote the keys to trust: the fleet's desired-state key and the bundle key
-            assert (agent_dir / "trusted" / f"{key.key_id}.pub").exists()
+            # enrolment wrote the keys to trust, each in its role: the bundle key is a signer, never a fleet key
+            assert (agent_dir / "trusted" / "bundles" / f"{key.key_id}.pub").exists()
+            assert not (agent_dir / "trusted" / "fleet" / f"{key.key_id}.pub").exists()
             port = free_port()
             config = write_config(tmp_path / f"agent{i}.toml", agent_dir, agent_dir / "trusted", port,
                                   extra=AGENT_EXTRA)
