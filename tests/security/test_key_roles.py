@@ -189,11 +189,14 @@ def test_the_fleet_key_rotates_without_re_enrolling(fleet: RealFleet, built: Any
 def _tampered(bundle: Path, out: Path) -> Path:
     """The same signed manifest and signature, one byte of the model changed (a plain tar)."""
     with open_tar_stream(bundle) as src, tarfile.open(out, "w") as dst:
-        for member in src:
-            data = src.extractfile(member).read() if member.isfile() else None   # type: ignore[union-attr]
-            if data is not None and member.name.endswith(".onnx"):
+        while (member := src.next()) is not None:
+            reader = src.extractfile(member)
+            data = reader.read() if reader is not None else b""
+            if member.name.endswith(".onnx"):
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
-            dst.addfile(member, None if data is None else io.BytesIO(data))
+            info = tarfile.TarInfo(member.name)
+            info.type, info.size = (tarfile.DIRTYPE, 0) if member.isdir() else (tarfile.REGTYPE, len(data))
+            dst.addfile(info, None if member.isdir() else io.BytesIO(data))
     return out
 
 
