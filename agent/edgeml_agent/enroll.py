@@ -63,7 +63,8 @@ def load_credentials(data_dir: Path) -> Credentials:
     try:
         data: Credentials = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path} does not exist: enrol first with 'edgeml-agent enroll --server URL --token T'") from exc
+        raise ConfigError(
+            f"{path} does not exist: enrol first with 'edgeml-agent enroll --server URL --token T'") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} cannot be read ({exc}): enrol again with 'edgeml-agent enroll --force'") from exc
     return data

@@ -90,7 +90,8 @@ def load_signing_key(path_or_name: str | Path) -> SigningKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyStoreError(f"cannot read signing key {path}: {exc.strerror}. Create one with: edgeml keys generate") from exc
+        raise KeyStoreError(
+            f"cannot read signing key {path}: {exc.strerror}. Create one with: edgeml keys generate") from exc
     return SigningKey(_load_private_bytes(data, str(path)))
 
 

@@ -112,7 +112,8 @@ def test_insufficient_credentials_change_nothing_on_any_state_changing_route(fle
     failures: list[str] = []
     for (method, path), build in sorted(BUILDERS.items()):
         if guard_of[(method, path)] in ("viewer", "any"):
-            failures.append(f"{method} {path}: a read-only guard ({guard_of[(method, path)]}) on a state-changing route")
+            guard = guard_of[(method, path)]
+            failures.append(f"{method} {path}: a read-only guard ({guard}) on a state-changing route")
         # given a request that the right caller could make, and the database as it stands
         call = build(world)
         before = _dump(fleet)

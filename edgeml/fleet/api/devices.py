@@ -86,7 +86,8 @@ EnrollmentTokenId = Annotated[str, Depends(require_enrollment)]
 
 
 @router.post("/enrollment-tokens", response_model=EnrollTokenCreated, status_code=201)
-def create_enrollment_token(body: EnrollTokenCreate, request: Request, caller: Deployer, ctx: Ctx) -> EnrollTokenCreated:
+def create_enrollment_token(body: EnrollTokenCreate, request: Request, caller: Deployer,
+                            ctx: Ctx) -> EnrollTokenCreated:
     secret = new_secret(ENROLL_TOKEN_PREFIX)
     row = EnrollmentToken(id=new_id("enr_"), token_hash=token_hash(secret), group=body.group, tags=body.clean_tags(),
                           created_at=utcnow(), created_by=caller.name,
