@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeml.arrays import Array
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.compiler.arrays import Array
 from edgeml.compiler.preprocess import Preprocess
 from edgeml.compiler.request import LabelSource, SampleSource
 from edgeml.errors import ConfigError

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array, FloatArray
+from edgeml.arrays import Array, FloatArray
 from edgeml.compiler.data import SampleSet
 from edgeml.errors import RuntimeBackendError
 from edgeml.jsontypes import JSONDict, as_dict, as_float, as_int, as_str, as_strs, to_json

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.errors import ConfigError
 from edgeml.jsontypes import JSON, JSONDict, as_float, as_list
 

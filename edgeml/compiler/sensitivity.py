@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.compiler.sensitivity_scores import first_samples, nmse, own_damage, top_names
 from edgeml.errors import CompileError, MissingExtraError
 

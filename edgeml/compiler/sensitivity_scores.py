@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.errors import CompileError
 
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.jsontypes import JSONDict
 
 SCHEMA_VERSION = 1

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.arrays import Array
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.compiler.arrays import Array
 from edgeml.compiler.tflite_inspect import (
     TensorInfo,
     TfliteInfo,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.errors import ConfigError
 from edgeml.jsontypes import JSON, JSONDict, as_dict, as_float, as_int, as_list, as_str, as_strs
 from edgeml.targets import TargetProfile

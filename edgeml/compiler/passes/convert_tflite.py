@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeml.arrays import Array
 from edgeml.bundle.manifest import TensorSpec
-from edgeml.compiler.arrays import Array
 from edgeml.compiler.modelinfo import digest_files, import_onnx, load_onnx, onnx_specs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import validate_config

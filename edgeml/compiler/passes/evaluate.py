@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass

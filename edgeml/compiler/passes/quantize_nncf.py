@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.compiler.modelinfo import digest_files
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.quantize_ort import CALIBRATION_HINT, Samples, validate_config

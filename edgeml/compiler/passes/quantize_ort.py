@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgeml.compiler.arrays import Array
+from edgeml.arrays import Array
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.passes.ort_entropy import entropy_ranges_file
 from edgeml.compiler.request import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
