@@ -41,7 +41,7 @@ from edgeml import schemas
 from edgeml.bundle.keys import SigningKey, verify_signature
 from edgeml.bundle.manifest import canonical_json, parse_semver
 from edgeml.errors import DesiredStateError
-from edgeml.jsonlimits import JSONLimitError, loads_bounded
+from edgeml.jsonlimits import load_document, loads_bounded
 from edgeml.keyroles import TrustSection, follow_rotations, parse_trust_section
 
 SCHEMA = 1
@@ -150,12 +150,8 @@ def _wire_fields(wire: bytes) -> dict[str, Any]:
 
 def _document(payload: bytes) -> dict[str, Any]:
     """The signed payload, parsed and checked against the desired-state schema."""
-    try:
-        doc = loads_bounded(payload, max_bytes=MAX_DESIRED_BYTES, max_depth=MAX_DESIRED_DEPTH)
-    except JSONLimitError as exc:
-        raise DesiredStateError(f"the desired state's payload is refused ({exc})") from exc
-    except ValueError as exc:
-        raise DesiredStateError(f"the desired state's payload is not valid JSON ({exc})") from exc
+    doc = load_document(payload, "the desired state's payload", DesiredStateError, max_bytes=MAX_DESIRED_BYTES,
+                        max_depth=MAX_DESIRED_DEPTH)
     if isinstance(doc, dict) and doc.get("schema") != SCHEMA:
         raise DesiredStateError(f"desired state schema {doc.get('schema')!r} is not supported")
     found = schemas.problems("desired", doc)

@@ -46,6 +46,17 @@ def loads_bounded(data: bytes | str, *, max_bytes: int, max_depth: int = DEFAULT
     return value
 
 
+def load_document(data: bytes | str, what: str, error: type[Exception], *, max_bytes: int,
+                  max_depth: int = DEFAULT_MAX_DEPTH) -> JSON:
+    """:func:`loads_bounded`, with a failure raised as ``error`` naming ``what`` was refused and why."""
+    try:
+        return loads_bounded(data, max_bytes=max_bytes, max_depth=max_depth)
+    except JSONLimitError as exc:
+        raise error(f"{what} is refused: {exc}") from exc
+    except ValueError as exc:
+        raise error(f"{what} is not valid JSON: {exc}") from exc
+
+
 def nesting_depth(raw: bytes, limit: int | None = None) -> int:
     """The deepest bracket nesting in ``raw``, not counting brackets inside strings; with ``limit``, stops
     counting once past it. Unbalanced or invalid input is not judged here: the json parser refuses it.

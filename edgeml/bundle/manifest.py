@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeml import schemas
 from edgeml.errors import ManifestError, UnsupportedFormatError
-from edgeml.jsonlimits import JSONLimitError, loads_bounded
+from edgeml.jsonlimits import load_document
 from edgeml.runtimes.registry import RUNTIMES
 
 FORMAT_VERSION = 1
@@ -74,12 +74,8 @@ class Manifest:
     def from_bytes(cls, data: bytes, source: str | None = None) -> Manifest:
         """Parse and validate manifest.json's bytes; ``source`` (the bundle's path) prefixes parse errors."""
         where = f"{source}: " if source else ""
-        try:
-            raw = loads_bounded(data, max_bytes=MAX_MANIFEST_BYTES, max_depth=MAX_MANIFEST_DEPTH)
-        except JSONLimitError as exc:
-            raise ManifestError(f"{where}manifest.json is refused: {exc}") from exc
-        except ValueError as exc:
-            raise ManifestError(f"{where}manifest.json is not valid JSON: {exc}") from exc
+        raw = load_document(data, f"{where}manifest.json", ManifestError, max_bytes=MAX_MANIFEST_BYTES,
+                            max_depth=MAX_MANIFEST_DEPTH)
         return cls.from_dict(raw)
 
     @classmethod

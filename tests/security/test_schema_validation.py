@@ -278,7 +278,7 @@ DESIRED_MALFORMED: list[tuple[str, Callable[[], dict[str, Any] | bytes], str]] =
     ("serial past 64 bits", lambda: _desired(serial=10**30), r"\$\.serial: expected a number <= 9223372036854775807"),
     ("payload an array", lambda: b"[1, 2]", r"\$: expected object, got an array"),
     ("payload 200k deep", lambda: json.dumps(_desired()).encode()[:-1] + b', "x": ' + b"[" * DEEP + b"]" * DEEP + b"}",
-     "payload is refused .*more than 16 levels deep"),
+     "payload is refused: .*more than 16 levels deep"),
     ("expires NaN", lambda: json.dumps(_desired(expires=float("nan"))).encode(), "NaN is not a JSON number"),
     ("expires 1e400", lambda: json.dumps(_desired()).encode().replace(b'"expires": 1800003600.0', b'"expires": 1e400'),
      "1e400 is too large"),
