@@ -63,14 +63,18 @@ class Target:
 
 BUNDLE_TESTS = ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py",
                 "tests/bundle/test_archive_members.py")
+MACHINE_TESTS = ("tests/updates/test_table.py", "tests/updates/test_machine_inprocess.py")
 TARGETS = (
     Target("verify", "edgeml/bundle/verify.py", BUNDLE_TESTS),
     Target("archive", "edgeml/bundle/archive.py", BUNDLE_TESTS),
     Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
     Target("gates", "edgeml/fleet/rollouts/gates.py",
            ("tests/fleet/rollouts/test_plan_and_gates.py", "tests/fleet/rollouts/test_gate_verdicts.py")),
-    # each of its mutants runs in-process agents (seconds per test): the slowest module, see --only
-    Target("machine", "agent/edgeml_agent/updates/machine.py", ("tests/updates/test_machine_inprocess.py",)),
+    # the update state machine: the table and its driver, and the states' side effects. The in-process
+    # agent tests run real updates (a second or two each); the others drive the real machine and states
+    # through a fake context in milliseconds.
+    Target("machine", "agent/edgeml_agent/updates/machine.py", MACHINE_TESTS),
+    Target("states", "agent/edgeml_agent/updates/states.py", MACHINE_TESTS),
 )
 
 

@@ -1,0 +1,180 @@
+"""The real update machine and states, driven synchronously in the test's thread, in milliseconds.
+
+Everything is the agent's own (Services.build: store, registry, model loader, trust store; the record
+file; the health watch) except three seams: bundles come through an in-memory :class:`FakeHttp`
+(the agent's HttpClient protocol, with scripted status codes), ``time.sleep`` in the states is recorded
+instead of slept (download back-off, rollback pause, probation polling), and the health verdicts can be
+scripted with :class:`ScriptedHealth` (the live-traffic versions of these checks are in
+test_machine_inprocess.py). Used by the mutation run of machine.py and states.py (scripts/mutation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeml.bundle import SigningKey
+from edgeml.desired import DesiredState, parse_desired
+from edgeml.jsontypes import JSON
+from edgeml.protocol import UpdateState
+from edgeml_agent.config import parse_config
+from edgeml_agent.services import Services
+from edgeml_agent.updates import states
+from edgeml_agent.updates.context import UpdateContext
+from edgeml_agent.updates.health import HealthWatch, VersionHealth
+from edgeml_agent.updates.machine import UpdateMachine
+from edgeml_agent.updates.record import RecordFile, UpdateRecord
+from tests.support.bundles import make_bundle
+from tests.support.tiny_models import tiny_mlp
+from tests.updates.helpers import DEVICE, desired
+
+FLEET = "http://fleet.test"
+
+
+@dataclass
+class Bundles:
+    key: SigningKey
+    fleet_key: SigningKey
+    paths: dict[str, Path]
+
+
+def build_bundles(tmp: Path) -> Bundles:
+    key, fleet_key = SigningKey.generate(), SigningKey.generate()
+    src = tmp / "src"
+    src.mkdir()
+    good = tiny_mlp(src / "v.onnx", seed=0)
+    return Bundles(key, fleet_key, {
+        "1.0.0": make_bundle(tmp, key, good, version="1.0.0"),
+        "2.0.0": make_bundle(tmp, key, tiny_mlp(src / "v2.onnx", seed=1), version="2.0.0"),
+        "0.9.0": make_bundle(tmp, key, good, version="0.9.0"),
+        "2.1.0": make_bundle(tmp, key, good, version="2.1.0", smoke_offset=1.0),      # its smoke test fails
+        "2.2.0": make_bundle(tmp, key, good, version="2.2.0", target="arm64-cpu"),    # another target
+    })
+
+
+class _Response:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self._body = status, body
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        yield self._body
+
+
+class FakeHttp:
+    """The agent's HttpClient seam: answers from files; ``statuses`` scripts the next answers' codes."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Path] = {}
+        self.statuses: list[int] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    def get(self, url: str, *, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:
+        raise AssertionError("the machine only streams bundles")
+
+    @contextmanager
+    def stream(self, url: str, *, headers: Mapping[str, str], timeout: float) -> Iterator[_Response]:
+        self.requests.append((url, dict(headers)))
+        status = self.statuses.pop(0) if self.statuses else 200
+        yield _Response(status, self.files[url].read_bytes() if status == 200 else b"")
+
+
+class ScriptedHealth(HealthWatch):
+    """A health watch whose live verdict for the new version is scripted (the baseline stays real)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[str, VersionHealth] = {}
+        self.asked: list[tuple[str, str, float | None]] = []
+
+    def health(self, model: str, version: str, since: float | None = None) -> VersionHealth:
+        self.asked.append((model, version, since))
+        return self.live.get(version) or super().health(model, version, since)
+
+
+@dataclass
+class Events:
+    seen: list[dict[str, JSON]] = field(default_factory=list)
+
+    def event(self, kind: str, **data: JSON) -> None:
+        self.seen.append({"kind": kind, **data})
+
+
+class MachineRig:
+    def __init__(self, tmp: Path, bundles: Bundles, monkeypatch: pytest.MonkeyPatch, **updates: Any) -> None:
+        self.bundles = bundles
+        trusted = tmp / "trusted"
+        trusted.mkdir()
+        (trusted / "builder.pub").write_bytes(bundles.key.public_pem())
+        (trusted / "fleet.pub").write_bytes(bundles.fleet_key.public_pem())
+        self.data = tmp / "agent"
+        config = parse_config({
+            "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},
+            "telemetry": {"enabled": False},
+            "updates": {"probation_s": 0, "min_requests": 5, "targets": ["x86-cpu"], "download_attempts": 3,
+                        "download_retry_s": 0.5, **updates},
+        })
+        self.http = FakeHttp()
+        self.points: list[tuple[UpdateState, str]] = []
+        self.hooks: dict[tuple[UpdateState, str], Any] = {}
+        self.services = Services.build(config, http=self.http, on_state=self._on_state)
+        self.sleeps: list[float] = []
+        monkeypatch.setattr(states.time, "sleep", self.sleeps.append)
+        self.records = RecordFile(self.data / "updates" / "state.json")
+        self.health = ScriptedHealth()
+        self.events = Events()
+        self.ctx = UpdateContext(services=self.services, records=self.records, work_dir=self.data / "updates",
+                                 settings=config.updates.settings, health=self.health, events=self.events,
+                                 server_url=FLEET + "/", headers={"Authorization": "Bearer t"}, device_id=DEVICE)
+        self.machine = UpdateMachine(self.ctx)
+        self.services.registry.add_observer(self.health.observe)
+
+    def _on_state(self, state: UpdateState, point: str) -> None:
+        self.points.append((state, point))
+        hook = self.hooks.pop((state, point), None)
+        if hook is not None:
+            hook()
+
+    def install(self, version: str) -> None:
+        """``version`` installed, current and served (the agent as it runs before an update)."""
+        self.services.store.install(self.bundles.paths[version])
+        self.services.registry.swap("m", self.services.load_model("m"))
+
+    def wire(self, version: str, *, url: str | None = None, **kw: Any) -> bytes:
+        bundle = self.bundles.paths[version]
+        url = url or f"/bundles/{bundle.name}"
+        self.http.files[url if "://" in url else FLEET + url] = bundle
+        return desired(self.bundles.fleet_key, bundle, url, version=version, **kw)
+
+    def parse(self, wire: bytes) -> DesiredState:
+        return parse_desired(wire, self.services.trust, device_id=DEVICE, now=0.0)
+
+    def update(self, version: str, **kw: Any) -> UpdateRecord:
+        """Offer ``version`` and run the machine until it is idle again; the record it ends with."""
+        state = self.parse(self.wire(version, **kw))
+        model = state.models[0]
+        self.machine.begin(state, model)
+        return self.machine.run_until_idle()
+
+    def serving(self, name: str = "m") -> str:
+        return self.services.registry.get(name).version
+
+    def chain(self, rec: UpdateRecord) -> list[str]:
+        return [str(h[3]) for h in rec.history]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    return build_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture
+def rig(tmp_path: Path, bundles: Bundles, monkeypatch: pytest.MonkeyPatch) -> Iterator[MachineRig]:
+    r = MachineRig(tmp_path, bundles, monkeypatch)
+    r.install("1.0.0")
+    yield r
+    r.services.registry.close()
