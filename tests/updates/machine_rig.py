@@ -10,10 +10,12 @@ test_machine_inprocess.py). Used by the mutation run of machine.py and states.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -123,7 +125,11 @@ class MachineRig:
         self.hooks: dict[tuple[UpdateState, str], Any] = {}
         self.services = Services.build(config, http=self.http, on_state=self._on_state)
         self.sleeps: list[float] = []
-        monkeypatch.setattr(states.time, "sleep", self.sleeps.append)
+        self.clock: list[float] | None = None
+        self.on_sleep: Callable[[float], None] | None = None
+        # only the states module's view of time: the runtime, the shadow thread and the test keep theirs
+        monkeypatch.setattr(states, "time", SimpleNamespace(sleep=self._sleep, monotonic=time.monotonic))
+        self._monkeypatch = monkeypatch
         self.records = RecordFile(self.data / "updates" / "state.json")
         self.health = ScriptedHealth()
         self.events = Events()
@@ -132,6 +138,20 @@ class MachineRig:
                                  server_url=FLEET + "/", headers={"Authorization": "Bearer t"}, device_id=DEVICE)
         self.machine = UpdateMachine(self.ctx)
         self.services.registry.add_observer(self.health.observe)
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.clock is not None:
+            self.clock[0] += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
+
+    def use_fake_clock(self) -> list[float]:
+        """The states' wall clock stands still except when they sleep: probation's deadline in no time."""
+        self.clock = [time.time()]
+        clock = self.clock
+        self._monkeypatch.setattr(states, "now", lambda: clock[0])
+        return clock
 
     def _on_state(self, state: UpdateState, point: str) -> None:
         self.points.append((state, point))

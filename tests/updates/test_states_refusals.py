@@ -125,10 +125,10 @@ def test_a_desired_state_that_expired_during_the_update_is_refused_before_the_sw
     assert rec.reason == "the desired state expired while the update was in progress"
 
 
-def test_expiry_is_checked_again_at_the_switch_and_rolls_back(rig: MachineRig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expiry_is_checked_again_at_the_switch_and_rolls_back(rig: MachineRig) -> None:
     served = rig.services.registry.get("m")
-    later = states.now() + 7200
-    rig.hooks[(S.SWITCHING, "enter")] = lambda: monkeypatch.setattr(states, "now", lambda: later)
+    clock = rig.use_fake_clock()
+    rig.hooks[(S.SWITCHING, "enter")] = lambda: clock.__setitem__(0, clock[0] + 7200)
     rec = rig.update("2.0.0", expires_in=3600)
     assert rec.reason == "the desired state expired before the switch"
     assert rig.chain(rec)[-4:] == ["switching", "rolling_back", "failed", "idle"]
