@@ -186,15 +186,3 @@ class MachineRig:
     def chain(self, rec: UpdateRecord) -> list[str]:
         return [str(h[3]) for h in rec.history]
 
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return build_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture
-def rig(tmp_path: Path, bundles: Bundles, monkeypatch: pytest.MonkeyPatch) -> Iterator[MachineRig]:
-    r = MachineRig(tmp_path, bundles, monkeypatch)
-    r.install("1.0.0")
-    yield r
-    r.services.registry.close()

@@ -5,6 +5,8 @@ boot-loop guard's counting and wording."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeml.errors import UpdateError
@@ -15,7 +17,7 @@ from edgeml_agent.updates.context import UpdateContext
 from edgeml_agent.updates.health import VersionHealth
 from edgeml_agent.updates.machine import DEFAULT_MAX_RESTARTS, describe, recover_before_load
 from edgeml_agent.updates.record import UpdateRecord
-from tests.updates.machine_rig import MachineRig, bundles, rig  # noqa: F401
+from tests.updates.machine_rig import Bundles, MachineRig
 
 
 def test_begin_records_the_update_before_anything_runs(rig: MachineRig) -> None:
@@ -48,7 +50,8 @@ def test_begin_never_lowers_the_last_serial(rig: MachineRig) -> None:
     assert rig.records.load().last_serial == 10**15
 
 
-def test_a_first_install_has_no_previous_version_and_no_baseline(tmp_path, bundles, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_a_first_install_has_no_previous_version_and_no_baseline(tmp_path: Path, bundles: Bundles,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch)
     state = r.parse(r.wire("2.0.0"))
     r.machine.begin(state, state.models[0])

@@ -13,9 +13,8 @@ import pytest
 
 from edgeml.protocol import UpdateState as S
 from edgeml_agent.registry import Observation
-from edgeml_agent.updates import states
-from edgeml_agent.updates.health import VersionHealth
-from tests.updates.machine_rig import Bundles, MachineRig, bundles, rig  # noqa: F401
+from edgeml_agent.updates.health import Shadow, VersionHealth
+from tests.updates.machine_rig import Bundles, MachineRig
 
 
 def health(requests: int, errors: int = 0, p50: float | None = 1.0) -> VersionHealth:
@@ -110,7 +109,7 @@ def test_a_probation_resumed_after_a_restart_keeps_its_start(rig: MachineRig) ->
 
 def test_shadow_disagreement_rolls_back_and_the_shadow_is_let_go(rig: MachineRig) -> None:
     x = np.random.default_rng(0).random((1, 4), dtype=np.float32)
-    shadows = []
+    shadows: list[Shadow] = []
 
     def wrong_answers(_: float) -> None:   # the new version answers with a class the old one never picks
         shadow = rig.ctx.shadow
@@ -145,7 +144,7 @@ def test_no_shadow_when_agreement_is_not_asked_for(rig: MachineRig) -> None:
     assert rig.ctx.shadow is None and rig.health.shadow is None
 
 
-def test_no_shadow_on_a_first_install(tmp_path: Path, bundles: Bundles,  # noqa: F811
+def test_no_shadow_on_a_first_install(tmp_path: Path, bundles: Bundles,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch, min_shadow_agreement=0.5)
     assert r.update("2.0.0").committed == {"m": "2.0.0"}

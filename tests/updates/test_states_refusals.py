@@ -10,10 +10,9 @@ import pytest
 
 from edgeml.errors import UpdateError
 from edgeml.protocol import UpdateState as S
-from edgeml_agent.updates import states
 from edgeml_agent.updates.health import VersionHealth
 from tests.updates.helpers import desired
-from tests.updates.machine_rig import FLEET, Bundles, MachineRig, bundles, rig  # noqa: F401
+from tests.updates.machine_rig import FLEET, Bundles, MachineRig
 
 OK_CHAIN = ["downloading", "verifying", "staging", "smoke_testing", "switching", "probation", "committed", "idle"]
 
@@ -38,7 +37,7 @@ def test_an_absolute_url_is_used_as_it_is(rig: MachineRig) -> None:
     assert [u for u, _ in rig.http.requests] == ["https://mirror.test/m.edgepkg"]
 
 
-def test_commit_prunes_to_keep_versions_never_the_current(tmp_path: Path, bundles: Bundles,  # noqa: F811
+def test_commit_prunes_to_keep_versions_never_the_current(tmp_path: Path, bundles: Bundles,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch, keep_versions=2)
     r.install("0.9.0")
@@ -56,7 +55,7 @@ def test_transient_download_errors_are_retried_with_a_doubling_pause(rig: Machin
     assert rig.sleeps[:2] == [0.5, 1.0]
 
 
-def test_the_retry_pause_is_capped_at_30_s(tmp_path: Path, bundles: Bundles,  # noqa: F811
+def test_the_retry_pause_is_capped_at_30_s(tmp_path: Path, bundles: Bundles,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch, download_retry_s=20.0)
     r.install("1.0.0")
@@ -161,11 +160,6 @@ def test_failed_deletes_the_download_and_its_partial_file_and_closes_the_staged_
         bundle = rig.ctx.bundle_path(rig.records.load())
         part.append(bundle.with_name(bundle.name + ".part"))
         part[0].write_bytes(b"half")
-    staged = []
-    rig.hooks[(S.FAILED, "enter")] = lambda: (staged.append(rig.ctx.staged), leave_a_part())
-    rec = rig.update("2.0.0", expires_in=3600, probation=None)
-    assert rec.committed == {"m": "2.0.0"} and staged == []   # failed never entered on success
-
     rig.hooks[(S.FAILED, "enter")] = leave_a_part
     rig.ctx.staged = rig.services.load_model("m", "1.0.0")   # a model staged when the failure came
     closed = rig.ctx.staged
@@ -203,7 +197,7 @@ def test_a_rollback_that_fails_is_retried_after_a_growing_pause(rig: MachineRig,
     assert rig.serving() == "1.0.0" and store.current("m") == "1.0.0"
 
 
-def test_rolling_back_a_first_install_stops_serving_the_model(tmp_path: Path, bundles: Bundles,  # noqa: F811
+def test_rolling_back_a_first_install_stops_serving_the_model(tmp_path: Path, bundles: Bundles,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch)
     r.health.live["2.0.0"] = VersionHealth(10, 9, 1.0, 1.0)
