@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.updates.machine_rig import Bundles, MachineRig, build_bundles
+from tests.updates.machine_rig import Bundles, MachineRig, shared_bundles
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return build_bundles(tmp_path_factory.mktemp("bundles"))
+    # shared by every session of this user (pytest-of-<user>/): see shared_bundles
+    return shared_bundles(tmp_path_factory.getbasetemp().parent)
 
 
 @pytest.fixture

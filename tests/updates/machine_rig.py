@@ -10,6 +10,9 @@ test_machine_inprocess.py). Used by the mutation run of machine.py and states.py
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from edgeml.bundle import SigningKey
+from edgeml.bundle.keys import load_signing_key
 from edgeml.desired import DesiredState, parse_desired
 from edgeml.jsontypes import JSON
 from edgeml.protocol import UpdateState
@@ -31,6 +35,8 @@ from edgeml_agent.updates.context import UpdateContext
 from edgeml_agent.updates.health import HealthWatch, VersionHealth
 from edgeml_agent.updates.machine import UpdateMachine
 from edgeml_agent.updates.record import RecordFile, UpdateRecord
+from tests.support import bundles as bundles_module
+from tests.support import tiny_models
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
 from tests.updates.helpers import DEVICE, desired
@@ -45,6 +51,9 @@ class Bundles:
     paths: dict[str, Path]
 
 
+_VERSIONS = ("1.0.0", "2.0.0", "0.9.0", "2.1.0", "2.2.0")
+
+
 def build_bundles(tmp: Path) -> Bundles:
     key, fleet_key = SigningKey.generate(), SigningKey.generate()
     src = tmp / "src"
@@ -57,6 +66,26 @@ def build_bundles(tmp: Path) -> Bundles:
         "2.1.0": make_bundle(tmp, key, good, version="2.1.0", smoke_offset=1.0),      # its smoke test fails
         "2.2.0": make_bundle(tmp, key, good, version="2.2.0", target="arm64-cpu"),    # another target
     })
+
+
+def shared_bundles(root: Path) -> Bundles:
+    """The bundles (and their keys), built once under ``root`` and reused by later test sessions: the
+    mutation run starts a session per mutant, and building them costs more than the tests. A build goes
+    through a fresh directory and a rename, so a concurrent session never sees half of it."""
+    digest = hashlib.sha256(b"".join(Path(m.__file__ or "").read_bytes() for m in (bundles_module, tiny_models))
+                            + Path(__file__).read_bytes()).hexdigest()[:16]
+    done = root / f"machine-rig-bundles-{digest}"
+    if not (done / "builder.key").exists():
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=".machine-rig-"))
+        built = build_bundles(staging)
+        (staging / "builder.key").write_bytes(built.key.private_pem())
+        (staging / "fleet.key").write_bytes(built.fleet_key.private_pem())
+        try:
+            staging.rename(done)
+        except OSError:   # another session finished first: use its copy
+            shutil.rmtree(staging, ignore_errors=True)
+    return Bundles(load_signing_key(done / "builder.key"), load_signing_key(done / "fleet.key"),
+                   {v: done / f"m-{v}.edgepkg" for v in _VERSIONS})
 
 
 class _Response:
