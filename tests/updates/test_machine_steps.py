@@ -92,14 +92,19 @@ class _Raising:
         raise self.exc
 
 
-@pytest.mark.parametrize(("exc", "reason"), [
-    (UpdateError("the disk is full"), "the disk is full"),
-    (ValueError("a bug"), "ValueError: a bug"),
+@pytest.mark.parametrize(("exc", "reason", "logged"), [
+    (UpdateError("the disk is full"), "the disk is full", "update m@2.0.0 failed in staging: the disk is full"),
+    (ValueError("a bug"), "ValueError: a bug", "update failed in staging"),   # with the traceback
 ])
 def test_an_exception_in_a_state_is_its_fail_exit_with_the_reason(rig: MachineRig, monkeypatch: pytest.MonkeyPatch,
-                                                                   exc: Exception, reason: str) -> None:
+                                                                   caplog: pytest.LogCaptureFixture, exc: Exception,
+                                                                   reason: str, logged: str) -> None:
     monkeypatch.setitem(machine.STATES, S.STAGING, _Raising(S.STAGING, exc))
-    rec = rig.update("2.0.0")
+    with caplog.at_level("ERROR", logger="edgeml_agent.updates"):
+        rec = rig.update("2.0.0")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [logged]     # what an operator reads in the journal
+    assert (errors[0].exc_info is not None) == isinstance(exc, ValueError)
     assert rig.chain(rec) == ["downloading", "verifying", "staging", "failed", "idle"]
     assert rec.reason == reason and rec.refused == {"m@2.0.0": reason}
     failed = next(e for e in rig.events.seen if e["state"] == S.FAILED)
