@@ -18,7 +18,9 @@ Usage::
     python scripts/mutation.py verify gates       # only these modules
     python scripts/mutation.py --list             # the modules and their test files
     python scripts/mutation.py --jobs 2           # 2 mutants at a time
-    python scripts/mutation.py machine --only '*x__judge*'   # a slow module: one function's mutants
+    python scripts/mutation.py states --only '*x__judge*'    # one function's mutants
+    python scripts/mutation.py machine states --jobs 2 --timeout-multiplier 3   # the update machine (~5 + 15 min
+                                                  # on 2 busy cores; a mutant that hangs probation times out sooner)
 
 Score = (killed + timed out) / mutants: a timeout means the mutant hung the tests, which they noticed.
 "no tests" mutants (code no selected test reaches) count as not killed and are listed with survivors.

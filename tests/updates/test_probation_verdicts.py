@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeml.bundle.verify import VerifiedBundle
+from edgeml.errors import UpdateError
 from edgeml.protocol import UpdateState as S
 from edgeml_agent.registry import Observation
 from edgeml_agent.updates.health import Shadow, VersionHealth
@@ -92,50 +94,60 @@ def test_probation_stops_at_the_first_unhealthy_verdict(rig: MachineRig) -> None
     assert len([a for a in rig.health.asked if a[1] == "2.0.0"]) == 1
 
 
-def test_a_probation_resumed_after_a_restart_keeps_its_start(rig: MachineRig) -> None:
-    clock = rig.use_fake_clock()
-    rig.health.live["2.0.0"] = health(50)
-    state = rig.parse(rig.wire("2.0.0", probation={"seconds": 1.0, "min_requests": 5}))
-    rig.machine.begin(state, state.models[0])
-    rec = rig.records.load()
-    while rec.state != S.PROBATION:
-        rec = rig.machine.step(rec)
-    rec.probation_started = clock[0] - 0.5    # as if probation had run 0.5 s before the agent restarted
-    rig.records.save(rec)
-    rec = rig.machine.run_until_idle()
-    assert rec.committed == {"m": "2.0.0"}
-    assert rig.sleeps == [0.25, 0.25]
-
-
-def test_shadow_disagreement_rolls_back_and_the_shadow_is_let_go(rig: MachineRig) -> None:
+@pytest.mark.parametrize(("compared", "wrong", "min_agree", "reason"), [
+    (5, 5, 0.9, "shadow agreement 0.0% over 5 requests is below 90.0%"),
+    (5, 1, 0.8, None),     # exactly at the limit
+    (4, 4, 0.9, None),     # too few comparisons to judge
+])
+def test_shadow_agreement_against_the_previous_version(rig: MachineRig, compared: int, wrong: int, min_agree: float,
+                                                       reason: str | None) -> None:
     x = np.random.default_rng(0).random((1, 4), dtype=np.float32)
     shadows: list[Shadow] = []
 
-    def wrong_answers(_: float) -> None:   # the new version answers with a class the old one never picks
+    def answer(_: float) -> None:   # the new version's answers: ``wrong`` of them name another class
         shadow = rig.ctx.shadow
         if shadow is None or shadows:
             return
         shadows.append(shadow)
         assert shadow.fraction == 1.0 and rig.health.shadow is shadow
-        expected = shadow.reference.predict({"x": x})["y"]
-        wrong = np.zeros_like(expected)
-        wrong[0, (int(expected.argmax()) + 1) % wrong.shape[1]] = 1.0
-        for _ in range(6):
-            rig.health.observe(Observation("m", "2.0.0", 0.001, 200, inputs={"x": x}, outputs={"y": wrong}))
-        deadline = time.monotonic() + 20
-        while shadow.compared < 6 and time.monotonic() < deadline:
+        assert shadow.reference.version == "1.0.0"      # a private copy of the previous version
+        right = shadow.reference.predict({"x": x})["y"]
+        other = np.zeros_like(right)
+        other[0, (int(right.argmax()) + 1) % right.shape[1]] = 1.0
+        for i in range(compared):
+            rig.health.observe(Observation("m", "2.0.0", 0.001, 200, inputs={"x": x},
+                                           outputs={"y": other if i < wrong else right}))
+        deadline = time.monotonic() + 10
+        while shadow.compared < compared and time.monotonic() < deadline:
             time.sleep(0.01)
     rig.use_fake_clock()
-    rig.on_sleep = wrong_answers
+    rig.on_sleep = answer
     rig.health.live["2.0.0"] = health(50)
-    rec = rig.update("2.0.0", probation={"seconds": 0.01, "min_requests": 5, "min_shadow_agreement": 0.9,
+    rec = rig.update("2.0.0", probation={"seconds": 0.01, "min_requests": 5, "min_shadow_agreement": min_agree,
                                          "shadow_fraction": 1.0})
-    assert rec.reason == "shadow agreement 0.0% over 6 requests is below 90.0%"
-    assert rig.serving() == "1.0.0"
+    assert shadows and rec.reason == reason
+    assert rig.serving() == ("1.0.0" if reason else "2.0.0")
     # after probation nothing keeps the private copy of the previous version alive or fed
     assert rig.ctx.shadow is None and rig.health.shadow is None
     with pytest.raises(Exception):   # noqa: B017 -- closed: the runtime session is gone
         shadows[0].reference.predict({"x": x})
+
+
+def test_a_previous_version_that_cannot_load_means_no_shadow(rig: MachineRig, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    store = rig.services.store
+    real_open = store.open
+
+    def open_(name: str, version: str | None = None) -> VerifiedBundle:
+        if version == "1.0.0":
+            raise UpdateError("m@1.0.0 is not installed")
+        return real_open(name, version)
+    monkeypatch.setattr(store, "open", open_)
+    rig.health.live["2.0.0"] = health(50)
+    with caplog.at_level("WARNING", logger="edgeml_agent.updates"):
+        rec = rig.update("2.0.0", probation={"seconds": 0, "min_requests": 5, "min_shadow_agreement": 0.9})
+    assert rec.committed == {"m": "2.0.0"} and rig.ctx.shadow is None
+    assert "cannot shadow-run the previous version: m@1.0.0 is not installed" in [r.getMessage() for r in caplog.records]
 
 
 def test_no_shadow_when_agreement_is_not_asked_for(rig: MachineRig) -> None:
@@ -150,3 +162,27 @@ def test_no_shadow_on_a_first_install(tmp_path: Path, bundles: Bundles,
     assert r.update("2.0.0").committed == {"m": "2.0.0"}
     assert r.ctx.shadow is None
     r.services.registry.close()
+
+
+def test_the_last_poll_sleeps_only_until_the_deadline(rig: MachineRig) -> None:
+    rig.use_fake_clock()
+    rig.health.live["2.0.0"] = health(50)
+    assert rig.update("2.0.0", probation={"seconds": 0.6, "min_requests": 5}).committed == {"m": "2.0.0"}
+    assert rig.sleeps[:2] == [0.25, 0.25] and rig.sleeps[2] == pytest.approx(0.1) and len(rig.sleeps) == 3
+
+
+def test_a_resumed_probation_keeps_its_start_and_judges_the_requests_since_then(rig: MachineRig) -> None:
+    clock = rig.use_fake_clock()
+    rig.health.live["2.0.0"] = health(50)
+    state = rig.parse(rig.wire("2.0.0", probation={"seconds": 1000.5, "min_requests": 5}))
+    rig.machine.begin(state, state.models[0])
+    rec = rig.records.load()
+    while rec.state != S.PROBATION:
+        rec = rig.machine.step(rec)
+    rec.probation_started = clock[0] - 1000    # as if it had begun 1000 s before the agent restarted
+    rig.records.save(rec)
+    before = time.monotonic()
+    assert rig.machine.run_until_idle().committed == {"m": "2.0.0"}
+    assert rig.sleeps == [0.25, 0.25]          # only what was left of it
+    since = next(a[2] for a in rig.health.asked if a[1] == "2.0.0")
+    assert since is not None and before - 1000 <= since <= time.monotonic() - 1000
