@@ -88,6 +88,10 @@ def shared_bundles(root: Path) -> Bundles:
                    {v: done / f"m-{v}.edgepkg" for v in _VERSIONS})
 
 
+class RunawayLoop(BaseException):
+    """Not an Exception: the machine turns those into its ``fail`` exit, and this must end the test."""
+
+
 class _Response:
     def __init__(self, status: int, body: bytes) -> None:
         self.status_code, self._body = status, body
@@ -170,6 +174,8 @@ class MachineRig:
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        if len(self.sleeps) > 200:   # no test here sleeps this often: a state retrying (or polling) forever
+            raise RunawayLoop(f"the states slept {len(self.sleeps)} times: {self.sleeps[-5:]}")
         if self.clock is not None:
             self.clock[0] += seconds
         if self.on_sleep is not None:
