@@ -202,6 +202,7 @@ class MachineRig:
     def wire(self, version: str, *, url: str | None = None, **kw: Any) -> bytes:
         bundle = self.bundles.paths[version]
         url = url or f"/bundles/{bundle.name}"
+        kw.setdefault("probation", {"seconds": 0, "min_requests": 5})   # judged once, at once
         self.http.files[url if "://" in url else FLEET + url] = bundle
         return desired(self.bundles.fleet_key, bundle, url, version=version, **kw)
 
