@@ -15,6 +15,7 @@ from edgeml.bundle.verify import VerifiedBundle
 from edgeml.errors import UpdateError
 from edgeml.protocol import UpdateState as S
 from edgeml_agent.registry import Observation
+from edgeml_agent.updates import states
 from edgeml_agent.updates.health import Shadow, VersionHealth
 from tests.updates.machine_rig import Bundles, MachineRig
 
@@ -76,10 +77,14 @@ def test_the_desired_states_gates_override_the_agents(rig: MachineRig) -> None:
 
 
 def test_probation_polls_until_its_deadline_then_judges_once_more(rig: MachineRig) -> None:
-    rig.use_fake_clock()
+    clock = rig.use_fake_clock()
+    persisted: list[float | None] = []
+    rig.on_sleep = lambda _: persisted.append(rig.records.load().probation_started)
     rig.health.live["2.0.0"] = health(50)
+    started = clock[0]
     rec = rig.update("2.0.0", probation={"seconds": 1.0, "min_requests": 5})
     assert rec.committed == {"m": "2.0.0"}
+    assert persisted[0] == started     # saved as it began: a restart resumes it, not a fresh one
     assert rig.sleeps == [0.25, 0.25, 0.25, 0.25]
     judged = [a for a in rig.health.asked if a[1] == "2.0.0"]
     assert len(judged) == 5 and all(since is not None for *_, since in judged)
@@ -123,9 +128,11 @@ def test_shadow_agreement_against_the_previous_version(rig: MachineRig, compared
     rig.use_fake_clock()
     rig.on_sleep = answer
     rig.health.live["2.0.0"] = health(50)
-    rec = rig.update("2.0.0", probation={"seconds": 0.01, "min_requests": 5, "min_shadow_agreement": min_agree,
+    rec = rig.update("2.0.0", probation={"seconds": 1.0, "min_requests": 5, "min_shadow_agreement": min_agree,
                                          "shadow_fraction": 1.0})
     assert shadows and rec.reason == reason
+    # agreement is judged once, at the end of probation (then the rollback's first pause)
+    assert rig.sleeps == [0.25] * 4 + ([0.0] if reason else [])
     assert rig.serving() == ("1.0.0" if reason else "2.0.0")
     # after probation nothing keeps the private copy of the previous version alive or fed
     assert rig.ctx.shadow is None and rig.health.shadow is None
@@ -150,15 +157,18 @@ def test_a_previous_version_that_cannot_load_means_no_shadow(rig: MachineRig, mo
     assert "cannot shadow-run the previous version: m@1.0.0 is not installed" in [r.getMessage() for r in caplog.records]
 
 
-def test_no_shadow_when_agreement_is_not_asked_for(rig: MachineRig) -> None:
+def test_no_shadow_when_agreement_is_not_asked_for(rig: MachineRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[object] = []
+    monkeypatch.setattr(states, "Shadow", lambda *a: made.append(a))
     rig.health.live["2.0.0"] = health(50)
     assert rig.update("2.0.0").committed == {"m": "2.0.0"}
-    assert rig.ctx.shadow is None and rig.health.shadow is None
+    assert made == []
 
 
-def test_no_shadow_on_a_first_install(tmp_path: Path, bundles: Bundles,
+def test_a_first_install_has_no_shadow_and_no_latency_baseline(tmp_path: Path, bundles: Bundles,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     r = MachineRig(tmp_path, bundles, monkeypatch, min_shadow_agreement=0.5)
+    r.health.live["2.0.0"] = health(50, p50=100.0)     # and no baseline to hold its latency against
     assert r.update("2.0.0").committed == {"m": "2.0.0"}
     assert r.ctx.shadow is None
     r.services.registry.close()
