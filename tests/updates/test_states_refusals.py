@@ -243,3 +243,14 @@ def test_a_commit_resumed_after_its_clean_up_ran_finishes_as_done(rig: MachineRi
     rig.hooks[(S.COMMITTED, "enter")] = clean_up_already_ran
     rec = rig.update("2.0.0")
     assert rec.history[-1][1:] == [S.COMMITTED, "done", S.IDLE] and rec.reason is None
+
+
+def test_prune_never_deletes_the_current_version_even_the_oldest(tmp_path: Path, bundles: Bundles,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    r = MachineRig(tmp_path, bundles, monkeypatch, keep_versions=2)
+    r.install("1.0.0")
+    r.install("2.0.0")
+    assert r.update("0.9.0", rollback=True).committed == {"m": "0.9.0"}   # the fleet sends it back
+    assert r.services.store.versions("m") == ["0.9.0", "1.0.0", "2.0.0"]
+    assert r.services.store.current("m") == "0.9.0" and r.serving() == "0.9.0"
+    r.services.registry.close()
