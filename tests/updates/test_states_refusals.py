@@ -250,7 +250,9 @@ def test_prune_never_deletes_the_current_version_even_the_oldest(tmp_path: Path,
     r = MachineRig(tmp_path, bundles, monkeypatch, keep_versions=2)
     r.install("1.0.0")
     r.install("2.0.0")
-    assert r.update("0.9.0", rollback=True).committed == {"m": "0.9.0"}   # the fleet sends it back
+    rec = r.update("0.9.0", rollback=True)     # the fleet sends it back
+    assert rec.committed == {"m": "0.9.0"} and rec.reason is None
+    assert rec.history[-1][1:] == [S.COMMITTED, "done", S.IDLE]          # the clean-up did not fail
     assert r.services.store.versions("m") == ["0.9.0", "1.0.0", "2.0.0"]
     assert r.services.store.current("m") == "0.9.0" and r.serving() == "0.9.0"
     r.services.registry.close()
