@@ -196,3 +196,14 @@ def test_a_resumed_probation_keeps_its_start_and_judges_the_requests_since_then(
     assert rig.sleeps == [0.25, 0.25]          # only what was left of it
     since = next(a[2] for a in rig.health.asked if a[1] == "2.0.0")
     assert since is not None and before - 1000 <= since <= time.monotonic() - 1000
+
+
+def test_the_agents_own_gates_apply_where_the_desired_state_sets_none(tmp_path: Path, bundles: Bundles,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    r = MachineRig(tmp_path, bundles, monkeypatch, probation_s=0.5, min_requests=5)
+    r.install("1.0.0")
+    r.use_fake_clock()
+    r.health.live["2.0.0"] = health(4, 4)     # under the agent's min_requests: not judged
+    assert r.update("2.0.0", probation={"max_error_rate": 0.05}).committed == {"m": "2.0.0"}
+    assert r.sleeps == [0.25, 0.25]            # the agent's probation_s
+    r.services.registry.close()

@@ -256,3 +256,12 @@ def test_prune_never_deletes_the_current_version_even_the_oldest(tmp_path: Path,
     assert r.services.store.versions("m") == ["0.9.0", "1.0.0", "2.0.0"]
     assert r.services.store.current("m") == "0.9.0" and r.serving() == "0.9.0"
     r.services.registry.close()
+
+
+def test_the_refusal_names_every_target_the_device_runs(tmp_path: Path, bundles: Bundles,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    r = MachineRig(tmp_path, bundles, monkeypatch, targets=["x86-cpu", "jetson-orin"])
+    r.install("1.0.0")
+    rec = r.update("2.2.0")
+    assert rec.reason == "the bundle is built for target arm64-cpu; this device runs x86-cpu, jetson-orin"
+    r.services.registry.close()
