@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -49,14 +50,14 @@ class Rig:
         self.failures: list[int] = []
         self._traffic = threading.Event()
 
-    def offer(self, version: str, **kw) -> None:  # type: ignore[no-untyped-def]
+    def offer(self, version: str, **kw: Any) -> None:
         bundle = self.bundles[version]
         self.updates.offer(desired(self.fleet_key, bundle, self.server.url(bundle.name), version=version, **kw))
 
     def serving(self) -> str:
         return str(httpx.get(f"{self.url}/v1/models/m", timeout=5).json()["version"])
 
-    def wait_idle(self, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    def wait_idle(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         time.sleep(0.3)
         while time.monotonic() < deadline:
