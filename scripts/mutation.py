@@ -18,7 +18,9 @@ Usage::
     python scripts/mutation.py verify gates       # only these modules
     python scripts/mutation.py --list             # the modules and their test files
     python scripts/mutation.py --jobs 2           # 2 mutants at a time
-    python scripts/mutation.py machine --only '*x__judge*'   # a slow module: one function's mutants
+    python scripts/mutation.py states --only '*x__judge*'    # one function's mutants
+    python scripts/mutation.py machine states --jobs 2 --timeout-multiplier 3   # the update machine (~5 + 15 min
+                                                  # on 2 busy cores; a mutant that hangs probation times out sooner)
 
 Score = (killed + timed out) / mutants: a timeout means the mutant hung the tests, which they noticed.
 "no tests" mutants (code no selected test reaches) count as not killed and are listed with survivors.
@@ -63,14 +65,19 @@ class Target:
 
 BUNDLE_TESTS = ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py",
                 "tests/bundle/test_archive_members.py")
+# fastest first (see _ORDER_HOOK): the table, the real machine driven in the test's thread, then real agents
+MACHINE_TESTS = ("tests/updates/test_table.py", "tests/updates/test_machine_steps.py",
+                 "tests/updates/test_states_refusals.py", "tests/updates/test_probation_verdicts.py",
+                 "tests/updates/test_machine_inprocess.py")
 TARGETS = (
     Target("verify", "edgeml/bundle/verify.py", BUNDLE_TESTS),
     Target("archive", "edgeml/bundle/archive.py", BUNDLE_TESTS),
     Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
     Target("gates", "edgeml/fleet/rollouts/gates.py",
            ("tests/fleet/rollouts/test_plan_and_gates.py", "tests/fleet/rollouts/test_gate_verdicts.py")),
-    # each of its mutants runs in-process agents (seconds per test): the slowest module, see --only
-    Target("machine", "agent/edgeml_agent/updates/machine.py", ("tests/updates/test_machine_inprocess.py",)),
+    # the update state machine: the table and its driver (machine), each state's side effect (states)
+    Target("machine", "agent/edgeml_agent/updates/machine.py", MACHINE_TESTS),
+    Target("states", "agent/edgeml_agent/updates/states.py", MACHINE_TESTS),
 )
 
 
@@ -143,7 +150,20 @@ def prepare(target: Target, timeout_multiplier: float) -> Path:
     for repo_dir, copy_dir in LAYOUT.items():
         shutil.copytree(ROOT / repo_dir, work / copy_dir, ignore=ignore)
     (work / "pyproject.toml").write_text(_config(target, timeout_multiplier))
+    with open(work / "tests" / "conftest.py", "a") as conftest:
+        conftest.write(_ORDER_HOOK.format(files=list(target.tests)))
     return work
+
+
+# Appended to the copy's tests/conftest.py: mutmut runs a mutant's tests with ``-x`` in no useful order;
+# running them in the order the target lists its files (the fastest first) stops a killed mutant early.
+_ORDER_HOOK = """
+
+def pytest_collection_modifyitems(items):  # added by scripts/mutation.py
+    order = {files!r}
+    rank = {{f: i for i, f in enumerate(order)}}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(order)))
+"""
 
 
 def _mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,10 +24,11 @@ from tests.updates.helpers import desired, versions, write_credentials
 
 class Rig:
     def __init__(self, tmp: Path, key: SigningKey, fleet_key: SigningKey, *, targets: tuple[str, ...] = (),
-                 poll_interval_s: float = 0, http: HttpClient | None = None) -> None:
+                 poll_interval_s: float = 0, http: HttpClient | None = None,
+                 bundles: dict[str, Path] | None = None) -> None:
         self.key, self.fleet_key = key, fleet_key
-        self.bundles = versions(tmp, key)
-        self.server = BundleServer(tmp / "bundles").__enter__()
+        self.bundles = bundles or versions(tmp, key)   # built once per module by a caller that passes them
+        self.server = BundleServer(self.bundles["1.0.0"].parent).__enter__()
         trusted = tmp / "trusted"
         trusted.mkdir()
         (trusted / "builder.pub").write_bytes(key.public_pem())
@@ -50,14 +52,14 @@ class Rig:
         self.failures: list[int] = []
         self._traffic = threading.Event()
 
-    def offer(self, version: str, **kw) -> None:  # type: ignore[no-untyped-def]
+    def offer(self, version: str, **kw: Any) -> None:
         bundle = self.bundles[version]
         self.updates.offer(desired(self.fleet_key, bundle, self.server.url(bundle.name), version=version, **kw))
 
     def serving(self) -> str:
         return str(httpx.get(f"{self.url}/v1/models/m", timeout=5).json()["version"])
 
-    def wait_idle(self, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    def wait_idle(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         time.sleep(0.3)
         while time.monotonic() < deadline:
@@ -87,9 +89,16 @@ class Rig:
         self.server.__exit__()
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[SigningKey, dict[str, Path]]:
+    """The four versions, built once for the module (building the slow model costs more than a test)."""
+    key = SigningKey.generate()
+    return key, versions(tmp_path_factory.mktemp("versions"), key)
+
+
 @pytest.fixture
-def rig(tmp_path: Path, signing_key: SigningKey) -> Iterator[Rig]:
-    r = Rig(tmp_path, signing_key, SigningKey.generate(), targets=("x86-cpu",))
+def rig(tmp_path: Path, built: tuple[SigningKey, dict[str, Path]]) -> Iterator[Rig]:
+    r = Rig(tmp_path, built[0], SigningKey.generate(), targets=("x86-cpu",), bundles=built[1])
     yield r
     r.close()
 

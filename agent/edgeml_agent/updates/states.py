@@ -147,7 +147,11 @@ class Probation(State):
             verdict = _judge(ctx, rec, gates, started_mono, final=True)
         finally:
             if ctx.shadow is not None:
+                # let the private copy of the previous version go: left attached, every later request
+                # would still be offered to it and its runtime session would stay open
                 ctx.shadow.stop()
+                ctx.shadow.reference.close()
+                ctx.shadow = ctx.health.shadow = None
         if verdict:
             rec.reason = verdict
             return E.UNHEALTHY
