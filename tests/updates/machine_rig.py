@@ -145,8 +145,10 @@ class MachineRig:
         trusted = tmp / "trusted"
         trusted.mkdir()
         (trusted / "builder.pub").write_bytes(bundles.key.public_pem())
-        (trusted / "fleet.pub").write_bytes(bundles.fleet_key.public_pem())
         self.data = tmp / "agent"
+        # the fleet key has its own role on the device: trusted/fleet/, never beside the bundle signers
+        (self.data / "trusted" / "fleet").mkdir(parents=True)
+        (self.data / "trusted" / "fleet" / "fleet.pub").write_bytes(bundles.fleet_key.public_pem())
         config = parse_config({
             "data_dir": str(self.data), "trusted_keys": [str(trusted)], "server": {"port": 0},
             "telemetry": {"enabled": False},
@@ -207,7 +209,7 @@ class MachineRig:
         return desired(self.bundles.fleet_key, bundle, url, version=version, **kw)
 
     def parse(self, wire: bytes) -> DesiredState:
-        return parse_desired(wire, self.services.trust, device_id=DEVICE, now=0.0)
+        return parse_desired(wire, self.services.trust.fleet, device_id=DEVICE, now=0.0)
 
     def update(self, version: str, **kw: Any) -> UpdateRecord:
         """Offer ``version`` and run the machine until it is idle again; the record it ends with."""

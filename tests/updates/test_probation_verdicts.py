@@ -154,7 +154,8 @@ def test_a_previous_version_that_cannot_load_means_no_shadow(rig: MachineRig, mo
     with caplog.at_level("WARNING", logger="edgeml_agent.updates"):
         rec = rig.update("2.0.0", probation={"seconds": 0, "min_requests": 5, "min_shadow_agreement": 0.9})
     assert rec.committed == {"m": "2.0.0"} and rig.ctx.shadow is None
-    assert "cannot shadow-run the previous version: m@1.0.0 is not installed" in [r.getMessage() for r in caplog.records]
+    logged = [r.getMessage() for r in caplog.records]
+    assert "cannot shadow-run the previous version: m@1.0.0 is not installed" in logged
 
 
 def test_no_shadow_when_agreement_is_not_asked_for(rig: MachineRig, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,7 +59,8 @@ def test_transient_download_errors_are_retried_with_a_doubling_pause(rig: Machin
     assert len(rig.http.requests) == 3
     assert rig.sleeps[:2] == [0.5, 1.0]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][:2] == [
-        "download attempt 1 failed: bundle server answered 503", "download attempt 2 failed: bundle server answered 502"]
+        "download attempt 1 failed: bundle server answered 503",
+        "download attempt 2 failed: bundle server answered 502"]
 
 
 def test_the_retry_pause_is_capped_at_30_s(tmp_path: Path, bundles: Bundles,
