@@ -72,7 +72,12 @@ MACHINE_TESTS = ("tests/updates/test_table.py", "tests/updates/test_machine_step
 TARGETS = (
     Target("verify", "edgeml/bundle/verify.py", BUNDLE_TESTS),
     Target("archive", "edgeml/bundle/archive.py", BUNDLE_TESTS),
+    # the bounded tar reader under both (issue 15: headers parsed within fixed memory)
+    Target("tarstream", "edgeml/bundle/tarstream.py", (*BUNDLE_TESTS, "tests/security/test_archive_rules.py")),
     Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
+    # who may sign a desired state: the fleet key and the successors its rotation statements vouch for
+    Target("keyroles", "edgeml/keyroles.py",
+           ("tests/security/test_key_role_documents.py", "tests/test_desired_state.py")),
     Target("gates", "edgeml/fleet/rollouts/gates.py",
            ("tests/fleet/rollouts/test_plan_and_gates.py", "tests/fleet/rollouts/test_gate_verdicts.py")),
     # the update state machine: the table and its driver (machine), each state's side effect (states)
