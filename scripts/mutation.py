@@ -65,16 +65,18 @@ class Target:
 
 BUNDLE_TESTS = ("tests/bundle/test_verify.py", "tests/bundle/test_verify_refusals.py",
                 "tests/bundle/test_archive_members.py")
+ARCHIVE_TESTS = (*BUNDLE_TESTS, "tests/security/test_archive_rules.py", "tests/bundle/test_tarstream.py")
 # fastest first (see _ORDER_HOOK): the table, the real machine driven in the test's thread, then real agents
 MACHINE_TESTS = ("tests/updates/test_table.py", "tests/updates/test_machine_steps.py",
                  "tests/updates/test_states_refusals.py", "tests/updates/test_probation_verdicts.py",
                  "tests/updates/test_machine_inprocess.py")
 TARGETS = (
     Target("verify", "edgeml/bundle/verify.py", BUNDLE_TESTS),
-    Target("archive", "edgeml/bundle/archive.py", BUNDLE_TESTS),
-    # the bounded tar reader under both (issue 15: headers parsed within fixed memory)
-    Target("tarstream", "edgeml/bundle/tarstream.py", (*BUNDLE_TESTS, "tests/security/test_archive_rules.py")),
-    Target("desired", "edgeml/desired.py", ("tests/test_desired_state.py",)),
+    # the archive rules (paths, conflicts, reserved names) and the bounded tar reader under them (issue 15)
+    Target("archive", "edgeml/bundle/archive.py", ARCHIVE_TESTS),
+    Target("tarstream", "edgeml/bundle/tarstream.py", ARCHIVE_TESTS),
+    Target("desired", "edgeml/desired.py",
+           ("tests/test_desired_state.py", "tests/security/test_key_role_documents.py")),
     # who may sign a desired state: the fleet key and the successors its rotation statements vouch for
     Target("keyroles", "edgeml/keyroles.py",
            ("tests/security/test_key_role_documents.py", "tests/test_desired_state.py")),
