@@ -4,6 +4,7 @@ assert on the config; the other commands run for real on a small bundle."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ def _run(*args: str) -> Any:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 
 
-def _in_order(line: str, values: tuple[str, ...]) -> bool:
+def in_order(line: str, values: Sequence[str]) -> bool:
+    """Each value appears in ``line`` after the one before it (a table row with its cells in order)."""
     pos = 0
     for value in values:
         pos = line.find(value, pos)
@@ -37,7 +39,7 @@ def _in_order(line: str, values: tuple[str, ...]) -> bool:
 
 def _line_with(text: str, *values: str) -> str:
     """The one output line holding every value, in order (fails when a value is split across lines)."""
-    found = [line for line in text.splitlines() if _in_order(line, values)]
+    found = [line for line in text.splitlines() if in_order(line, values)]
     assert len(found) == 1, f"expected one line with {values}, got {found} in:\n{text}"
     return found[0]
 

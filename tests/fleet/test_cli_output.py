@@ -20,6 +20,7 @@ from edgeml.fleet.cli import main as fleet_cli
 from tests.fleet.server_process import fleet_server
 from tests.support.bundles import make_bundle
 from tests.support.tiny_models import tiny_mlp
+from tests.test_cli import in_order
 
 LONG_NAME = "pedestrian-detector-yolov8n-for-the-lobby-cameras"
 
@@ -30,14 +31,6 @@ def fleet(*args: str) -> str:
     return result.stdout
 
 
-def in_order(line: str, values: list[str]) -> bool:
-    pos = 0
-    for value in values:
-        pos = line.find(value, pos)
-        if pos < 0:
-            return False
-        pos += len(value)
-    return True
 
 
 def one_line_with(text: str, values: list[str]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ from edgeml.fleet.bootstrap import create_first_admin
 from edgeml.runtimes import open_model
 from edgeml.telemetry.latency import LATENCY_BUCKETS_MS
 from tests.agent.agent_process import AGENT_CLI, AgentProcess, install, write_config
+from tests.fleet.rollouts.real_fleet import wait_for
 from tests.fleet.server_process import ServerProcess, fleet_server
 from tests.support.bundles import make_bundle
 from tests.support.services import free_port
@@ -75,16 +75,6 @@ class World:
     def http(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.server.url, headers={"Authorization": f"Bearer {token or self.admin}"},
                             timeout=30)
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float, log: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{log()}")
 
 
 def _bundle(tmp: Path, key: SigningKey, version: str, seed: int) -> Path:
