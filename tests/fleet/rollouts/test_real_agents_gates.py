@@ -118,7 +118,8 @@ def test_a_slower_version_fails_the_latency_gate_and_the_wave_is_sent_back(fleet
                              for h in fleet.http.get("/v1/health").json()),
                  30, fleet.logs)
     # when a correct but much slower 2.0.0 is rolled out (p50 may grow by half at most) and cam-0 commits it
-    ro = fleet.rollout("lat@2.0.0", waves=[50, 100], max_latency_regression=0.5)
+    # (observed for 6 s: 2.0.0's traffic starts once cam-0 has installed it, and its telemetry must land in time)
+    ro = fleet.rollout("lat@2.0.0", waves=[50, 100], max_latency_regression=0.5, observe_s=6)
     fleet.wait_member(ro, cam0, "installed")
     with Load(cam0, "lat", BIG_BATCH) as slow:
         stopped = fleet.wait_stopped(ro)
