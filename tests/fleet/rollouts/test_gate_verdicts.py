@@ -3,25 +3,10 @@ never judges, and the figures written to the audit log are the numbers the decis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from edgeml.fleet.rollouts import Gates, judge
-
-
-@dataclass
-class H:
-    devices: int = 2
-    requests: int = 100
-    errors: int = 0
-    p50_ms: float | None = 2.0
-    p95_ms: float | None = 3.0
-    drift: float | None = None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+from tests.fleet.rollouts.test_plan_and_gates import H
 
 
 @pytest.mark.parametrize(("new", "gates"), [
