@@ -29,8 +29,10 @@ from edgeml.compiler.pipeline import StepRecord, run_steps
 from edgeml.compiler.progress import ProgressBars
 from edgeml.compiler.report import BuildReport, Candidate, choose
 from edgeml.compiler.request import QUANTIZED, BuildOptions, BuildRequest, SampleSource
+from edgeml.compiler.signature import Signature
+from edgeml.compiler.signature import resolve as resolve_signature
 from edgeml.errors import CompileError, ConfigError, FidelityError
-from edgeml.jsontypes import JSON, as_float, as_list
+from edgeml.jsontypes import JSON, as_dict, as_float, as_list
 from edgeml.runtimes import BackendOptions
 from edgeml.targets import TargetProfile, get_target
 
@@ -155,14 +157,25 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     assert ctx.source is not None
     source_art = Artifact(path=resolved.source, format=resolved.format, precision="fp32", digest=ctx.source.sha256)
     records: list[StepRecord] = []
-    prefix = plan.prefix_steps(request.input_shapes, sorted({rt for rt, _ in resolved.pairs}))
+    runtimes = sorted({rt for rt, _ in resolved.pairs})
     scratch, cache = ctx.workdir, request.use_cache
+    # the model as given (dims still symbolic): its signature and the user's samples come first, so
+    # every dynamic dim is resolved (or the build stops, naming them all) before any heavy work
+    loaded = run_steps(source_art, plan.prefix_steps(None, runtimes)[:1], ctx, scratch=scratch, use_cache=cache)
+    given = _given_samples(loaded, request)
+    sig = _signature(loaded, request, resolved, given)
+    shapes = sig.static_input_shapes() if resolved.profile.static_shapes and resolved.format == "onnx" \
+        else request.input_shapes
+    prefix = plan.prefix_steps(shapes, runtimes)
     ctx.reference = run_steps(source_art, prefix[:1], ctx, scratch=scratch, use_cache=cache, records=records)
     ctx.optimized = run_steps(ctx.reference, prefix[1:], ctx, scratch=scratch, use_cache=cache, records=records)
     report.data["prefix_steps"] = [r.to_json() for r in records]
+    report.data["dimensions"] = {d: {"value": v, "from": sig.origin[d]} for d, v in sig.dims.items()}
     report.notes += [str(n) for n in as_list(ctx.optimized.metadata.get("check_notes", []))]
 
-    cal, ev, real_data = _samples(ctx.reference, request)
+    real_data = given is not None
+    cal, ev = given or split(random_samples(specs_from_json(ctx.reference.metadata["inputs"]), RANDOM_SAMPLES,
+                                            dims=sig.dims))
     report.data.update(calibration_samples=len(cal), evaluation_samples=len(ev), real_data=real_data,
                        data_source=cal.source)
     if request.calibration is None and request.evaluation is not None:
@@ -179,8 +192,17 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     return real_data
 
 
-def _samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, SampleSet, bool]:
-    """(calibration, evaluation, whether they are real data rather than random inputs)."""
+def _signature(loaded: Artifact, request: BuildRequest, resolved: _Resolved,
+               given: tuple[SampleSet, SampleSet] | None) -> Signature:
+    feeds = [*given[0], *given[1]] if given else []
+    props = {str(k): str(v) for k, v in as_dict(loaded.metadata.get("model_metadata", {})).items()}
+    return resolve_signature(specs_from_json(loaded.metadata["inputs"]), samples=feeds,
+                             input_shapes=request.input_shapes, metadata=props,
+                             model=resolved.source if resolved.format == "onnx" else None)
+
+
+def _given_samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, SampleSet] | None:
+    """(calibration, evaluation) from the user's data, or None when the build has none."""
     specs = specs_from_json(loaded.metadata["inputs"])
     prep = request.image_preprocess
     calibration, evaluation, labels = request.calibration, request.evaluation, request.labels
@@ -189,15 +211,13 @@ def _samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, Sample
         return load_samples(source, specs, preprocess=prep, labels=labels if with_labels else None)
 
     if calibration is None and evaluation is None:
-        cal, ev = split(random_samples(specs, RANDOM_SAMPLES))
-        return cal, ev, False
+        return None
     if evaluation is None:
         assert calibration is not None
-        cal, ev = split(load(calibration, True))
-        return cal, ev, True
+        return split(load(calibration, True))
     ev = load(evaluation, True)
     cal = load(calibration, False) if calibration is not None else ev
-    return cal, ev, True
+    return cal, ev
 
 
 def _baseline(source: Path, samples: SampleSet, seconds: float, ctx: BuildContext) -> dict[str, JSON] | None:

@@ -46,6 +46,10 @@ class CandidateBuilder:
         """Fill in ``cand`` (status, fidelity, benchmark, steps); remember its artifact if it passed."""
         started = time.perf_counter()
         run = _Run(cand)
+        problems = self._runtime_problems(cand.runtime)
+        if problems:  # the check found this runtime cannot read or run the model: it drops out, the rest build
+            cand.status, cand.reason = "skipped", "; ".join(problems)
+            return
         try:
             art = self._gated(run)
             fidelity = cand.fidelity = dict(as_dict(art.metadata["fidelity"]))
@@ -68,6 +72,11 @@ class CandidateBuilder:
         finally:
             cand.build_seconds = time.perf_counter() - started
             cand.steps = [r.to_json() for r in run.records]
+
+    def _runtime_problems(self, runtime: str) -> list[str]:
+        start = self.ctx.optimized
+        dropped = as_dict(start.metadata.get("runtime_problems", {})) if start is not None else {}
+        return as_strs(dropped.get(runtime, []))
 
     def _steps(self, cand: Candidate, exclude_nodes: list[str]) -> list[Step]:
         return plan.candidate_steps(cand.runtime, cand.planned, exclude_nodes=exclude_nodes,

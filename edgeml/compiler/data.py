@@ -78,7 +78,7 @@ class SampleSet:
         """All samples concatenated along the batch axis, per input."""
         if not self.feeds:
             return {}
-        return {name: np.concatenate([f[name] for f in self.feeds]) for name in self.feeds[0]}
+        return {name: stack_samples([f[name] for f in self.feeds]) for name in self.feeds[0]}
 
     def fingerprint(self) -> str:
         """A short hash of the data (for cache keys: a quantizer's output depends on it)."""
@@ -92,6 +92,16 @@ class SampleSet:
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()[:16]
+
+
+def stack_samples(values: Sequence[Array]) -> Array:
+    """Batch-1 samples joined along the first axis; scalar samples (shape ``[]``) become a ``[N]`` vector."""
+    return np.stack(values) if values[0].ndim == 0 else np.concatenate(values)
+
+
+def _contiguous(part: Array) -> Array:
+    # np.ascontiguousarray turns a 0-d array into shape [1]: a scalar input must stay shape []
+    return np.array(part) if np.ndim(part) == 0 else np.ascontiguousarray(part)
 
 
 def _from(source: str) -> str:
@@ -125,7 +135,7 @@ def _rank_split(name: str, arr: Array, spec: TensorSpec | None, source: str) -> 
             if bad:
                 raise ConfigError(f"input '{name}'{_from(source)}: a sample has shape {list(part.shape)}; "
                                   f"the model wants {list(spec.shape)}")
-    return [np.ascontiguousarray(p) for p in parts]
+    return [_contiguous(p) for p in parts]
 
 
 def from_arrays(arrays: Mapping[str, Array], specs: Sequence[TensorSpec], source: str = "",
@@ -250,7 +260,9 @@ def _from_iterable(source: Iterable[object], specs: Sequence[TensorSpec], labels
         feed = {}
         for n, a in raw.items():
             spec = by_name[n]
-            if a.ndim == len(spec.shape) - 1:
+            if a.ndim in (len(spec.shape), len(spec.shape) - 1):
+                # one item is one sample: as the input takes it (a state [2, batch, 128], a scalar), or
+                # without its batch axis; either way it gets a samples axis the split below removes
                 a = a[None]
             parts = _rank_split(n, a, spec, f"sample {i}")
             if len(parts) != 1:

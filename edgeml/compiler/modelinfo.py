@@ -58,12 +58,14 @@ def save_onnx(model: ModelProto, path: Path) -> list[Path]:
 
 
 def _dims(value_info: ValueInfoProto) -> tuple[int | str, ...]:
+    """Static dims as ints, dynamic ones by their symbol. An unnamed dynamic dim gets a name of its own
+    (``<tensor>_dim<axis>``): two unnamed dims are not the same dimension, so they must not share one."""
     dims: list[int | str] = []
     for i, d in enumerate(value_info.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         else:
-            dims.append(d.dim_param or f"d{i}")
+            dims.append(d.dim_param or f"{value_info.name}_dim{i}")
     return tuple(dims)
 
 

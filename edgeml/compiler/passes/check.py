@@ -165,14 +165,28 @@ class CheckPass(Pass):
             return artifact.evolve(metadata={**artifact.metadata, "check_notes": tfl_notes})
         model = load_onnx(artifact.path)
         problems = _checker_problems(model) + _opset_problems(model, target) + _static_shape_problems(model, target)
-        notes: list[str] = []
-        if "onnxruntime" in runtimes or "tensorrt" in runtimes:
-            problems += _ort_problems(model)
-        if "openvino" in runtimes:
-            ov_problems, notes = _openvino_problems(artifact.path, target)
-            problems += ov_problems
-        if problems:
-            raise ModelCheckError(problems)
+        by_runtime, notes = _runtime_problems(model, artifact.path, target, runtimes)
+        usable = [rt for rt in runtimes if not by_runtime.get(rt)]
+        if problems or not usable:
+            raise ModelCheckError(problems + [p for rt in runtimes for p in by_runtime.get(rt, [])])
+        # a runtime that cannot read or run the model drops out; the others still build (the report says why)
+        dropped = {rt: ps for rt, ps in by_runtime.items() if ps}
+        notes += [f"{rt} dropped out: {'; '.join(ps)}" for rt, ps in dropped.items()]
         for note in notes:
             ctx.log(note)
-        return artifact.evolve(metadata={**artifact.metadata, "check_notes": notes})
+        return artifact.evolve(metadata={**artifact.metadata, "check_notes": notes,
+                                         "runtime_problems": {rt: list(ps) for rt, ps in dropped.items()}})
+
+
+def _runtime_problems(model: ModelProto, path: Path, target: TargetProfile,
+                      runtimes: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Per runtime of ``runtimes``: why it cannot read or run the model (empty: it can), and notes."""
+    by_runtime: dict[str, list[str]] = {}
+    notes: list[str] = []
+    ort = _ort_problems(model) if {"onnxruntime", "tensorrt"} & set(runtimes) else []
+    for rt in ("onnxruntime", "tensorrt"):
+        if rt in runtimes:
+            by_runtime[rt] = ort
+    if "openvino" in runtimes:
+        by_runtime["openvino"], notes = _openvino_problems(path, target)
+    return by_runtime, notes

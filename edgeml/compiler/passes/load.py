@@ -63,9 +63,17 @@ def _load_onnx(artifact: Artifact, config: Mapping[str, JSON], ctx: BuildContext
     return Artifact(
         path=files[0], format="onnx", precision=artifact.precision, digest=digest_files(files),
         extra_files=tuple(files[1:]), runtime=None,
-        metadata={**artifact.metadata, "inputs": specs_to_json(inputs), "outputs": specs_to_json(outputs)},
+        metadata={**artifact.metadata, "inputs": specs_to_json(inputs), "outputs": specs_to_json(outputs),
+                  "model_metadata": _metadata_props(model)},
     )
 
+
+def _metadata_props(model: ModelProto) -> dict[str, JSON]:
+    """The model's own ``metadata_props`` (exporters record e.g. ``imgsz``), short values only."""
+    return {p.key: p.value for p in list(model.metadata_props)[:MAX_METADATA_PROPS] if len(p.value) <= 4096}
+
+
+MAX_METADATA_PROPS = 64
 
 # file suffix -> the artifact format it loads as
 FORMATS_BY_SUFFIX: dict[str, str] = {".onnx": "onnx", ".tflite": "tflite"}
