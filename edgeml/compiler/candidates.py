@@ -79,9 +79,15 @@ class CandidateBuilder:
         return as_strs(dropped.get(runtime, []))
 
     def _steps(self, cand: Candidate, exclude_nodes: list[str]) -> list[Step]:
+        start = self.ctx.optimized
+        transformer = start is not None and start.metadata.get("graph_kind") == "transformer"
+        # ORT's fused transformer kernels are CPU kernels: a GPU target (TensorRT/CUDA) keeps standard ops
+        providers = self.ctx.target.options("onnxruntime").providers if "onnxruntime" in self.ctx.target.runtimes else ()
+        fuse = not providers or providers[0] == "CPUExecutionProvider"
         return plan.candidate_steps(cand.runtime, cand.planned, exclude_nodes=exclude_nodes,
                                     exclude_op_types=self.request.exclude_op_types,
-                                    quant_options=self.request.quant_options)
+                                    quant_options=self.request.quant_options, transformer=transformer, fuse=fuse,
+                                    weight_compression=self.request.weight_compression)
 
     def _gated(self, run: _Run) -> Artifact:
         """The candidate through its plan row and the gate (and the fallback when asked for)."""

@@ -95,3 +95,16 @@ def onnx_opset(model: ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     return 0
+
+
+def is_transformer_like(model: ModelProto) -> bool:
+    """An attention model: Softmax over MatMul scores and layer normalization, with more MatMuls than
+    convolutions (a CNN with one attention block stays a CNN). Its plan rows differ
+    (:data:`edgeml.compiler.plan.TRANSFORMER_PLANS`): fusions, dynamic INT8, NNCF's transformer scheme."""
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    norms = ops.get("LayerNormalization", 0) + ops.get("SkipLayerNormalization", 0) + ops.get("ReduceMean", 0)
+    attention = ops.get("Softmax", 0) + ops.get("Attention", 0) + ops.get("MultiHeadAttention", 0)
+    matmuls = ops.get("MatMul", 0) + ops.get("Gemm", 0)
+    return attention >= 1 and norms >= 1 and matmuls >= 4 and matmuls > ops.get("Conv", 0)

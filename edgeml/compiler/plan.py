@@ -29,8 +29,22 @@ PLANS: dict[tuple[str, str], list[Step]] = {
     ("litert", "int8"): [("convert_tflite", {"precision": "int8"})],
 }
 
+# Transformer-like graphs (edgeml.compiler.modelinfo.is_transformer_like) replace these rows: their time
+# goes into big MatMuls, where dynamic INT8 (ORT) and NNCF's transformer scheme (OpenVINO) pay off, and
+# ONNX Runtime has fused attention/LayerNorm/GELU kernels (only for CPU providers: see FUSED_RUNTIMES).
+FUSE: Step = ("fuse_transformer", {})
+TRANSFORMER_PLANS: dict[tuple[str, str], list[Step]] = {
+    ("onnxruntime", "fp32"): [FUSE],
+    ("onnxruntime", "int8"): [FUSE, ("quantize_dynamic", {})],
+    ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "mixed", "model_type": "transformer"})],
+}
+# weight-only compression through NNCF (BuildRequest.weight_compression) in place of the OpenVINO INT8 row
+WEIGHT_COMPRESSION_PLANS: dict[str, list[Step]] = {
+    mode: [("convert_openvino", {}), ("compress_weights", {"mode": mode})] for mode in ("int8", "int4")}
+
 # the option through which each quantizer keeps nodes (by name / by op type) in float
-EXCLUDE_NODES_OPTION = {"quantize_ort": "exclude_nodes", "quantize_nncf": "ignored_names"}
+EXCLUDE_NODES_OPTION = {"quantize_ort": "exclude_nodes", "quantize_nncf": "ignored_names",
+                        "quantize_dynamic": "exclude_nodes"}
 EXCLUDE_TYPES_OPTION = {"quantize_ort": "exclude_op_types", "quantize_nncf": "ignored_types"}
 # options the user may set for a quantizer, and which quantizer understands them
 QUANT_OPTIONS = {"quantize_ort": ("per_channel", "calibration_method", "max_samples"),
@@ -46,12 +60,25 @@ def has_plan(runtime: str, precision: str) -> bool:
     return (runtime, precision) in PLANS
 
 
+def row(runtime: str, precision: str, *, transformer: bool = False, fuse: bool = True,
+        weight_compression: str | None = None) -> list[Step]:
+    """The plan row for (runtime, precision): the transformer row for transformer-like graphs, the
+    weight-compression row when asked. ``fuse`` false (GPU providers: TensorRT/CUDA) keeps ONNX Runtime's
+    rows standard: fused and dynamically quantized kernels are CPU kernels; FP16 and QDQ INT8 suit GPUs."""
+    if runtime == "openvino" and precision == "int8" and weight_compression:
+        return WEIGHT_COMPRESSION_PLANS[weight_compression]
+    if transformer and (fuse or runtime != "onnxruntime"):
+        return TRANSFORMER_PLANS.get((runtime, precision), PLANS[(runtime, precision)])
+    return PLANS[(runtime, precision)]
+
+
 def candidate_steps(runtime: str, precision: str, *, exclude_nodes: Sequence[str] = (),
-                    exclude_op_types: Sequence[str] = (),
-                    quant_options: Mapping[str, JSON] | None = None) -> list[Step]:
-    """The row for (runtime, precision), with exclusions and quantizer options applied."""
+                    exclude_op_types: Sequence[str] = (), quant_options: Mapping[str, JSON] | None = None,
+                    transformer: bool = False, fuse: bool = True, weight_compression: str | None = None) -> list[Step]:
+    """The row for (runtime, precision) (see :func:`row`), with exclusions and quantizer options applied."""
     steps = []
-    for name, config in PLANS[(runtime, precision)]:
+    for name, config in row(runtime, precision, transformer=transformer, fuse=fuse,
+                            weight_compression=weight_compression):
         cfg = dict(config)
         if name in EXCLUDE_NODES_OPTION and exclude_nodes:
             cfg[EXCLUDE_NODES_OPTION[name]] = sorted(set(exclude_nodes))

@@ -24,6 +24,7 @@ from edgeml.targets import PRECISIONS, TargetProfile
 PRECISION_CHOICES = (*PRECISIONS, "auto")
 QUANTIZED = ("int8",)                       # precisions that need calibration data
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+WEIGHT_COMPRESSION_MODES = ("int8", "int4")     # NNCF weight-only compression for OpenVINO
 
 DEFAULT_PRECISION = "auto"
 DEFAULT_VERSION = "1.0.0"
@@ -95,6 +96,7 @@ class BuildOptions(TypedDict, total=False):
     exclude_op_types: Sequence[str]
     per_channel: bool
     calibration_method: str
+    weight_compression: str | None
     preprocess: Preprocess | Mapping[str, JSON] | None
     class_names: Sequence[str] | None
     benchmark_seconds: float
@@ -132,6 +134,8 @@ class BuildRequest:
     exclude_op_types: Sequence[str] = ()
     per_channel: bool = False
     calibration_method: str = DEFAULT_CALIBRATION_METHOD
+    # OpenVINO's INT8 candidate becomes NNCF weight-only compression (int8 or int4 weights, float activations)
+    weight_compression: str | None = None
     preprocess: Preprocess | Mapping[str, JSON] | None = None
     class_names: Sequence[str] | None = None
     benchmark_seconds: float = DEFAULT_BENCH_SECONDS
@@ -145,6 +149,9 @@ class BuildRequest:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise ConfigError(f"calibration method '{self.calibration_method}' must be "
                               f"{', '.join(CALIBRATION_METHODS[:-1])} or {CALIBRATION_METHODS[-1]}")
+        if self.weight_compression not in (None, *WEIGHT_COMPRESSION_MODES):
+            raise ConfigError(f"weight compression '{self.weight_compression}' must be one of "
+                              f"{', '.join(WEIGHT_COMPRESSION_MODES)}")
         if self.labels is not None and self.calibration is None and self.evaluation is None:
             raise ConfigError("labels were given without samples: pass --eval (or --calibration) data too")
         if self.benchmark_seconds <= 0:

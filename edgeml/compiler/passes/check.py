@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from edgeml.compiler.modelinfo import import_onnx, load_onnx, onnx_opset
+from edgeml.compiler.modelinfo import import_onnx, is_transformer_like, load_onnx, onnx_opset
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.tflite_io import tflite_source_problems
 from edgeml.errors import ModelCheckError
@@ -166,8 +166,9 @@ class CheckPass(Pass):
         model = load_onnx(artifact.path)
         problems = _checker_problems(model) + _opset_problems(model, target) + _static_shape_problems(model, target)
         by_runtime, notes = _runtime_problems(model, artifact.path, target, runtimes)
-        usable = [rt for rt in runtimes if not by_runtime.get(rt)]
-        if problems or not usable:
+        # only a runtime checked here vouches for the model (LiteRT's converter finds out later, per candidate)
+        usable = [rt for rt in by_runtime if not by_runtime[rt]]
+        if problems or (by_runtime and not usable):
             raise ModelCheckError(problems + [p for rt in runtimes for p in by_runtime.get(rt, [])])
         # a runtime that cannot read or run the model drops out; the others still build (the report says why)
         dropped = {rt: ps for rt, ps in by_runtime.items() if ps}
@@ -175,7 +176,8 @@ class CheckPass(Pass):
         for note in notes:
             ctx.log(note)
         return artifact.evolve(metadata={**artifact.metadata, "check_notes": notes,
-                                         "runtime_problems": {rt: list(ps) for rt, ps in dropped.items()}})
+                                         "runtime_problems": {rt: list(ps) for rt, ps in dropped.items()},
+                                         "graph_kind": "transformer" if is_transformer_like(model) else "other"})
 
 
 def _runtime_problems(model: ModelProto, path: Path, target: TargetProfile,

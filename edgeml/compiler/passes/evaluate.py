@@ -29,10 +29,29 @@ from edgeml.runtimes import BackendOptions
 SNR_CAP_DB = 120.0
 
 
-def output_metrics(ref: Array, cand: Array) -> dict[str, float | None]:
+# outputs whose name says they are vectors, not class scores: judged by cosine/SNR, never by an arg-max
+# (a [N, 384] sentence embedding looks exactly like [N, classes] logits otherwise)
+EMBEDDING_NAMES = ("embed", "hidden", "pool", "feature", "vector", "encod", "state", "latent")
+
+
+def output_kind(name: str, ref: Array) -> str:
+    """``labels`` (integer outputs), ``class`` (scores over classes), ``embedding`` (named like a vector:
+    :data:`EMBEDDING_NAMES`) or ``values`` (maps, boxes, regressions)."""
+    if ref.dtype.kind in "iub":
+        return "labels"
+    if any(word in name.lower() for word in EMBEDDING_NAMES):
+        return "embedding"
+    return "class" if is_class_output(ref) else "values"
+
+
+def output_metrics(ref: Array, cand: Array, name: str = "") -> dict[str, float | str | None]:
+    """Per-output numbers: top-1 ``agreement`` only for ``class`` and ``labels`` outputs (see :func:`output_kind`);
+    ``cosine``, ``snr_db`` and ``max_abs_error`` for every float output."""
     if ref.shape != cand.shape:
         raise CompileError(f"candidate output shape {list(cand.shape)} differs from the reference {list(ref.shape)}")
-    out: dict[str, float | None] = {"agreement": None, "cosine": None, "snr_db": None, "max_abs_error": None}
+    kind = output_kind(name, ref)
+    out: dict[str, float | str | None] = {"kind": kind, "agreement": None, "cosine": None, "snr_db": None,
+                                          "max_abs_error": None}
     if ref.dtype.kind in "iub":
         out["agreement"] = float(np.mean(ref == cand)) if ref.size else 1.0
         return out
@@ -44,7 +63,7 @@ def output_metrics(ref: Array, cand: Array) -> dict[str, float | None]:
     noise = float(np.sum(diff**2))
     signal = float(np.sum(r**2))
     out["snr_db"] = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * math.log10(max(signal, 1e-30) / noise))
-    if is_class_output(ref):
+    if kind == "class":
         out["agreement"] = float(np.mean(ref.argmax(-1) == cand.argmax(-1)))
     return out
 
@@ -75,7 +94,7 @@ def predictions(outputs: dict[str, Array]) -> Array | None:
 def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Array | None,
             thresholds: Thresholds) -> JSONDict:
     """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out."""
-    per_output = {name: output_metrics(ref, candidate[name]) for name, ref in reference.items() if name in candidate}
+    per_output = {name: output_metrics(ref, candidate[name], name) for name, ref in reference.items() if name in candidate}
     failures = []
     t = thresholds
     for name, m in per_output.items():
@@ -83,7 +102,7 @@ def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Ar
                   ("snr_db", t.min_snr_db, ">="), ("max_abs_error", t.max_abs_error, "<="))
         for metric, limit, op in checks:
             value = m[metric]
-            if limit is None or value is None:
+            if limit is None or not isinstance(value, float):
                 continue
             if (op == ">=" and value < limit) or (op == "<=" and value > limit):
                 failures.append(f"output '{name}': {metric} {value:.4f} (needs {op} {limit})")
@@ -99,8 +118,8 @@ def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Ar
         if t.max_drop is not None and ref_acc - cand_acc > t.max_drop:
             failures.append(f"accuracy {cand_acc:.4f} vs reference {ref_acc:.4f}: drop {ref_acc - cand_acc:.4f} "
                             f"(needs <= {t.max_drop})")
-    agreements = [m["agreement"] for m in per_output.values() if m["agreement"] is not None]
-    cosines = [m["cosine"] for m in per_output.values() if m["cosine"] is not None]
+    agreements = [m["agreement"] for m in per_output.values() if isinstance(m["agreement"], float)]
+    cosines = [m["cosine"] for m in per_output.values() if isinstance(m["cosine"], float)]
     report["agreement"] = min(agreements) if agreements else None
     report["cosine"] = min(cosines) if cosines else None
     report["passed"] = not failures

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from openvino import Model
 
 PRESETS = ("performance", "mixed")
+MODEL_TYPES = ("", "transformer")
 # OpenVINO device of the target profile -> NNCF's hardware config (which ops/schemes it quantizes).
 TARGET_DEVICES = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
@@ -75,6 +76,7 @@ class QuantizeNncf(Pass):
         "ignored_names": [],
         "ignored_types": [],
         "fast_bias_correction": True,
+        "model_type": "",          # "transformer": NNCF's scheme for attention models (keeps softmax etc. float)
     }
 
     def __init__(self, **config: JSON) -> None:
@@ -82,6 +84,8 @@ class QuantizeNncf(Pass):
         if merged["preset"] not in PRESETS:
             raise ConfigError(
                 f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
+        if merged["model_type"] not in MODEL_TYPES:
+            raise ConfigError(f"pass '{self.name}': model_type must be one of {MODEL_TYPES}, got {merged['model_type']!r}")
         if as_int(merged["subset_size"]) < 1:
             raise ConfigError(f"pass '{self.name}': subset_size must be >= 1, got {merged['subset_size']}")
         super().__init__(**merged)
@@ -115,6 +119,7 @@ class QuantizeNncf(Pass):
                 subset_size=total,
                 fast_bias_correction=self.opt_bool("fast_bias_correction"),
                 ignored_scope=ignored,
+                **({"model_type": nncf.ModelType.TRANSFORMER} if self.opt_str("model_type") == "transformer" else {}),
             )
         except QuantizationError:
             raise
@@ -134,6 +139,7 @@ class QuantizeNncf(Pass):
             **artifact.metadata,
             "quantizer": f"nncf {nncf.__version__}",
             "preset": self.opt_str("preset"),
+            "model_type": self.opt_str("model_type") or "default",
             "target_device": device,
             "calibration_samples": total,
             "fast_bias_correction": self.opt_bool("fast_bias_correction"),
