@@ -82,7 +82,8 @@ class CandidateBuilder:
         start = self.ctx.optimized
         transformer = start is not None and start.metadata.get("graph_kind") == "transformer"
         # ORT's fused transformer kernels are CPU kernels: a GPU target (TensorRT/CUDA) keeps standard ops
-        providers = self.ctx.target.options("onnxruntime").providers if "onnxruntime" in self.ctx.target.runtimes else ()
+        target = self.ctx.target
+        providers = target.options("onnxruntime").providers if "onnxruntime" in target.runtimes else ()
         fuse = not providers or providers[0] == "CPUExecutionProvider"
         return plan.candidate_steps(cand.runtime, cand.planned, exclude_nodes=exclude_nodes,
                                     exclude_op_types=self.request.exclude_op_types,

@@ -35,8 +35,11 @@ PLANS: dict[tuple[str, str], list[Step]] = {
 FUSE: Step = ("fuse_transformer", {})
 TRANSFORMER_PLANS: dict[tuple[str, str], list[Step]] = {
     ("onnxruntime", "fp32"): [FUSE],
-    ("onnxruntime", "int8"): [FUSE, ("quantize_dynamic", {})],
-    ("openvino", "int8"): [("convert_openvino", {}), ("quantize_nncf", {"preset": "mixed", "model_type": "transformer"})],
+    # dynamic INT8 on the unfused graph: measured 3.3x faster than on the fused one (MiniLM-L3, x86 AVX2),
+    # whose Attention/SkipLayerNorm kernels stay float; ONNX Runtime fuses the rest itself at load
+    ("onnxruntime", "int8"): [("quantize_dynamic", {})],
+    ("openvino", "int8"): [("convert_openvino", {}),
+                           ("quantize_nncf", {"preset": "mixed", "model_type": "transformer"})],
 }
 # weight-only compression through NNCF (BuildRequest.weight_compression) in place of the OpenVINO INT8 row
 WEIGHT_COMPRESSION_PLANS: dict[str, list[Step]] = {

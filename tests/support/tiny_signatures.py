@@ -151,8 +151,9 @@ def _encoder_layer(nodes: list, inits: list, x: str, p: str, dim: int, rng: np.r
 
     def norm(src: str, name: str) -> str:
         inits.append(numpy_helper.from_array(np.ones(dim, np.float32), f"{p}_{name}_g"))
-        nodes.append(helper.make_node("LayerNormalization", [src, f"{p}_{name}_g", weight(f"{name}_beta", (dim,), 0.05)],
-                                      [f"{p}_{name}"], axis=-1, epsilon=1e-5))
+        beta = weight(f"{name}_beta", (dim,), 0.05)
+        nodes.append(helper.make_node("LayerNormalization", [src, f"{p}_{name}_g", beta], [f"{p}_{name}"],
+                                      axis=-1, epsilon=1e-5))
         return f"{p}_{name}"
 
     q, k, v = linear(x, "q", dim), linear(x, "k", dim), linear(x, "v", dim)

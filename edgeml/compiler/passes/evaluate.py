@@ -34,22 +34,30 @@ SNR_CAP_DB = 120.0
 EMBEDDING_NAMES = ("embed", "hidden", "pool", "feature", "vector", "encod", "state", "latent")
 
 
-def output_kind(name: str, ref: Array) -> str:
+# a transformer's [N, C] float output with at least this many columns that is no probability distribution
+# is a pooled embedding (MiniLM: 384, BERT: 768); text classifiers have a handful of labels
+EMBEDDING_MIN_WIDTH = 128
+
+
+def output_kind(name: str, ref: Array, transformer: bool = False) -> str:
     """``labels`` (integer outputs), ``class`` (scores over classes), ``embedding`` (named like a vector:
-    :data:`EMBEDDING_NAMES`) or ``values`` (maps, boxes, regressions)."""
+    :data:`EMBEDDING_NAMES`, or a wide non-probability output of a transformer) or ``values`` (maps, boxes,
+    regressions)."""
     if ref.dtype.kind in "iub":
         return "labels"
     if any(word in name.lower() for word in EMBEDDING_NAMES):
         return "embedding"
+    if transformer and ref.ndim == 2 and ref.shape[-1] >= EMBEDDING_MIN_WIDTH and not _distributions(ref):
+        return "embedding"
     return "class" if is_class_output(ref) else "values"
 
 
-def output_metrics(ref: Array, cand: Array, name: str = "") -> dict[str, float | str | None]:
+def output_metrics(ref: Array, cand: Array, name: str = "", transformer: bool = False) -> dict[str, float | str | None]:
     """Per-output numbers: top-1 ``agreement`` only for ``class`` and ``labels`` outputs (see :func:`output_kind`);
     ``cosine``, ``snr_db`` and ``max_abs_error`` for every float output."""
     if ref.shape != cand.shape:
         raise CompileError(f"candidate output shape {list(cand.shape)} differs from the reference {list(ref.shape)}")
-    kind = output_kind(name, ref)
+    kind = output_kind(name, ref, transformer)
     out: dict[str, float | str | None] = {"kind": kind, "agreement": None, "cosine": None, "snr_db": None,
                                           "max_abs_error": None}
     if ref.dtype.kind in "iub":
@@ -68,6 +76,11 @@ def output_metrics(ref: Array, cand: Array, name: str = "") -> dict[str, float |
     return out
 
 
+def _distributions(ref: Array) -> bool:
+    sums = ref.reshape(-1, ref.shape[-1]).astype(np.float64).sum(-1)
+    return bool(ref.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
+
+
 def is_class_output(ref: Array) -> bool:
     """Scores over classes along the last axis: ``[N, C]`` (logits or probabilities), or a higher-rank
     output whose last axis holds probability distributions (``[N, T, C]`` sequence recognisers). The
@@ -76,8 +89,7 @@ def is_class_output(ref: Array) -> bool:
         return False
     if ref.ndim == 2:
         return True
-    sums = ref.reshape(-1, ref.shape[-1]).astype(np.float64).sum(-1)
-    return bool(ref.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3))
+    return _distributions(ref)
 
 
 def predictions(outputs: dict[str, Array]) -> Array | None:
@@ -92,9 +104,11 @@ def predictions(outputs: dict[str, Array]) -> Array | None:
 
 
 def compare(reference: dict[str, Array], candidate: dict[str, Array], labels: Array | None,
-            thresholds: Thresholds) -> JSONDict:
-    """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out."""
-    per_output = {name: output_metrics(ref, candidate[name], name) for name, ref in reference.items() if name in candidate}
+            thresholds: Thresholds, transformer: bool = False) -> JSONDict:
+    """The fidelity report: per-output metrics, accuracy, pass/fail and every failure spelled out.
+    ``transformer``: the model is transformer-like (its wide [N, C] outputs are embeddings)."""
+    per_output = {name: output_metrics(ref, candidate[name], name, transformer)
+                  for name, ref in reference.items() if name in candidate}
     failures = []
     t = thresholds
     for name, m in per_output.items():
@@ -161,7 +175,8 @@ class EvaluatePass(Pass):
         runtime = artifact.runtime or "onnxruntime"
         options, notes = host_options(ctx.target, runtime)
         candidate = run_outputs(artifact.path, runtime, options, samples)
-        report = compare(reference, candidate, samples.labels, thresholds)
+        report = compare(reference, candidate, samples.labels, thresholds,
+                         transformer=artifact.metadata.get("graph_kind") == "transformer")
         report["samples"] = len(samples)
         report["measured_on"] = {"runtime": runtime, "providers": list(options.providers), "device": options.device,
                                  "notes": notes}

@@ -85,7 +85,8 @@ class QuantizeNncf(Pass):
             raise ConfigError(
                 f"pass '{self.name}': preset must be one of {', '.join(PRESETS)}, got {merged['preset']!r}")
         if merged["model_type"] not in MODEL_TYPES:
-            raise ConfigError(f"pass '{self.name}': model_type must be one of {MODEL_TYPES}, got {merged['model_type']!r}")
+            raise ConfigError(f"pass '{self.name}': model_type must be one of {MODEL_TYPES}, "
+                              f"got {merged['model_type']!r}")
         if as_int(merged["subset_size"]) < 1:
             raise ConfigError(f"pass '{self.name}': subset_size must be >= 1, got {merged['subset_size']}")
         super().__init__(**merged)
@@ -107,10 +108,8 @@ class QuantizeNncf(Pass):
         # Lazy: NNCF walks the data more than once and 300 image tensors need not sit in memory.
         samples = _Limited(ctx.calibration, total)
         device = TARGET_DEVICES.get(ctx.target.options("openvino").device or "", "ANY")
-        ignored = None
-        if self.opt_strs("ignored_names") or self.opt_strs("ignored_types"):
-            ignored = nncf.IgnoredScope(names=ignored_names, types=self.opt_strs("ignored_types"),
-                                        validate=False)
+        ignored = nncf.IgnoredScope(names=ignored_names, types=self.opt_strs("ignored_types"), validate=False) \
+            if self.opt_strs("ignored_names") or self.opt_strs("ignored_types") else None
         try:
             quantized = nncf.quantize(
                 model, nncf.Dataset(samples, lambda raw: _feed(raw, input_names)),
