@@ -93,6 +93,7 @@ def main() -> None:
         np.savez(data, **tokenize(SENTENCES, args.length))
         result = edgeml.compile(model, "x86-cpu", precision="auto", calibration=data, output=Path(tmp) / "b.edgepkg",
                                 benchmark_seconds=0.5 if args.quick else 2.0, progress=False, use_cache=False,
+                                min_cosine=0.99,  # the goal's fidelity bar (the default gate is 0.98)
                                 weight_compression=args.weight_compression)
     report = result.report
     print(f"model: {model.name}, {len(SENTENCES)} sentences x {args.length} tokens, "

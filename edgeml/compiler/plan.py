@@ -37,7 +37,7 @@ TRANSFORMER_PLANS: dict[tuple[str, str], list[Step]] = {
     ("onnxruntime", "fp32"): [FUSE],
     # dynamic INT8 on the unfused graph: measured 3.3x faster than on the fused one (MiniLM-L3, x86 AVX2),
     # whose Attention/SkipLayerNorm kernels stay float; ONNX Runtime fuses the rest itself at load
-    ("onnxruntime", "int8"): [("quantize_dynamic", {})],
+    ("onnxruntime", "int8"): [("quantize_dynamic", {"per_channel": True})],  # per tensor: cosine 0.979 on MiniLM
     ("openvino", "int8"): [("convert_openvino", {}),
                            ("quantize_nncf", {"preset": "mixed", "model_type": "transformer"})],
 }
