@@ -13,7 +13,7 @@ import pytest
 from edgeml.telemetry.latency import bucket_index, empty_histogram
 from edgeml_agent.metrics import Metrics
 from edgeml_agent.registry import Observation
-from edgeml_agent.telemetry.collector import TelemetryCollector
+from edgeml_agent.telemetry.collector import FLOOR_SHARE, TelemetryCollector
 
 
 def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int = 1,
@@ -25,9 +25,10 @@ def _obs(seconds: float, status: int = 200, error: str | None = None, batch: int
 class _Agent:
     """The two observers the agent registers, fed the same requests."""
 
-    def __init__(self, stats_budget: float, max_samples: int = 1000) -> None:
+    def __init__(self, stats_budget: float, max_samples: int = 1000, min_samples: int = 0) -> None:
         self.metrics = Metrics()
-        self.collector = TelemetryCollector(self.metrics.totals, stats_budget=stats_budget, max_samples=max_samples)
+        self.collector = TelemetryCollector(self.metrics.totals, stats_budget=stats_budget, max_samples=max_samples,
+                                            min_samples=min_samples)
 
     def serve(self, observation: Observation) -> None:
         self.metrics.observe(observation)
@@ -94,7 +95,8 @@ def test_the_sample_follows_the_budget_and_unsampled_requests_leave_nothing_behi
         return next(ticks) * summary_s
 
     agent = _Agent(stats_budget=budget)
-    collector = agent.collector = TelemetryCollector(agent.metrics.totals, stats_budget=budget, clock=clock)
+    collector = agent.collector = TelemetryCollector(agent.metrics.totals, stats_budget=budget, clock=clock,
+                                                     min_samples=0)
     requests, request_s = 4000, 0.0002
     held = 0
     for i in range(requests):
@@ -171,3 +173,82 @@ def test_snapshots_from_another_thread_while_the_publisher_summarises_lose_and_d
         sampled += m["stats"]["samples"]
     assert not failures, failures
     assert counted == sampled == 200 * 20
+
+
+class _Clocks:
+    """Deterministic clocks: every summary costs ``summary_s``; the wall clock is moved by the test."""
+
+    def __init__(self, summary_s: float) -> None:
+        self.summary_s, self.calls, self.wall = summary_s, 0, 0.0
+
+    def cpu(self) -> float:
+        self.calls += 1
+        return self.calls * self.summary_s
+
+    def now(self) -> float:
+        return self.wall
+
+
+def _serve_windows(collector: TelemetryCollector, metrics: Metrics, clocks: _Clocks, *, windows: int,
+                   per_window: int, request_s: float, window_s: float = 10.0) -> list[int]:
+    """Serve ``per_window`` requests per telemetry window (a publisher tick every 1 s); samples per window."""
+    samples = []
+    for _ in range(windows):
+        for i in range(per_window):
+            observation = _obs(request_s)
+            metrics.observe(observation)
+            collector.observe(observation)
+            if (i + 1) % max(1, per_window // 10) == 0:
+                clocks.wall += window_s / 10
+                collector.process()
+        models = collector.snapshot()["models"]
+        samples.append(models[0]["stats"]["samples"] if models else 0)
+    return samples
+
+
+def test_at_a_low_request_rate_every_window_still_gets_the_drift_floor() -> None:
+    # 40 requests of 2 ms per 10 s window: the 0.2 % budget pays for 0.16 ms of summaries per window, less
+    # than one summary of 1 ms; the floor of 16 per window is met from the first window on.
+    clocks = _Clocks(summary_s=0.001)
+    metrics = Metrics()
+    collector = TelemetryCollector(metrics.totals, stats_budget=0.002, min_samples=16, clock=clocks.cpu,
+                                   wall_clock=clocks.now)
+    samples = _serve_windows(collector, metrics, clocks, windows=4, per_window=40, request_s=0.002)
+    assert all(n >= 16 for n in samples), samples
+    # without the floor the budget alone starves drift
+    clocks = _Clocks(summary_s=0.001)
+    metrics = Metrics()
+    starved = TelemetryCollector(metrics.totals, stats_budget=0.002, min_samples=0, clock=clocks.cpu,
+                                 wall_clock=clocks.now)
+    assert sum(_serve_windows(starved, metrics, clocks, windows=4, per_window=40, request_s=0.002)) <= 2
+
+
+def test_at_a_high_request_rate_the_floor_samples_only_a_few_requests_and_keeps_the_cost_low() -> None:
+    # 20,000 requests of 0.5 ms per window (a busy core): after the first window the floor needs one
+    # request in ~300, so few tensors are held, and the floor's summaries cost under FLOOR_SHARE of the time.
+    clocks = _Clocks(summary_s=0.0001)
+    metrics = Metrics()
+    collector = TelemetryCollector(metrics.totals, stats_budget=0.0, min_samples=16, clock=clocks.cpu,
+                                   wall_clock=clocks.now)
+    assert _serve_windows(collector, metrics, clocks, windows=2, per_window=200, request_s=0.0005) == [0, 0]
+    clocks = _Clocks(summary_s=0.0001)
+    metrics = Metrics()
+    collector = TelemetryCollector(metrics.totals, stats_budget=0.0001, min_samples=16, clock=clocks.cpu,
+                                   wall_clock=clocks.now)
+    samples = _serve_windows(collector, metrics, clocks, windows=3, per_window=20_000, request_s=0.0005)
+    assert all(n >= 16 for n in samples), samples
+    assert collector._sample_every >= 20_000 // (2 * 16 * 2)   # back to sparse sampling, not every request
+    assert collector._floor_s <= FLOOR_SHARE * clocks.wall + clocks.summary_s + 1e-9
+
+
+def test_the_floor_cost_cap_holds_when_one_summary_is_expensive() -> None:
+    # a 50 ms summary (a large image) at 40 requests per 10 s window: the cap (0.5 % of 10 s = 50 ms per
+    # window) allows about one floor summary per window, not 16 (plus the budget's first summary and the
+    # one that crosses the cap)
+    clocks = _Clocks(summary_s=0.05)
+    metrics = Metrics()
+    collector = TelemetryCollector(metrics.totals, stats_budget=0.002, min_samples=16, clock=clocks.cpu,
+                                   wall_clock=clocks.now)
+    samples = _serve_windows(collector, metrics, clocks, windows=4, per_window=40, request_s=0.002)
+    assert 1 <= sum(samples) <= 4 + 2, samples
+    assert collector._floor_s <= FLOOR_SHARE * clocks.wall + clocks.summary_s + 1e-9

@@ -9,6 +9,12 @@ What a request thread does for telemetry is ``observe``: decrement a countdown a
 many, keep the request (its input and output tensors) for the drift summaries. Those summaries are
 computed in the publisher thread, on that sample, bounded to ``stats_budget`` (default 0.2 %) of the
 inference time served. A request that is not sampled leaves nothing behind.
+
+A budget in proportion to inference time starves drift at the low request rates most devices run at
+(a camera at 1 request/s earns one summary a minute). So each model version also gets a *floor* of
+``min_samples`` summaries per telemetry window, whatever the rate: the sampling rate is raised until the
+floor is met, and the floor's own cost is capped at ``FLOOR_SHARE`` of the wall time (at full load the
+budget already pays for more than the floor, so the floor costs nothing there).
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ ReferenceLookup = Callable[[str, str], Mapping[str, JSON] | None]
 # the agent's request counters, per (model, version), cumulative
 Totals = Callable[[], Mapping[tuple[str, str], ModelTotals]]
 
+# The floor's summaries may cost at most this share of the wall time since the collector started: one
+# core's 0.5 %, so the floor stays under the 1 % telemetry cost even where one summary is expensive
+# (a large image input) and the device is busy.
+FLOOR_SHARE = 0.005
+
 
 @dataclass
 class _Sampled:
@@ -54,10 +65,16 @@ class _Sampled:
 
 class TelemetryCollector:
     def __init__(self, totals: Totals, references: ReferenceLookup | None = None, *, stats_budget: float = 0.002,
-                 max_samples: int = 1000, data_dir: Path | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 min_samples: int = 32, max_samples: int = 1000, data_dir: Path | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 wall_clock: Callable[[], float] = time.monotonic) -> None:
         self._totals = totals
         self._clock = clock   # times the summaries against the budget (a test gives a deterministic one)
+        self._wall_clock = wall_clock   # the floor's cost cap is a share of the wall time
+        self._started = wall_clock()
+        self._min_samples = min_samples if stats_budget > 0 else 0
+        self._floor_s = 0.0              # what the floor's summaries cost (not charged to the budget)
+        self._last_window_requests = 0   # sets the sampling rate the floor needs in the next window
         self._references = references or (lambda name, version: None)
         self._reported = totals()   # what the last snapshot reported: the first window starts now
         self._sampled: dict[tuple[str, str], _Sampled] = {}
@@ -76,7 +93,10 @@ class TelemetryCollector:
         # later. Until the first summary is measured, only the first request is kept. A budget of 1 or
         # more means every request.
         self._sample_every = 0 if stats_budget <= 0 else 1 if stats_budget >= 1 else 1 << 30
+        self._budget_every = self._sample_every
         self._countdown = 1
+        if self._min_samples:
+            self._sample_every = 1   # until a window tells the request rate, sample every request for the floor
 
     # called from request threads: a countdown, no lock, no numpy
     def observe(self, observation: Observation) -> None:
@@ -105,11 +125,30 @@ class TelemetryCollector:
                 self._summarise(observation)
                 self._stats_s += self._clock() - started
                 self._summaries += 1
+            elif self._below_floor(observation) and self._floor_s <= FLOOR_SHARE * (self._wall_clock() - self._started):
+                started = self._clock()
+                self._summarise(observation)
+                self._floor_s += self._clock() - started
         if 0 < self._stats_budget < 1 and self._summaries and inference_s:
             per_summary = self._stats_s / self._summaries
             per_request = inference_s / requests
-            self._sample_every = max(1, math.ceil(per_summary / (self._stats_budget * per_request)))
-            self._countdown = min(self._countdown, self._sample_every)
+            self._budget_every = max(1, math.ceil(per_summary / (self._stats_budget * per_request)))
+        self._set_sampling_rate()
+
+    def _below_floor(self, observation: Observation) -> bool:
+        sampled = self._sampled.get((observation.model, observation.version))
+        return sampled is None or sampled.samples < self._min_samples
+
+    def _set_sampling_rate(self) -> None:
+        """The budget's rate, raised while some model version of this window is still below the floor."""
+        every = self._budget_every
+        if self._min_samples and (not self._sampled or any(s.samples < self._min_samples
+                                                           for s in self._sampled.values())):
+            # aim at twice the floor over the window: the request rate of the last window is only an estimate
+            keys = max(1, len(self._sampled))
+            every = min(every, max(1, self._last_window_requests // (2 * self._min_samples * keys)))
+        self._sample_every = every
+        self._countdown = min(self._countdown, every)
 
     def _summarise(self, observation: Observation) -> None:
         key = (observation.model, observation.version)
@@ -139,6 +178,9 @@ class TelemetryCollector:
             reported, self._reported = self._reported, totals
             sampled, self._sampled = self._sampled, {}
             dropped, self.overflowed = self.overflowed, 0
+            self._last_window_requests = sum(t.requests for t in totals.values()) - sum(
+                t.requests for t in reported.values())
+            self._set_sampling_rate()   # a new window starts below the floor
             now = time.time()
             started, self._window_start = self._window_start, now
         models: list[dict[str, JSON]] = []

@@ -64,7 +64,8 @@ class TelemetryComponent:
             return
         self._started_at = time.time()   # components start right after the API: the agent's uptime
         self.collector = TelemetryCollector(services.metrics.totals, self._reference_stats,
-                                            stats_budget=self.config.stats_budget, data_dir=data_dir)
+                                            stats_budget=self.config.stats_budget,
+                                            min_samples=self.config.stats_min_samples, data_dir=data_dir)
         spool = Spool(data_dir / "telemetry" / "spool.db", settings.device_id, self.config.spool_max_messages)
         tick = min(self.config.interval_s, self.config.heartbeat_s, 1.0)
         self.publisher = TelemetryPublisher(settings, spool, tick=self._tick, tick_interval_s=tick)

@@ -12,6 +12,7 @@ interval_s = 10                # one telemetry message per interval
 heartbeat_s = 30
 spool_max_messages = 100000    # bound of the on-disk spool; oldest dropped first, counted, reported
 stats_budget = 0.002           # share of inference time the input/output summaries may cost
+stats_min_samples = 32         # drift floor: summaries per model version and window, whatever the request rate
 ```
 """
 
@@ -36,11 +37,12 @@ class TelemetryConfig:
     heartbeat_s: float = 30.0
     spool_max_messages: int = 100_000
     stats_budget: float = 0.002
+    stats_min_samples: int = 32
 
 
 def parse_telemetry(s: TomlSection[ConfigError]) -> TelemetryConfig:
     s.only({"enabled", "broker", "device_id", "username", "password", "ca_file", "interval_s", "heartbeat_s",
-            "spool_max_messages", "stats_budget"})
+            "spool_max_messages", "stats_budget", "stats_min_samples"})
     broker = s.get("broker", str, None)
     if broker is not None and not broker.startswith(("mqtt://", "mqtts://")):
         raise s.fail("broker", f"must look like mqtt://host:port or mqtts://host:port, not {broker!r}")
@@ -56,4 +58,5 @@ def parse_telemetry(s: TomlSection[ConfigError]) -> TelemetryConfig:
         heartbeat_s=s.number("heartbeat_s", 30.0, minimum=0.01),
         spool_max_messages=s.integer("spool_max_messages", 100_000, minimum=10),
         stats_budget=s.number("stats_budget", 0.002, minimum=0.0, maximum=1.0),
+        stats_min_samples=s.integer("stats_min_samples", 32, minimum=0),
     )
