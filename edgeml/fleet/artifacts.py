@@ -1,14 +1,25 @@
-"""Bundle files on local disk, content-addressed by sha256 (the same bytes are stored once)."""
+"""Bundle files on local disk, content-addressed by sha256 (the same bytes are stored once).
+
+Beside each bundle the store keeps what is derived from it and never changes: ``<digest>.tar.json``
+(sha256 and size of its uncompressed tar stream, signed into desired states so a device can check a
+bundle rebuilt from a delta) and ``deltas/<from>-<to>.zst`` (the delta between two versions, made on
+first request). Derived files are written through a temporary file and a rename, so two server
+processes making the same one at once both end with one whole file.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
+from edgeml.bundle.delta import TarDigest, make_delta, tar_digest, tar_stream
 from edgeml.errors import FleetError
+from edgeml.fileio import write_atomic
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,6 +55,9 @@ class ArtifactStore:
         self.root = root
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
+        # One delta is made once per process even when a whole wave of devices asks for it at once.
+        self._making: dict[str, threading.Lock] = {}
+        self._making_guard = threading.Lock()
 
     def path(self, digest: str) -> Path:
         if not _SHA256.match(digest):
@@ -72,3 +86,53 @@ class ArtifactStore:
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+        self._tar_info_path(digest).unlink(missing_ok=True)
+        deltas = self.root / "deltas"
+        if deltas.is_dir():
+            for made in (*deltas.glob(f"{digest}-*.zst"), *deltas.glob(f"*-{digest}.zst")):
+                made.unlink(missing_ok=True)
+
+    # -- derived files ---------------------------------------------------------------------------------
+    def _tar_info_path(self, digest: str) -> Path:
+        return self.path(digest).with_name(f"{digest}.tar.json")
+
+    def tar_info(self, digest: str) -> TarDigest | None:
+        """sha256 and size of the bundle's tar stream (computed once, then read from beside it); None
+        when the bundle's file is missing."""
+        sidecar = self._tar_info_path(digest)
+        try:
+            doc = json.loads(sidecar.read_text())
+            return TarDigest(str(doc["sha256"]), int(doc["size"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not self.exists(digest):
+            return None
+        found = tar_digest(self.path(digest))
+        write_atomic(sidecar, json.dumps({"sha256": found.sha256, "size": found.size}))
+        return found
+
+    def delta_path(self, base: str, target: str) -> Path:
+        self.path(base), self.path(target)   # both checked to be digests
+        return self.root / "deltas" / f"{base}-{target}.zst"
+
+    def delta(self, base: str, target: str) -> Path:
+        """The delta that rebuilds ``target``'s tar stream from ``base``'s, made now if not made before.
+
+        Raises :class:`~edgeml.bundle.delta.DeltaError` when either is too large for a delta and
+        :class:`FleetError` when a bundle file is missing."""
+        made = self.delta_path(base, target)
+        with self._making_guard:
+            lock = self._making.setdefault(made.name, threading.Lock())
+        with lock:
+            if made.is_file():
+                return made
+            return self._make_delta(base, target, made)
+
+    def _make_delta(self, base: str, target: str, made: Path) -> Path:
+        for digest in (base, target):
+            if not self.exists(digest):
+                raise FleetError(f"the file of bundle {digest} is missing from the artifact store")
+        data = make_delta(tar_stream(self.path(base)), tar_stream(self.path(target)))
+        made.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(made, data)
+        return made
