@@ -38,7 +38,6 @@ from edgeml.bundle.delta import DELTA_LEVEL, apply_delta, make_delta, tar_stream
 from tests.support.bundles import make_bundle  # noqa: E402
 from tests.support.real_models import real_model  # noqa: E402
 
-
 # Static input shapes (the smoke sample needs sizes the model accepts: the detector wants multiples of 32).
 SHAPES = {"ppocr-det": [1, 3, 64, 64], "ppocr-rec": [1, 3, 48, 320], "ppocr-cls": [1, 3, 48, 192]}
 
@@ -62,7 +61,7 @@ def _weights(model) -> dict[str, object]:  # type: ignore[no-untyped-def]
     found = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
-            found.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
+            found.update((node.output[0], a.t) for a in node.attribute if a.name == "value")
     return {k: t for k, t in found.items()
             if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(list(t.dims) or [1])) >= 16}
 

@@ -98,5 +98,5 @@ def test_a_corrupted_delta_falls_back_to_the_full_download(fleet: tuple[RealFlee
     planted = real.tmp / "fleet" / "artifacts" / "deltas" / f"{v2}-{v3}.zst"
     planted.write_bytes(bytes(bad))   # the fleet's cached delta, damaged on disk
     _update(real, device, "3.0.0")
-    asked = [(p, s) for _, p, s in proxy.log if "/v1/bundles/" in p and "3.0.0" in p or v3 in p]
+    asked = [(p, s) for _, p, s in proxy.log if ("/v1/bundles/" in p and "3.0.0" in p) or v3 in p]
     assert asked == [("/v1/bundles/d@3.0.0/delta?from=2.0.0", 200), (f"/v1/bundles/{v3}/download", 200)], proxy.log

@@ -74,7 +74,7 @@ def test_the_tar_stream_of_a_compressed_bundle_is_its_uncompressed_tar(tmp_path:
 
     zst = make_bundle(tmp_path, signing_key, tiny_mlp(tmp_path / "m.onnx"))
     plain = tmp_path / "plain.edgepkg"
-    with zstandard.ZstdDecompressor().stream_reader(open(zst, "rb")) as reader:   # noqa: SIM115
+    with zstandard.ZstdDecompressor().stream_reader(open(zst, "rb")) as reader:
         plain.write_bytes(reader.read())
     assert zst.read_bytes()[:4] == b"\x28\xb5\x2f\xfd" and tarfile.is_tarfile(plain)
     assert tar_stream(zst) == tar_stream(plain) == plain.read_bytes()
@@ -134,7 +134,8 @@ def test_the_agent_rebuilds_the_bundle_from_the_kept_one_and_asks_the_fleet_with
     assert http.asked == [("http://fleet:8480/v1/bundles/m@2.0.0/delta?from=1.0.0", {"Authorization": "Bearer t"})]
 
 
-def test_a_rebuilt_bundle_whose_hash_differs_from_the_signed_one_is_not_written(kept: tuple[Path, bytes, bytes]) -> None:
+def test_a_rebuilt_bundle_whose_hash_differs_from_the_signed_one_is_not_written(
+        kept: tuple[Path, bytes, bytes]) -> None:
     work, old, new = kept
     dest = work / "out.edgepkg"
     with pytest.raises(DeltaUnavailable, match="differs from the signed desired state"):
