@@ -100,3 +100,22 @@ def test_a_corrupted_delta_falls_back_to_the_full_download(fleet: tuple[RealFlee
     _update(real, device, "3.0.0")
     asked = [(p, s) for _, p, s in proxy.log if ("/v1/bundles/" in p and "3.0.0" in p) or v3 in p]
     assert asked == [("/v1/bundles/d@3.0.0/delta?from=2.0.0", 200), (f"/v1/bundles/{v3}/download", 200)], proxy.log
+
+
+def test_export_mirror_writes_the_layout_a_static_server_serves(fleet: tuple[RealFleet, RecordingProxy, Device],
+                                                                built: tuple[Path, SigningKey, dict[str, Path]],
+                                                                tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    real = fleet[0]
+    env = {**os.environ, "EDGEML_FLEET_URL": real.server.url, "EDGEML_FLEET_TOKEN": real.admin}
+    run = [sys.executable, "-m", "edgeml.fleet.cli", "bundles", "export-mirror", str(tmp_path / "mirror")]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "3 bundle(s) written, 0 already there" in out.stdout
+    for version, bundle in built[2].items():
+        assert sha256_file(tmp_path / "mirror" / "d" / f"{version}.edgepkg") == sha256_file(bundle)
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
+    assert "0 bundle(s) written, 3 already there" in again.stdout, again.stderr
