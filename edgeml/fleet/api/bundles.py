@@ -11,6 +11,8 @@ state, not against these headers).
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from edgeml.bundle import verify_bundle
 from edgeml.bundle.delta import DeltaError
+from edgeml.bundle.manifest import parse_semver
 from edgeml.errors import BundleError, FleetError
 from edgeml.fleet import audit
 from edgeml.fleet.api.keys import trust_store
@@ -30,6 +33,7 @@ from edgeml.fleet.auth import AnyCaller, Deployer, Principal, Viewer
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.models import Bundle, Rollout, utcnow
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["bundles"])
 Ctx = Annotated[FleetContext, Depends(get_context)]
 
@@ -96,8 +100,28 @@ def _register(ctx: FleetContext, tmp: Path, digest: str, size: int, caller: Prin
         audit.record(session, request, caller.name, "bundle.upload", digest, name=m.name, version=m.version,
                      size=size)
         ctx.artifacts.commit(tmp, digest)
+        previous = _newest_older(session, m.name, m.version)
+    ctx.artifacts.tar_info(digest)   # signed into every desired state for this bundle: compute it now
+    if previous is not None:         # most devices will come from there: have that delta ready
+        threading.Thread(target=_premake_delta, args=(ctx, previous, digest), daemon=True,
+                         name="edgeml-delta").start()
     response.status_code = 201
     return bundle_out(row)
+
+
+def _newest_older(session: Session, name: str, version: str) -> str | None:
+    """The id of the newest version of ``name`` older than ``version``, if any."""
+    older = [(parse_semver(v), i) for i, v in session.execute(select(Bundle.id, Bundle.version)
+                                                              .where(Bundle.name == name))
+             if parse_semver(v) < parse_semver(version)]
+    return max(older)[1] if older else None
+
+
+def _premake_delta(ctx: FleetContext, base: str, target: str) -> None:
+    try:
+        ctx.artifacts.delta(base, target)
+    except (DeltaError, FleetError, OSError) as exc:   # devices will get the full bundle: say why, once
+        log.warning("no delta from bundle %s to %s: %s", base, target, exc)
 
 
 @router.post("/bundles", response_model=BundleOut, status_code=201, openapi_extra=UPLOAD_BODY,
@@ -174,7 +198,7 @@ def download_delta(ref: str, caller: AnyCaller, ctx: Ctx,
         base_id, target_id, full_size = base.id, target.id, int(target.size)
         label = f"{target.name}-{base.version}-to-{target.version}.delta"
     try:
-        made = ctx.artifacts.delta(base_id, target_id)
+        made = ctx.artifacts.delta(base_id, target_id, wait=False)
     except (DeltaError, FleetError) as exc:
         raise HTTPException(status_code=404, detail=f"no delta: {exc}; download the full bundle") from exc
     if made.stat().st_size >= full_size:
