@@ -7,7 +7,7 @@ byte-identical, and the delta carries little more than the changed tensors and t
 
 Deltas are made over the **uncompressed tar streams** of the two bundles, never over the files: a
 bundle is usually a zstd-compressed tar, and after the first changed byte a compressed stream shares
-almost nothing with its predecessor (``scripts/bench_ota.py --delta`` measures both). Applying a delta
+almost nothing with its predecessor (``scripts/bench_delta.py`` measures both). Applying a delta
 therefore yields the new version's tar stream; the fleet signs that stream's sha256 and size into the
 desired state (``tar_sha256``/``tar_size``) next to the file's, and the device checks them, then the
 bundle's signature and every file hash, exactly as for a full download.
