@@ -9,7 +9,9 @@ Document (schema 1)::
 
     {"schema": 1, "device": id, "issued": unix s, "expires": unix s, "serial": int,
      "models": [{"name", "version", "sha256" (of the .edgepkg file), "size", "url",
-                 "rollback": bool  # true only when the fleet sends the device back to an older version
+                 "rollback": bool,  # true only when the fleet sends the device back to an older version
+                 "fleet_url",       # optional: the fleet's own route when "url" names a mirror (fallback)
+                 "tar_sha256", "tar_size"  # optional: the uncompressed tar stream, what a delta rebuilds
                 }],
      "probation": {"seconds", "max_error_rate", "max_latency_regression", "min_shadow_agreement",
                    "shadow_fraction"},
@@ -57,6 +59,9 @@ class DesiredModel:
     size: int
     url: str
     rollback: bool = False
+    fleet_url: str | None = None     # the fleet's own download route when ``url`` names a mirror
+    tar_sha256: str | None = None    # the bundle's uncompressed tar stream (a delta rebuilds it)
+    tar_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ def parse_desired(
         raise DesiredStateError("the desired state's signature does not match: it was altered")
     doc = _document(payload)
     models = tuple(DesiredModel(m["name"], m["version"], m["sha256"], int(m["size"]), m["url"],
-                                m.get("rollback", False)) for m in doc["models"])
+                                m.get("rollback", False), m.get("fleet_url"), m.get("tar_sha256"),
+                                m.get("tar_size")) for m in doc["models"])
     state = DesiredState(doc["device"], float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
                          models, dict(doc.get("probation") or {}), doc.get("rollout"), wire, key_id, key,
                          parse_trust_section(doc.get("trust")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -99,3 +100,23 @@ class FleetClient:
     def upload(self, path: str, file: Path) -> Any:
         with open(file, "rb") as f:
             return self.request("POST", path, content=f, headers={"Content-Type": "application/octet-stream"})
+
+    def download(self, path: str, dest: Path) -> str:
+        """Stream a GET's body into ``dest`` (through a temporary file and a rename); returns its sha256."""
+        digest = hashlib.sha256()
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise FleetError(f"GET {path} failed ({response.status_code}): {_detail(response)}")
+                with open(tmp, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+            os.replace(tmp, dest)
+        except httpx.TransportError as exc:
+            raise FleetError(f"cannot reach the fleet server at {self.config.url} ({exc})") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest.hexdigest()

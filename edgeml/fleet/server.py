@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from edgeml.errors import FleetError
+from edgeml.fleet import bundle_links
 from edgeml.fleet.api.limits import RequestLimits
 from edgeml.fleet.artifacts import ArtifactStore
 from edgeml.fleet.broker import (
@@ -43,6 +44,7 @@ class ServerConfig:
     online_window_s: float = 120.0
     rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
     max_bundle_bytes: int = RequestLimits.max_bundle_bytes  # a bundle upload over this is refused (413)
+    bundle_mirror: str | None = None  # desired states point devices at <mirror>/<name>/<version>.edgepkg
 
     def db_url(self) -> str:
         return self.db or sqlite_url(data_paths(self.data_dir)[0])
@@ -67,6 +69,7 @@ class FleetServer:
             broker=BrokerInfo(port=0, host=config.host if not config.broker else None),
             online_window_s=config.online_window_s,
         )
+        bundle_links.configure(bundle_links.BundleLinks(config.bundle_mirror, self.context.artifacts))
         if config.mosquitto_dir is not None:
             self.context.on_credentials_changed.append(self.sync_mosquitto)
         if isinstance(self.broker, EmbeddedBroker):

@@ -1,5 +1,9 @@
 """Resumable bundle download: HTTP Range from where the partial file ends, a size cap taken from the
-signed desired state, and a minimum-speed floor so a stalled link fails instead of hanging."""
+signed desired state, and a minimum-speed floor so a stalled link fails instead of hanging.
+
+Where from: :func:`download_sources` lists the mirror the desired state names (no credentials) and then
+the fleet's own route (with the device's token); the signed sha256 decides whether the bytes are used,
+whichever server sent them."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgeml.desired import DesiredModel
 from edgeml.errors import UpdateError
 from edgeml.fileio import sha256_file
 from edgeml_agent.transport import HttpClient, HttpUnreachable, StreamedResponse
@@ -33,6 +38,20 @@ def credentials_for(url: str, server_url: str | None, headers: Mapping[str, str]
     if server_url and origin(url) == origin(server_url):
         return dict(headers)
     return {}
+
+
+def absolute(url: str, server_url: str | None) -> str:
+    """A desired state's URL made absolute: a path is relative to the fleet the device enrolled with."""
+    return url if "://" in url else f"{(server_url or '').rstrip('/')}/{url.lstrip('/')}"
+
+
+def download_sources(model: DesiredModel, server_url: str | None) -> list[str]:
+    """The URLs to fetch ``model``'s bundle from, in order: its ``url`` (a mirror when the fleet has one),
+    then the fleet's own route (``fleet_url``) if that is another URL."""
+    urls = [absolute(model.url, server_url)]
+    if model.fleet_url and absolute(model.fleet_url, server_url) not in urls:
+        urls.append(absolute(model.fleet_url, server_url))
+    return urls
 
 
 class TransientDownloadError(UpdateError):

@@ -15,6 +15,7 @@ min_requests = 20
 min_download_speed = 1024   # bytes/s floor; slower downloads are cut and resumed
 download_attempts = 5
 download_retry_s = 1.0      # first pause between attempts (doubles, at most 30 s)
+deltas = true               # keep the installed bundle file and fetch binary deltas against it
 ```
 """
 
@@ -39,6 +40,7 @@ class UpdateSettings:
     download_retry_s: float = 1.0              # first retry pause; doubles up to 30 s
     min_download_speed: float = 1024.0
     target_ids: tuple[str, ...] = ()           # bundles for other targets are refused (empty = any)
+    deltas: bool = True                        # keep the installed bundle; fetch deltas against it
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class UpdatesConfig:
 def parse_updates(s: TomlSection[ConfigError]) -> UpdatesConfig:
     s.only({"enabled", "poll_interval_s", "targets", "keep_versions", "probation_s", "max_error_rate",
             "max_latency_regression", "min_shadow_agreement", "shadow_fraction", "min_requests",
-            "min_download_speed", "download_attempts", "download_retry_s"})
+            "min_download_speed", "download_attempts", "download_retry_s", "deltas"})
     targets = s.strings("targets", what="a target id")
     return UpdatesConfig(
         enabled=s.get("enabled", bool, None),
@@ -70,5 +72,6 @@ def parse_updates(s: TomlSection[ConfigError]) -> UpdatesConfig:
             download_attempts=s.integer("download_attempts", 5, minimum=1),
             download_retry_s=s.number("download_retry_s", 1.0, minimum=0),
             target_ids=targets,
+            deltas=s.get("deltas", bool, True),
         ),
     )

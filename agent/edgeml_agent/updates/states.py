@@ -14,14 +14,18 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from pathlib import Path
 from typing import ClassVar
 
 from edgeml.bundle.manifest import parse_semver
 from edgeml.bundle.verify import verify_bundle
+from edgeml.desired import DesiredModel
 from edgeml.errors import EdgeMLError, UpdateError
+from edgeml.fileio import sha256_file
 from edgeml.protocol import UpdateEvent, UpdateState
 from edgeml_agent.updates.context import UpdateContext
-from edgeml_agent.updates.download import TransientDownloadError, credentials_for, download
+from edgeml_agent.updates.delta import DeltaUnavailable, fetch_delta, keep_installed
+from edgeml_agent.updates.download import TransientDownloadError, credentials_for, download, download_sources
 from edgeml_agent.updates.health import Shadow
 from edgeml_agent.updates.record import UpdateRecord, now
 from edgeml_agent.updates.settings import UpdateSettings
@@ -44,20 +48,39 @@ class Downloading(State):
 
     def on_enter(self, ctx: UpdateContext, rec: UpdateRecord) -> UpdateEvent:
         _, model = ctx.desired(rec)
-        url = model.url if "://" in model.url else f"{(ctx.server_url or '').rstrip('/')}/{model.url.lstrip('/')}"
         dest = ctx.bundle_path(rec)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and sha256_file(dest) in (model.sha256, model.tar_sha256):
+            return E.DOWNLOADED   # resumed after the download (or the delta's rebuild) completed
+        if ctx.settings.deltas and ctx.server_url:
+            try:
+                fetch_delta(ctx.services.http, ctx.server_url, ctx.headers, model, ctx.work_dir, dest)
+                return E.DOWNLOADED
+            except DeltaUnavailable as exc:
+                log.info("no delta for %s@%s, downloading the whole bundle: %s", model.name, model.version, exc)
+        sources = download_sources(model, ctx.server_url)
+        for i, url in enumerate(sources):
+            last = i == len(sources) - 1
+            try:
+                self._fetch(ctx, model, url, dest, attempts=ctx.settings.download_attempts if last else 2)
+                return E.DOWNLOADED
+            except UpdateError as exc:
+                if last:
+                    raise
+                log.warning("bundle source %s failed (%s); trying %s", url, exc, sources[i + 1])
+                dest.with_name(dest.name + ".part").unlink(missing_ok=True)  # never mix two servers' bytes
+        raise AssertionError("unreachable: the last source returns or raises")
 
+    def _fetch(self, ctx: UpdateContext, model: DesiredModel, url: str, dest: Path, *, attempts: int) -> None:
         def progress(have: int) -> None:
             ctx.checkpoint(self.name, f"bytes={have}/{model.size}")
 
-        attempts = ctx.settings.download_attempts
         for attempt in range(1, attempts + 1):
             try:
                 download(ctx.services.http, url, dest, expected_size=model.size, expected_sha256=model.sha256,
                          headers=credentials_for(url, ctx.server_url, ctx.headers),
                          min_bytes_per_s=ctx.settings.min_download_speed, progress=progress)
-                return E.DOWNLOADED
+                return
             except TransientDownloadError as exc:
                 log.warning("download attempt %d failed: %s", attempt, exc)
                 if attempt < attempts:
@@ -166,6 +189,8 @@ class Committed(State):
         rec.committed[rec.model] = rec.target_version
         ctx.records.save(rec)
         _prune(ctx, rec.model, keep=ctx.settings.keep_versions)
+        if ctx.settings.deltas:   # the base of the next update's delta
+            keep_installed(ctx.work_dir, rec.model, rec.target_version, ctx.bundle_path(rec))
         ctx.bundle_path(rec).unlink(missing_ok=True)
         return E.DONE
 

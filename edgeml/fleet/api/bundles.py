@@ -1,22 +1,31 @@
-"""Bundles: upload (signature checked against the fleet's trusted keys), list, show, ranged download, delete.
+"""Bundles: upload (signature checked against the fleet's trusted keys), list, show, ranged download,
+delta download, delete.
 
 A bundle's id is the sha256 of its bytes, so uploading the same file twice stores it once. A bundle is
-addressed by that id or by ``name@version``.
+addressed by that id or by ``name@version``. ``GET /v1/bundles/{ref}/delta?from=<version>`` answers the
+binary delta that rebuilds the bundle's tar stream from an older version's (:mod:`edgeml.bundle.delta`),
+made on the first request and kept in the artifact store; the headers name the sha256 and size of the
+base it expects and of the result it rebuilds (the device checks the result against its signed desired
+state, not against these headers).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgeml.bundle import verify_bundle
-from edgeml.errors import BundleError
+from edgeml.bundle.delta import DeltaError
+from edgeml.bundle.manifest import parse_semver
+from edgeml.errors import BundleError, FleetError
 from edgeml.fleet import audit
 from edgeml.fleet.api.keys import trust_store
 from edgeml.fleet.api.schemas import BundleDetail, BundleOut
@@ -24,6 +33,7 @@ from edgeml.fleet.auth import AnyCaller, Deployer, Principal, Viewer
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.models import Bundle, Rollout, utcnow
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["bundles"])
 Ctx = Annotated[FleetContext, Depends(get_context)]
 
@@ -90,8 +100,28 @@ def _register(ctx: FleetContext, tmp: Path, digest: str, size: int, caller: Prin
         audit.record(session, request, caller.name, "bundle.upload", digest, name=m.name, version=m.version,
                      size=size)
         ctx.artifacts.commit(tmp, digest)
+        previous = _newest_older(session, m.name, m.version)
+    ctx.artifacts.tar_info(digest)   # signed into every desired state for this bundle: compute it now
+    if previous is not None:         # most devices will come from there: have that delta ready
+        threading.Thread(target=_premake_delta, args=(ctx, previous, digest), daemon=True,
+                         name="edgeml-delta").start()
     response.status_code = 201
     return bundle_out(row)
+
+
+def _newest_older(session: Session, name: str, version: str) -> str | None:
+    """The id of the newest version of ``name`` older than ``version``, if any."""
+    older = [(parse_semver(v), i) for i, v in session.execute(select(Bundle.id, Bundle.version)
+                                                              .where(Bundle.name == name))
+             if parse_semver(v) < parse_semver(version)]
+    return max(older)[1] if older else None
+
+
+def _premake_delta(ctx: FleetContext, base: str, target: str) -> None:
+    try:
+        ctx.artifacts.delta(base, target)
+    except (DeltaError, FleetError, OSError) as exc:   # devices will get the full bundle: say why, once
+        log.warning("no delta from bundle %s to %s: %s", base, target, exc)
 
 
 @router.post("/bundles", response_model=BundleOut, status_code=201, openapi_extra=UPLOAD_BODY,
@@ -144,6 +174,41 @@ def download_bundle(ref: str, caller: AnyCaller, ctx: Ctx) -> FileResponse:
     # FileResponse answers Range requests itself (206 + Content-Range, 416 outside the file) and sends an
     # ETag, so an interrupted download resumes with 'Range: bytes=<have>-' plus 'If-Range: <etag>'.
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+DELTA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the delta (a zstd frame, the older version's tar stream as its dictionary)",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    404: {"description": "no delta: unknown bundle or base version, or a delta would not be smaller than the "
+                         "bundle; download the full bundle"},
+}
+
+
+@router.get("/bundles/{ref}/delta", response_class=FileResponse, responses=DELTA_RESPONSES)
+def download_delta(ref: str, caller: AnyCaller, ctx: Ctx,
+                   base_ref: Annotated[str, Query(alias="from", max_length=200,
+                                                  description="the version (or sha256 id) the device runs")]
+                   ) -> FileResponse:
+    with ctx.store.session() as session:
+        target = find_bundle(session, ref)
+        base = find_bundle(session, base_ref if len(base_ref) == 64 else f"{target.name}@{base_ref}")
+        if base.name != target.name or base.id == target.id:
+            raise HTTPException(status_code=404, detail=f"no delta from {base.name}@{base.version} to "
+                                                        f"{target.name}@{target.version}")
+        base_id, target_id, full_size = base.id, target.id, int(target.size)
+        label = f"{target.name}-{base.version}-to-{target.version}.delta"
+    try:
+        made = ctx.artifacts.delta(base_id, target_id, wait=False)
+    except (DeltaError, FleetError) as exc:
+        raise HTTPException(status_code=404, detail=f"no delta: {exc}; download the full bundle") from exc
+    if made.stat().st_size >= full_size:
+        raise HTTPException(status_code=404, detail="no delta: it would not be smaller than the bundle; "
+                                                    "download the full bundle")
+    base_tar, target_tar = ctx.artifacts.tar_info(base_id), ctx.artifacts.tar_info(target_id)
+    assert base_tar is not None and target_tar is not None   # both files were just read to make the delta
+    return FileResponse(made, media_type="application/octet-stream", filename=label, headers={
+        "X-Edgeml-Delta-Base-Sha256": base_tar.sha256, "X-Edgeml-Delta-Base-Size": str(base_tar.size),
+        "X-Edgeml-Delta-Result-Sha256": target_tar.sha256, "X-Edgeml-Delta-Result-Size": str(target_tar.size)})
 
 
 @router.delete("/bundles/{ref}", response_model=BundleOut)

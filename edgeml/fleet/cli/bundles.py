@@ -1,4 +1,4 @@
-"""``edgeml-fleet bundles``: push, list, show and delete signed bundles in the registry."""
+"""``edgeml-fleet bundles``: push, list, show and delete signed bundles in the registry; export a mirror."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import call, echo_json, json_option, show, table
+from edgeml.fleet.cli.output import call, client, echo_json, json_option, show, table
 
 BUNDLE_COLUMNS = [("name", "name"), ("version", "version"), ("target", "target"), ("runtime", "runtime"),
                   ("precision", "precision"), ("size", "bytes"), ("id", "sha256"), ("uploaded_at", "uploaded")]
@@ -52,3 +52,29 @@ def bundles_show(ref: str, as_json: bool) -> None:
 def bundles_delete(ref: str) -> None:
     row = call("delete", f"/v1/bundles/{ref}")
     click.echo(f"deleted {row['name']}@{row['version']}")
+
+
+@bundles.command("export-mirror")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="only the bundles of this model")
+def bundles_export_mirror(directory: Path, name: str | None) -> None:
+    """Write every bundle as DIRECTORY/<name>/<version>.edgepkg, the layout 'serve --bundle-mirror' points
+    devices at: serve DIRECTORY with any static web server or copy it to an object store. Files already
+    there with the right sha256 are kept, so running it again copies only new bundles."""
+    from edgeml.fileio import sha256_file
+    from edgeml.fleet.bundle_links import mirror_path
+
+    copied = kept = 0
+    with client() as fleet:
+        for row in fleet.get("/v1/bundles", name=name):
+            dest = directory / mirror_path(row["name"], row["version"])
+            if dest.is_file() and sha256_file(dest) == row["id"]:
+                kept += 1
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            got = fleet.download(f"/v1/bundles/{row['id']}/download", dest)
+            if got != row["id"]:
+                dest.unlink(missing_ok=True)
+                raise click.ClickException(f"{row['name']}@{row['version']} arrived with sha256 {got}, not {row['id']}")
+            copied += 1
+    click.echo(f"mirror {directory}: {copied} bundle(s) written, {kept} already there")

@@ -34,19 +34,32 @@ def default_data_dir() -> Path:
               help="keep raw telemetry this long (hourly roll-ups are kept for good)")
 @click.option("--max-bundle-bytes", type=click.IntRange(min=1), default=2 << 30, show_default=True,
               help="refuse a bundle upload larger than this many bytes (413), counted while it streams")
+@click.option("--bundle-mirror", default=None, metavar="URL",
+              help="devices download bundles from URL<name>/<version>.edgepkg (any static server; fill it with "
+                   "'edgeml-fleet bundles export-mirror'), falling back to this server")
 def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: str | None, broker_port: int | None,
           mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float,
-          broker_ca: Path | None, telemetry_retention_days: float, max_bundle_bytes: int) -> None:
+          broker_ca: Path | None, telemetry_retention_days: float, max_bundle_bytes: int,
+          bundle_mirror: str | None) -> None:
     """Run the fleet server (HTTP API + embedded MQTT broker)."""
     from edgeml.fleet.server import ServerConfig
     from edgeml.fleet.server import serve as run
 
+    if bundle_mirror:
+        from edgeml.errors import ConfigError
+        from edgeml.fleet.bundle_links import check_mirror
+
+        try:
+            check_mirror(bundle_mirror)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bundle-mirror") from exc
     if broker and broker_port is not None:
         raise click.UsageError("--broker-port is for the embedded broker; with --broker put the port in the URL")
     run(ServerConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, db=db, broker=broker,
                      broker_port=broker_port, mosquitto_dir=mosquitto_dir, mosquitto_pid_file=mosquitto_pid_file,
                      online_window_s=online_window, broker_ca=broker_ca,
-                     telemetry_retention_days=telemetry_retention_days, max_bundle_bytes=max_bundle_bytes))
+                     telemetry_retention_days=telemetry_retention_days, max_bundle_bytes=max_bundle_bytes,
+                     bundle_mirror=bundle_mirror))
 
 
 @click.group()

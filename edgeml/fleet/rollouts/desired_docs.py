@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from edgeml.bundle.keys import SigningKey
 from edgeml.desired import sign_desired
 from edgeml.errors import KeyStoreError
-from edgeml.fleet import keyring
+from edgeml.fleet import bundle_links, keyring
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Bundle, DesiredDocument, Setting, utcnow
 
@@ -55,9 +55,9 @@ def _key_from_pem(pem: str) -> SigningKey:
 
 
 def model_entry(bundle: Bundle, *, rollback: bool = False) -> dict[str, Any]:
-    """One ``models`` entry: the bundle's file hash and a download URL relative to the fleet's URL."""
+    """One ``models`` entry: the bundle's file hash and where to download it (see :mod:`..bundle_links`)."""
     return {"name": bundle.name, "version": bundle.version, "sha256": bundle.id, "size": int(bundle.size),
-            "url": f"/v1/bundles/{bundle.id}/download", "rollback": rollback}
+            **bundle_links.current().entry_fields(bundle), "rollback": rollback}
 
 
 @dataclass(frozen=True)
