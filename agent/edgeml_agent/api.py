@@ -64,7 +64,7 @@ class Api:
         self.metrics = metrics
         self.api_token = api_token
         self.status: Callable[[], Mapping[str, JSONValue]] = status or dict  # extra /healthz fields (daemon state)
-        self.sessions = sessions or SessionStore()
+        self.sessions = sessions if sessions is not None else SessionStore()   # (an empty store is falsy)
         self.draining = False
         self.oip = OpenInference(self)
 
