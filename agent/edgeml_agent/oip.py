@@ -78,8 +78,6 @@ class OpenInference:
         self.api = api
 
     def route(self, req: Request, parts: list[str]) -> Response:
-        from edgeml_agent.api import HttpError, Response, json_response
-
         api = self.api
         if not parts:
             check_method(req, "GET")
@@ -108,8 +106,6 @@ class OpenInference:
                              "/v2/health/{live,ready}, /v2/models/{name}[/ready], POST /v2/models/{name}/infer)")
 
     def _check_version(self, name: str, version: str) -> None:
-        from edgeml_agent.api import HttpError
-
         loaded = self.api._model(name)
         if version not in ("", loaded.version):
             raise HttpError(404, f"model '{name}' version {version} is not loaded (loaded: {loaded.version})",
@@ -234,7 +230,6 @@ def _from_json(name: str, kind: str, shape: list[int], count: int, data: object)
 
 def _sequence(call: Call, params: object, req: Request) -> None:
     """Triton's sequence parameters (or X-Session-Id) -> the agent's session of a stateful model."""
-
     params = params if isinstance(params, dict) else {}
     seq = params.get("sequence_id")
     session = req.headers.get(SESSION_HEADER)
