@@ -164,7 +164,7 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
         min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
         exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
         calibration_method=calibration_method, preprocess=_preprocess(preprocess), class_names=names,
-        tokenizer=tokenizer, state=list(state), audio_frames=audio_frames,
+        tokenizer=tokenizer, state=tuple(state), audio_frames=audio_frames,
         benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON

@@ -204,3 +204,24 @@ def test_build_ships_the_tokenizer_and_the_state_pairs(tmp_path):
                                                     "hop": 256}
     with pytest.raises(ConfigError, match="INPUT=OUTPUT"):
         edgeml.compile(tmp_path / "r.onnx", "x86-cpu", state=["state"])
+
+
+def test_build_flags_reach_the_build_request(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeml.cli import main
+    from edgeml.compiler import api
+
+    seen = []
+    monkeypatch.setattr(api, "compile", lambda request: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
+    tokenizer = minilm_tokenizer()
+
+    res = CliRunner().invoke(main, ["build", "m.onnx", "-t", "x86-cpu", "--tokenizer", str(tokenizer),
+                                    "--state", "h=hn", "--state", "c=cn", "--audio-frames", "audio=512/160"])
+    bad = CliRunner().invoke(main, ["build", "m.onnx", "-t", "x86-cpu", "--audio-frames", "audio=160/512"])
+
+    assert res.exit_code == 0, res.output
+    (request,) = seen
+    assert (request.tokenizer, request.state) == (str(tokenizer), ("h=hn", "c=cn"))
+    assert request.framing == {"kind": "audio_frames", "input": "audio", "frame": 512, "hop": 160}
+    assert bad.exit_code == 2 and "0 < HOP <= FRAME" in bad.output
