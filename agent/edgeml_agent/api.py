@@ -117,7 +117,7 @@ class Api:
                 return json_response(200, {"models": models, "failed": failed})
             if len(parts) == 3:
                 check_method(req, "GET")
-                return json_response(200, self._model(parts[2]).describe())
+                return json_response(200, self.loaded_model(parts[2]).describe())
             if len(parts) == 4 and parts[3] == "infer":
                 check_method(req, "POST")
                 return self.infer(parts[2], req)
@@ -125,14 +125,15 @@ class Api:
                              "(see GET /v1/models, POST /v1/models/{name}/infer, /healthz, /metrics, /v2)")
 
     def _reset_session(self, name: str, session_id: str) -> Response:
-        self._model(name)
+        self.loaded_model(name)
         try:
             existed = self.sessions.reset(name, session_id)
         except InferenceInputError as exc:
             raise HttpError(400, str(exc)) from None
         return json_response(200, {"model": name, "session": session_id, "reset": existed})
 
-    def _model(self, name: str) -> LoadedModel:
+    def loaded_model(self, name: str) -> LoadedModel:
+        """The model served as ``name``, or a 404."""
         try:
             return self.registry.get(name)
         except UnknownModelError as exc:

@@ -94,10 +94,10 @@ class OpenInference:
                 rest = rest[2:]
             if not rest:
                 check_method(req, "GET")
-                return json_response(200, self.metadata(api._model(name)))
+                return json_response(200, self.metadata(api.loaded_model(name)))
             if rest == ["ready"]:
                 check_method(req, "GET")
-                api._model(name)
+                api.loaded_model(name)
                 return Response(200, b"", "text/plain")
             if rest == ["infer"]:
                 check_method(req, "POST")
@@ -106,7 +106,7 @@ class OpenInference:
                              "/v2/health/{live,ready}, /v2/models/{name}[/ready], POST /v2/models/{name}/infer)")
 
     def _check_version(self, name: str, version: str) -> None:
-        loaded = self.api._model(name)
+        loaded = self.api.loaded_model(name)
         if version not in ("", loaded.version):
             raise HttpError(404, f"model '{name}' version {version} is not loaded (loaded: {loaded.version})",
                             "unknown_model")

@@ -116,8 +116,11 @@ def test_sequence_parameters_keep_the_state_like_a_hand_loop(triton, served):
         result = triton.infer("vad", [audio, sr], headers=_headers(served), sequence_id=42,
                               sequence_start=i == 0, sequence_end=i == len(frames) - 1)
         got.append(result.as_numpy("prob"))
+    # sequence_end dropped the session: the same id starts over from the init state
+    after_end = triton.infer("vad", [audio, sr], headers=_headers(served), sequence_id=42).as_numpy("prob")
 
     np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5)
+    np.testing.assert_allclose(after_end, hand_loop(served.recurrent, frames[-1:])[0], rtol=1e-5)
 
 
 def test_client_mistakes_are_4xx_with_a_message(triton, served):
@@ -137,3 +140,32 @@ def test_client_mistakes_are_4xx_with_a_message(triton, served):
     bad_type = httpx.post(f"{served.agent.url}/v2/models/mlp/infer", headers=_headers(served),
                           json={"inputs": [{"name": "x", "shape": [1], "datatype": "COMPLEX", "data": [1]}]})
     assert bad_type.status_code == 400 and "datatype" in bad_type.json()["error"]
+
+
+def test_other_typed_tensors_are_cast_where_numpy_casts_safely(triton, served):
+    """FP16 into an FP32 input, INT32 and BOOL into INT64 inputs: accepted like the own API accepts them;
+    FP32 into an INT64 input is refused (it would truncate)."""
+    x = np.asarray([[0.5, 1.5, -2.0, 3.25]], dtype=np.float16)
+    half = httpclient.InferInput("x", [1, 4], "FP16")
+    half.set_data_from_numpy(x)
+    ids = np.asarray([[101, 7592, 102]], dtype=np.int32)
+    inputs = []
+    for name, value, kind in (("input_ids", ids, "INT32"), ("attention_mask", np.ones((1, 3), np.bool_), "BOOL"),
+                              ("token_type_ids", np.zeros((1, 3), np.int32), "INT32")):
+        inp = httpclient.InferInput(name, [1, 3], kind)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+
+    from_half = triton.infer("mlp", [half], headers=_headers(served)).as_numpy("y")
+    from_float = httpx.post(f"{served.agent.url}/v1/models/mlp/infer", json={"inputs": x.astype(np.float32).tolist()},
+                            headers=_headers(served)).json()["outputs"]["y"]
+    typed = triton.infer("minilm", inputs, headers=_headers(served)).as_numpy("embedding")
+    as_int64 = triton.infer("minilm", _token_inputs(ids.astype(np.int64), np.ones((1, 3), np.int64)),
+                            headers=_headers(served)).as_numpy("embedding")
+    floats = httpclient.InferInput("input_ids", [1, 3], "FP32")
+    floats.set_data_from_numpy(ids.astype(np.float32))
+
+    np.testing.assert_allclose(from_half, np.asarray(from_float), rtol=1e-6)
+    np.testing.assert_allclose(typed, as_int64, rtol=1e-6)
+    with pytest.raises(InferenceServerException, match="dtype float32; the model wants int64"):
+        triton.infer("minilm", [floats, *inputs[1:]], headers=_headers(served))
