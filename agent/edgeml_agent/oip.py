@@ -2,7 +2,7 @@
 
 Served beside the agent's own API on the same port, with the same auth token, body-size limit, registry,
 micro-batching, sessions and metrics (:class:`edgeml_agent.api.Api` decodes a v2 request into the same
-:class:`~edgeml_agent.api.Call` its own API uses), so existing clients (``tritonclient[http]``, KServe
+:class:`~edgeml_agent.exchange.Call` its own API uses), so existing clients (``tritonclient[http]``, KServe
 clients, ``curl``) work unchanged:
 
 - ``GET /v2`` (server metadata), ``GET /v2/health/live``, ``GET /v2/health/ready`` (open, like /healthz);
