@@ -114,6 +114,13 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
               help="Fix a dynamic input shape (repeatable).")
 @click.option("--preprocess",
               help='Image preprocessing as JSON or a .json file, e.g. {"size": [224, 224], "mean": [...]}.')
+@click.option("--tokenizer", type=click.Path(exists=True),
+              help="tokenizer.json (or the model directory holding it) shipped in the bundle: the model takes text.")
+@click.option("--state", multiple=True, metavar="INPUT=OUTPUT",
+              help="A state pair of a streaming model: OUTPUT is fed back as INPUT on the next call "
+                   "(repeatable; default: pairs found by name, e.g. state/stateN).")
+@click.option("--audio-frames", metavar="INPUT=FRAME[/HOP]",
+              help="The device cuts longer audio posted for INPUT into frames of FRAME samples every HOP.")
 @click.option("--fallback", is_flag=True,
               help="Keep the most sensitive layers in float when a quantized candidate fails the gate.")
 @click.option("--exclude-node", multiple=True, help="Never quantize this node (repeatable).")
@@ -138,7 +145,8 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
 def build(model: str, target: str, precision: str, runtime: str | None, calibration: str | None,
           evaluation: str | None, labels: str | None, class_names: str | None, key: str | None, name: str | None,
-          bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, fallback: bool,
+          bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, tokenizer: str | None,
+          state: tuple[str, ...], audio_frames: str | None, fallback: bool,
           exclude_node: tuple[str, ...], exclude_op_type: tuple[str, ...], per_channel: bool,
           calibration_method: str, min_agreement: float, min_cosine: float, min_snr_db: float | None,
           max_abs_error: float | None, max_drop: float, bench_seconds: float, no_cache: bool, as_json: bool,
@@ -156,6 +164,7 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
         min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
         exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
         calibration_method=calibration_method, preprocess=_preprocess(preprocess), class_names=names,
+        tokenizer=tokenizer, state=tuple(state), audio_frames=audio_frames,
         benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON

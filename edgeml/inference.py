@@ -23,8 +23,10 @@ from edgeml.fileio import sha256_file
 from edgeml.paths import cache_dir
 from edgeml.runtimes.base import Backend, backend_class
 from edgeml.runtimes.selection import Selection, SelectionPolicy, select_backend
+from edgeml.streaming import StreamResult, StreamState, run_stream
+from edgeml.textinput import TextEncoder
 
-__all__ = ["Model", "load", "load_verified", "open_bundle"]
+__all__ = ["Model", "Stream", "load", "load_verified", "open_bundle"]
 
 
 class Model:
@@ -47,6 +49,11 @@ class Model:
         self._lock: threading.Lock | None = None if backend.thread_safe else threading.Lock()
         plan = backend.feed_plan()
         self._single_check = plan[0] if len(plan) == 1 else None
+        # what travels beside the model (edgeml.bundle.prepost): state pairs, tokenizer, audio framing
+        self.state_pairs = self.manifest.state
+        self.framing = self.manifest.audio_framing
+        self._text: TextEncoder | None = None
+        self._text_lock = threading.Lock()
 
     # -- description ---------------------------------------------------------------------------------
     @property
@@ -59,11 +66,39 @@ class Model:
             "runtime": self.runtime, "precision": self.manifest.precision, "backend": self.runtime,
             "device": self.device, "fallback": self.fallback, "fallback_reason": self.selection.fallback_reason,
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+            "state": [p.to_json() for p in self.state_pairs],
+            "tokenizer": self.manifest.raw.get("tokenizer"),
+            "framing": self.framing.to_json() if self.framing else None,
         }
+
+    # -- text ----------------------------------------------------------------------------------------
+    @property
+    def takes_text(self) -> bool:
+        return self.manifest.tokenizer is not None
+
+    def encode_text(self, texts: object) -> dict[str, np.ndarray]:
+        """The model inputs the bundle's tokenizer makes of ``texts`` (a list of strings)."""
+        spec = self.manifest.tokenizer
+        if spec is None:
+            raise InferenceInputError(f"bundle {self.name}@{self.version} carries no tokenizer: pass the model's "
+                                      "inputs as arrays (rebuild with --tokenizer to accept text)")
+        encoder = self._text
+        if encoder is None:
+            with self._text_lock:   # loaded on first use, once: a tokenizer.json takes ~50 ms to parse
+                if self._text is None:
+                    self._text = TextEncoder(self.bundle.file(spec.file), spec, self.inputs)
+                encoder = self._text
+        return encoder.encode(texts)
 
     # -- inference -----------------------------------------------------------------------------------
     def feeds(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Normalise ``predict``'s arguments into checked feeds (names, dtypes, shapes)."""
+        return self.backend.check_feeds(self.raw_feeds(data, **named))
+
+    def raw_feeds(self, data: Any = None, /, **named: Any) -> dict[str, Any]:
+        """``predict``'s arguments by input name, unchecked; ``text=[...]`` goes through the tokenizer."""
+        if "text" in named and self.takes_text:
+            named = {**self.encode_text(named.pop("text")), **named}
         single = self._single_check
         if data is None:
             raw: Mapping[str, Any] = named
@@ -74,7 +109,7 @@ class Model:
         else:
             names = ", ".join(s.name for s in self.backend.inputs)
             raise InferenceInputError(f"this model takes several inputs ({names}): pass a dict of arrays by name")
-        return self.backend.check_feeds(raw)
+        return dict(raw)
 
     def run_checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run feeds that already passed :meth:`feeds`."""
@@ -84,9 +119,11 @@ class Model:
             return self._run(feeds)
 
     def predict(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
-        """Run the model. ``data``: an array (single-input models) or a dict of arrays by input name.
+        """Run the model. ``data``: an array (single-input models) or a dict of arrays by input name;
+        ``text=["...", ...]`` for a bundle that carries a tokenizer.
 
-        Returns a dict of output arrays by output name.
+        Returns a dict of output arrays by output name. A stateful model takes its state inputs here
+        like any other input; :meth:`stream` keeps them for you.
         """
         # The common case checked inline: one contiguous array of the right dtype and rank for a
         # one-input model. Right after a model run has flushed the CPU caches every call into numpy
@@ -106,6 +143,11 @@ class Model:
                 with self._lock:
                     return self._run({check.name: data})
         return self.run_checked(self.feeds(data, **named))
+
+    def stream(self) -> Stream:
+        """A stream of calls on a stateful model: state outputs are fed back as the next state inputs,
+        and with ``audio_frames`` preprocessing a longer buffer is cut into frames."""
+        return Stream(self)
 
     def smoke_test(self) -> None:
         """Run the bundle's smoke sample and compare with its expected output (raises on mismatch)."""
@@ -135,6 +177,32 @@ class Model:
     def __repr__(self) -> str:
         fb = " fallback" if self.fallback else ""
         return f"Model({self.name}@{self.version} on {self.runtime}/{self.device}{fb})"
+
+
+class Stream:
+    """``with model.stream() as s: s.predict(audio=frame)`` — state kept between calls (see
+    :mod:`edgeml.streaming`). One stream is one sequence: use one per audio source, from one thread."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.state = StreamState(model.state_pairs, model.inputs, model.framing)
+        self.last: StreamResult | None = None
+
+    def predict(self, data: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+        """The model's outputs for this call, without the state outputs (the stream keeps those);
+        framed calls stack each frame's outputs on a new first axis."""
+        raw = self.model.raw_feeds(data, **named)
+        self.last = run_stream(self.model.run_checked, self.model.backend.check_feeds, self.state, raw)
+        return self.last.outputs
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
 
 
 def open_bundle(path: str | Path, trust: Mapping[str, Ed25519PublicKey] | None = None) -> VerifiedBundle:

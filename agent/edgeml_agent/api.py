@@ -1,7 +1,11 @@
 """The local inference API, independent of the HTTP server that carries it.
 
-``Api.handle(Request) -> Response`` routes, decodes inputs (JSON nested lists, ``.npy``, ``.npz``),
-runs the model and encodes outputs as the client's ``Accept`` asks. Every bad input becomes a 4xx
+``Api.handle(Request) -> Response`` routes, decodes inputs (JSON nested lists, ``.npy``, ``.npz``, text
+for a bundle with a tokenizer), runs the model and encodes outputs as the client's ``Accept`` asks.
+A request is decoded into a protocol-neutral :class:`Call`; the Open Inference Protocol
+(:mod:`edgeml_agent.oip`) decodes its own bodies into the same ``Call`` and shares everything after that:
+auth, size limits, sessions of stateful models (:mod:`edgeml_agent.sessions`), the registry, batching,
+metrics and observers. Every bad input becomes a 4xx
 with a message naming the problem; only a failure inside the runtime is a 500. A 4xx is the client's
 mistake, never the model's: it is counted apart (``Metrics.count_rejected``) and the registry's observers
 (metrics, telemetry, an update's health watch) never see it. JSON answers are strict JSON (NaN -> null).
@@ -11,95 +15,63 @@ from __future__ import annotations
 
 import hmac
 import io
-import json
-import math
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeml.arrays import Array
 from edgeml.errors import InferenceInputError
 from edgeml.jsontypes import JSON as JSONValue
+from edgeml.streaming import StreamResult, StreamState, run_stream, wants_framing
 from edgeml_agent import npy
+from edgeml_agent.exchange import (
+    JSON,
+    MAX_TENSOR_DIMS,
+    SESSION_HEADER,
+    Call,
+    HttpError,
+    Request,
+    Response,
+    check_method,
+    check_names,
+    error_response,
+    json_response,
+    parse_json,
+)
 from edgeml_agent.metrics import Metrics
+from edgeml_agent.oip import OpenInference
 from edgeml_agent.registry import LoadedModel, ModelRegistry, Observation, UnknownModelError
+from edgeml_agent.sessions import SessionStore, check_session_id
 
 Feeds = dict[str, Array]
 
-JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 MAX_NPZ_EXPANDED = 256 << 20      # inflated size of a compressed .npz body
-MAX_NAME_CHARS = 256              # an input name in a request
-MAX_TENSOR_DIMS = 64              # numpy's own limit; deeper JSON nesting is refused with a 400
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]           # lower-case names
-    body: bytes = b""
-    received: float = 0.0                # perf_counter() when the request line arrived (0: unknown)
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: dict[str, str] = field(default_factory=dict)
-    # Bookkeeping the server runs once the answer is on the wire (observers: metrics, telemetry,
-    # an update's health watch), so the client does not wait for it.
-    after: Callable[[], None] | None = None
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "bad_input") -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-
-
-def json_response(status: int, data: object) -> Response:
-    """A JSON answer that strict parsers accept: NaN and ±Infinity (which Python would write as bare
-    ``NaN``/``Infinity``, not JSON) become ``null``."""
-    try:
-        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
-    return Response(status, text.encode())
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def error_response(status: int, message: str) -> Response:
-    return json_response(status, {"error": message, "status": status})
+Decoder = Callable[[LoadedModel, Request], Call]
+Encoder = Callable[[LoadedModel, Call, StreamResult, Request], Response]
 
 
 class Api:
     def __init__(self, registry: ModelRegistry, metrics: Metrics, api_token: str | None = None,
-                 status: Callable[[], Mapping[str, JSONValue]] | None = None) -> None:
+                 status: Callable[[], Mapping[str, JSONValue]] | None = None,
+                 sessions: SessionStore | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
         self.api_token = api_token
         self.status: Callable[[], Mapping[str, JSONValue]] = status or dict  # extra /healthz fields (daemon state)
+        self.sessions = sessions if sessions is not None else SessionStore()   # (an empty store is falsy)
         self.draining = False
+        self.oip = OpenInference(self)
 
     # -- entry points --------------------------------------------------------------------------------
     def authorize(self, path: str, headers: Mapping[str, str]) -> Response | None:
-        """None when allowed; a 401 response otherwise. /healthz is always open."""
-        if self.api_token is None or path == "/healthz":
+        """None when allowed; a 401 response otherwise. Health probes (/healthz, /v2/health/*) are open."""
+        if self.api_token is None or path == "/healthz" or path.startswith("/v2/health/"):
             return None
         given = headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
@@ -122,45 +94,58 @@ class Api:
         path = req.path.split("?", 1)[0]
         parts = [p for p in path.split("/") if p]
         if parts == ["healthz"]:
-            self._method(req, "GET")
+            check_method(req, "GET")
             state = "draining" if self.draining else "ok"
             return json_response(503 if self.draining else 200,
                                  {"status": state, "models": self.registry.names(), **self.status()})
         if parts == ["metrics"]:
-            self._method(req, "GET")
+            check_method(req, "GET")
             return Response(200, self.metrics.render(self.registry).encode(), "text/plain; version=0.0.4")
+        if parts[:1] == ["v2"]:
+            return self.oip.route(req, parts[1:])
+        if parts == ["v1", "sessions"]:
+            check_method(req, "GET")
+            return json_response(200, self.sessions.stats())
+        if parts[:2] == ["v1", "models"] and len(parts) == 5 and parts[3] == "sessions":
+            check_method(req, "DELETE")
+            return self._reset_session(parts[2], parts[4])
         if parts[:2] == ["v1", "models"]:
             if len(parts) == 2:
-                self._method(req, "GET")
+                check_method(req, "GET")
                 models = [m.describe() for m in self.registry.models()]
                 failed = [{"name": n, "state": "failed", "error": e} for n, e in self.registry.failures().items()]
                 return json_response(200, {"models": models, "failed": failed})
             if len(parts) == 3:
-                self._method(req, "GET")
-                return json_response(200, self._model(parts[2]).describe())
+                check_method(req, "GET")
+                return json_response(200, self.loaded_model(parts[2]).describe())
             if len(parts) == 4 and parts[3] == "infer":
-                self._method(req, "POST")
+                check_method(req, "POST")
                 return self.infer(parts[2], req)
         raise HttpError(404, f"no such endpoint: {req.method} {path} "
-                             "(see GET /v1/models, POST /v1/models/{name}/infer, /healthz, /metrics)")
+                             "(see GET /v1/models, POST /v1/models/{name}/infer, /healthz, /metrics, /v2)")
 
-    @staticmethod
-    def _method(req: Request, allowed: str) -> None:
-        if req.method != allowed:
-            raise HttpError(405, f"{req.method} is not allowed on {req.path}; use {allowed}")
+    def _reset_session(self, name: str, session_id: str) -> Response:
+        self.loaded_model(name)
+        try:
+            existed = self.sessions.reset(name, session_id)
+        except InferenceInputError as exc:
+            raise HttpError(400, str(exc)) from None
+        return json_response(200, {"model": name, "session": session_id, "reset": existed})
 
-    def _model(self, name: str) -> LoadedModel:
+    def loaded_model(self, name: str) -> LoadedModel:
+        """The model served as ``name``, or a 404."""
         try:
             return self.registry.get(name)
         except UnknownModelError as exc:
             raise HttpError(404, str(exc), "unknown_model") from None
 
     # -- inference -----------------------------------------------------------------------------------
-    def infer(self, name: str, req: Request) -> Response:
+    def infer(self, name: str, req: Request, decode: Decoder | None = None, encode: Encoder | None = None) -> Response:
+        """Run one request on model ``name``; ``decode``/``encode`` are the protocol's (default: this API's)."""
         try:
             with self.registry.acquire(name) as loaded:
                 start = time.perf_counter()
-                resp, error, feeds, outputs = self._infer(loaded, req)
+                resp, error, feeds, outputs = self._infer(loaded, req, decode or decode_call, encode or encode_call)
                 seconds = time.perf_counter() - start
         except UnknownModelError as exc:
             raise HttpError(404, str(exc), "unknown_model") from None
@@ -174,22 +159,26 @@ class Api:
         resp.after = lambda: self.registry.notify(observation)
         return resp
 
-    @staticmethod
-    def _infer(loaded: LoadedModel, req: Request) -> tuple[Response, str | None, Feeds | None, Feeds | None]:
+    def _infer(self, loaded: LoadedModel, req: Request, decode: Decoder,
+               encode: Encoder) -> tuple[Response, str | None, Feeds | None, Feeds | None]:
         feeds: dict[str, Array] | None = None
         try:
-            feeds = decode_inputs(loaded, req)
+            call = decode(loaded, req)
             t0 = time.perf_counter()
-            outputs = loaded.infer(feeds)
+            raw = call.arrays
+            if call.text is not None:
+                raw = {**loaded.model.encode_text(call.text), **raw}
+            result = self.execute(loaded, call, raw)
+            feeds = result.last_feeds
             model_ms = (time.perf_counter() - t0) * 1e3
-            resp = encode_outputs(loaded, outputs, req.headers.get("accept", ""))
-            # Server-Timing (W3C): what the runtime took, and the agent's whole time from request line
-            # to response, so a client can tell runtime, agent and network/scheduling time apart.
+            resp = encode(loaded, call, result, req)
+            # Server-Timing (W3C): what the runtime took (with the tokenizer), and the agent's whole time
+            # from request line to response, so a client can tell runtime, agent and network time apart.
             timing = f"model;dur={model_ms:.3f}"
             if req.received:
                 timing += f", agent;dur={(time.perf_counter() - req.received) * 1e3:.3f}"
             resp.headers["Server-Timing"] = timing
-            return resp, None, feeds, outputs
+            return resp, None, feeds, result.outputs
         except HttpError as exc:
             return error_response(exc.status, exc.message), exc.kind, feeds, None
         except InferenceInputError as exc:
@@ -197,55 +186,81 @@ class Api:
         except Exception as exc:  # the runtime failed on inputs that passed the checks: not the client's fault
             return error_response(500, f"inference failed in {loaded.model.runtime}: {exc}"), "runtime", feeds, None
 
+    def execute(self, loaded: LoadedModel, call: Call, raw: Mapping[str, Array]) -> StreamResult:
+        """Run decoded inputs: in the client's session of a stateful model, framed, or as one plain call."""
+        model = loaded.model
+        check = model.backend.check_feeds
+        if call.session is not None:
+            if not model.state_pairs and model.framing is None:
+                raise HttpError(400, f"model '{model.name}' keeps no state between calls: drop the session id")
+            with self.sessions.use(model, call.session) as session:
+                if call.reset:
+                    session.stream.reset()
+                result = run_stream(loaded.infer, check, session.stream, raw)
+            if call.end:
+                self.sessions.reset(model.name, call.session)
+            return result
+        if wants_framing(model.framing, raw):   # a one-off stream: state starts fresh, leftover samples dropped
+            return run_stream(loaded.infer, check, StreamState(model.state_pairs, model.inputs, model.framing), raw)
+        missing = [p.input for p in model.state_pairs if p.input not in raw]
+        if missing:
+            raise HttpError(400, f"model '{model.name}' is stateful: pass its state input(s) {', '.join(missing)} "
+                                 f"(and read the next state from the outputs), or send a session id "
+                                 f"(header X-Session-Id) and the agent keeps the state for you")
+        checked = check(raw)
+        return StreamResult(loaded.infer(checked), None, 0, checked)
 
-def decode_inputs(loaded: LoadedModel, req: Request) -> dict[str, Array]:
+
+def decode_call(loaded: LoadedModel, req: Request) -> Call:
+    """This API's bodies: JSON ``{"inputs": ..., "text": [...], "session": id, "reset": bool}``, .npy, .npz;
+    the session id may also come in the X-Session-Id header."""
     ctype = req.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
-    model = loaded.model
-    specs = {s.name: s for s in model.backend.inputs}
+    header_session = req.headers.get(SESSION_HEADER)
     if not req.body:
         raise HttpError(400, "the request body is empty; send {\"inputs\": {name: nested lists}} or a .npy/.npz body")
     # `curl -d` labels JSON as a form; there is no form encoding of tensors, so read it as JSON.
     if ctype in (JSON, "text/json", "application/x-www-form-urlencoded", ""):
-        try:
-            doc = json.loads(req.body)
-        except RecursionError:
-            raise HttpError(400, "the JSON body is nested too deeply; a tensor has at most "
-                                 f"{MAX_TENSOR_DIMS} dimensions") from None
-        except ValueError as exc:   # also a number of thousands of digits, or bytes that are not UTF-8
-            raise HttpError(400, f"the body is not valid JSON ({_clip(str(exc))})") from None
-        raw = doc.get("inputs") if isinstance(doc, dict) else doc
-        if raw is None:
-            raise HttpError(400, "the JSON body needs an 'inputs' key: {\"inputs\": {name: nested lists}}")
-        if not isinstance(raw, dict):
-            if len(specs) != 1:
-                raise HttpError(400, f"this model takes several inputs ({', '.join(specs)}): "
-                                     "send 'inputs' as an object by input name")
-            raw = {next(iter(specs)): raw}
-        _check_names(raw)
-        arrays = {n: _json_array(n, v, specs[n].dtype if n in specs else None) for n, v in raw.items()}
+        call = _json_call(loaded, parse_json(req.body))
     elif ctype == NPY:
+        specs = loaded.model.backend.inputs
         if len(specs) != 1:
-            raise HttpError(400, f"this model takes several inputs ({', '.join(specs)}): send an .npz body "
-                                 f"(Content-Type {NPZ}) with one array per input name")
-        arrays = {next(iter(specs)): _load_npy(req.body)}
+            raise HttpError(400, f"this model takes several inputs ({', '.join(s.name for s in specs)}): send an "
+                                 f".npz body (Content-Type {NPZ}) with one array per input name")
+        call = Call({specs[0].name: _load_npy(req.body)})
     elif ctype == NPZ:
-        arrays = _load_npz(req.body)
-        _check_names(arrays)
+        call = Call(_load_npz(req.body))
+        check_names(call.arrays)
     else:
         raise HttpError(415, f"unsupported Content-Type '{ctype}'; use {JSON}, {NPY} or {NPZ}")
-    return model.backend.check_feeds(arrays)
+    if header_session is not None:
+        call.session = header_session
+    if call.session is not None:
+        check_session_id(call.session)
+    return call
 
 
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _check_names(arrays: Mapping[str, object]) -> None:
-    """Input names are echoed in error messages: a long one is refused here rather than sent back."""
-    for name in arrays:
-        if len(name) > MAX_NAME_CHARS:
-            raise HttpError(400, f"an input name is {len(name)} characters long; at most {MAX_NAME_CHARS} "
-                                 f"are accepted (see GET /v1/models/{{name}} for the model's input names)")
+def _json_call(loaded: LoadedModel, doc: object) -> Call:
+    specs = {s.name: s for s in loaded.model.backend.inputs}
+    fields = doc if isinstance(doc, dict) else {"inputs": doc}
+    raw, text = fields.get("inputs"), fields.get("text")
+    session, reset = fields.get("session"), fields.get("reset", False)
+    if raw is None and text is None:
+        hint = ', or {"text": ["..."]}' if loaded.model.takes_text else ""
+        raise HttpError(400, "the JSON body needs an 'inputs' key: {\"inputs\": {name: nested lists}}" + hint)
+    if session is not None and not isinstance(session, str):
+        raise HttpError(400, "'session' must be a string (a session id)")
+    if not isinstance(reset, bool):
+        raise HttpError(400, "'reset' must be true or false")
+    if raw is None:
+        raw = {}
+    elif not isinstance(raw, dict):
+        if len(specs) != 1:
+            raise HttpError(400, f"this model takes several inputs ({', '.join(specs)}): "
+                                 "send 'inputs' as an object by input name")
+        raw = {next(iter(specs)): raw}
+    check_names(raw)
+    arrays = {n: _json_array(n, v, specs[n].dtype if n in specs else None) for n, v in raw.items()}
+    return Call(arrays, text, session, reset)
 
 
 def _json_array(name: str, value: object, dtype: str | None) -> Array:
@@ -292,7 +307,18 @@ def _load_npz(body: bytes) -> dict[str, Array]:
         raise HttpError(400, f"the body is not a valid .npz archive ({type(exc).__name__}: {exc})") from None
 
 
-def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, Array], accept: str) -> Response:
+def encode_call(loaded: LoadedModel, call: Call, result: StreamResult, req: Request) -> Response:
+    """This API's answer: as Accept asks; a JSON answer says how a stream went (frames, pending samples)."""
+    extra: dict[str, object] = {}
+    if call.session is not None:
+        extra["session"] = call.session
+    if result.frames is not None:
+        extra.update(frames=result.frames, pending_samples=result.pending)
+    return encode_outputs(loaded, result.outputs, req.headers.get("accept", ""), extra)
+
+
+def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, Array], accept: str,
+                   extra: Mapping[str, object] | None = None) -> Response:
     accept = accept.lower()
     if NPZ in accept:
         buf = io.BytesIO()
@@ -303,7 +329,7 @@ def encode_outputs(loaded: LoadedModel, outputs: Mapping[str, Array], accept: st
             raise HttpError(406, f"the model has {len(outputs)} outputs; ask for Accept: {NPZ} or {JSON}")
         return Response(200, npy.dumps(next(iter(outputs.values()))), NPY)
     data = {"model": loaded.name, "version": loaded.version,
-            "outputs": {n: _json_values(a) for n, a in outputs.items()}}
+            "outputs": {n: _json_values(a) for n, a in outputs.items()}, **(extra or {})}
     return json_response(200, data)
 
 

@@ -31,6 +31,8 @@ class ServerConfig:
     api_token: str | None = None
     max_body_bytes: int = 16 << 20
     drain_timeout_s: float = 30.0
+    max_sessions: int = 1000              # stateful models: client sessions kept at once (LRU beyond)
+    session_idle_s: float = 600.0         # a session unused this long is forgotten
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def parse_config(data: Mapping[str, object], source: str = "<config>", base_dir:
 
 
 def _server(s: TomlSection[ConfigError]) -> ServerConfig:
-    s.only({"host", "port", "api_token", "max_body_bytes", "drain_timeout_s"})
+    s.only({"host", "port", "api_token", "max_body_bytes", "drain_timeout_s", "max_sessions", "session_idle_s"})
     token = s.get("api_token", str, None)
     if token is not None and len(token) < 16:
         raise s.fail("api_token", "must be at least 16 characters (or removed to turn authentication off)")
@@ -101,6 +103,8 @@ def _server(s: TomlSection[ConfigError]) -> ServerConfig:
         api_token=token,
         max_body_bytes=s.integer("max_body_bytes", 16 << 20, minimum=1024),
         drain_timeout_s=s.number("drain_timeout_s", 30.0, minimum=0),
+        max_sessions=s.integer("max_sessions", 1000, minimum=1, maximum=1_000_000),
+        session_idle_s=s.number("session_idle_s", 600.0, minimum=1),
     )
 
 

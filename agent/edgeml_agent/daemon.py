@@ -20,6 +20,7 @@ from edgeml_agent.api import Api
 from edgeml_agent.config import AgentConfig
 from edgeml_agent.server import AgentHTTPServer
 from edgeml_agent.services import Component, Services, StateHook, trust_from_config
+from edgeml_agent.sessions import SessionStore
 from edgeml_agent.transport import HttpClient
 
 __all__ = ["Agent", "Component", "ComponentFactory", "trust_from_config"]
@@ -40,7 +41,8 @@ class Agent:
         self.services = Services.build(config, http=http, on_state=on_state)
         self.trust, self.store, self.registry = self.services.trust.bundles, self.services.store, self.services.registry
         self.metrics, self.load_model = self.services.metrics, self.services.load_model
-        self.api = Api(self.registry, self.metrics, config.server.api_token, status=self._status)
+        self.api = Api(self.registry, self.metrics, config.server.api_token, status=self._status,
+                       sessions=SessionStore(config.server.max_sessions, config.server.session_idle_s))
         self.components = list(components(self.services))
         self.server: AgentHTTPServer | None = None
         self.started_at = 0.0

@@ -22,7 +22,8 @@ import threading
 import time
 from http import HTTPStatus
 
-from edgeml_agent.api import Api, Request, Response, error_response
+from edgeml_agent.api import Api
+from edgeml_agent.exchange import Request, Response, error_response
 
 log = logging.getLogger("edgeml_agent.server")
 

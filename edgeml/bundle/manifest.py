@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeml import schemas
+from edgeml.bundle.prepost import (
+    AudioFraming,
+    StatePair,
+    TokenizerSpec,
+    audio_framing,
+    check_state_pairs,
+    state_pairs_from_json,
+)
 from edgeml.errors import ManifestError, UnsupportedFormatError
 from edgeml.jsonlimits import load_document
 from edgeml.runtimes.registry import RUNTIMES
@@ -96,6 +104,12 @@ class Manifest:
             raise ManifestError("manifest 'files' lists a path twice")
         if m.model not in paths:
             raise ManifestError(f"manifest 'model' names {m.model}, which is not in 'files'")
+        # the optional pre/post-processing keys must fit the model they travel with
+        check_state_pairs(m.state, m.inputs, m.outputs)
+        if m.tokenizer is not None:
+            m.tokenizer.check(m.inputs, paths)
+        if m.audio_framing is not None:
+            m.audio_framing.check(m.inputs)
         return m
 
     def to_bytes(self) -> bytes:
@@ -156,6 +170,20 @@ class Manifest:
     def smoke(self) -> dict[str, Any] | None:
         smoke = self.raw.get("smoke")
         return dict(smoke) if smoke else None
+
+    @property
+    def state(self) -> list[StatePair]:
+        """State inputs fed from the previous call's outputs (empty for a stateless model)."""
+        return state_pairs_from_json(self.raw.get("state"))
+
+    @property
+    def tokenizer(self) -> TokenizerSpec | None:
+        data = self.raw.get("tokenizer")
+        return TokenizerSpec.from_json(data) if data else None
+
+    @property
+    def audio_framing(self) -> AudioFraming | None:
+        return audio_framing(self.raw.get("preprocess"))
 
     @property
     def reference_stats(self) -> dict[str, Any]:

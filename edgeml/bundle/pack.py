@@ -11,17 +11,34 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgeml.bundle.keys import SigningKey
-from edgeml.bundle.manifest import FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Manifest, canonical_json
-from edgeml.errors import ManifestError
+from edgeml.bundle.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    TensorSpec,
+    canonical_json,
+)
+from edgeml.bundle.prepost import (
+    DEFAULT_MAX_LENGTH,
+    StatePair,
+    TokenizerSpec,
+    check_state_pairs,
+    infer_state_pairs,
+    tokenizer_inputs,
+)
+from edgeml.errors import ConfigError, ManifestError
 from edgeml.fileio import sha256_file
 
 _MTIME = 0  # reproducible archives: the manifest's `created` carries the real time
+TOKENIZER_ARCNAME = "tokenizer/tokenizer.json"
+MAX_TOKENIZER_BYTES = 64 << 20    # the largest tokenizer.json seen is ~17 MB (multilingual vocabularies)
 
 
 def signature_document(key: SigningKey, manifest_bytes: bytes) -> bytes:
@@ -100,3 +117,58 @@ def _check_arcname(name: str) -> None:
     if (not name or name.startswith("/") or "\\" in name or ".." in parts or "" in parts or "." in parts
             or name in (MANIFEST_NAME, SIGNATURE_NAME)):
         raise ManifestError(f"'{name}' cannot be a path inside a bundle (relative, no '..', not a manifest name)")
+
+
+def state_entry(requested: Sequence[str | StatePair], inputs: Sequence[TensorSpec],
+                outputs: Sequence[TensorSpec]) -> list[dict[str, str]]:
+    """The manifest's ``state`` list: the pairs the build named (``"state=stateN"``), else those the
+    naming rules find (:func:`edgeml.bundle.prepost.infer_state_pairs`)."""
+    pairs = [StatePair.parse(p) if isinstance(p, str) else p for p in requested]
+    try:
+        checked = check_state_pairs(pairs or infer_state_pairs(inputs, outputs), inputs, outputs)
+    except ManifestError as exc:
+        raise ConfigError(f"--state: {exc}") from None
+    return [p.to_json() for p in checked]
+
+
+def tokenizer_entry(source: str | Path, inputs: Sequence[TensorSpec]) -> tuple[dict[str, Any], Path]:
+    """The manifest's ``tokenizer`` entry and the file to ship for ``source``: a tokenizer.json, or a
+    directory holding one (a Hugging Face checkpoint; its tokenizer_config.json's ``model_max_length``
+    is read). The inputs it fills are found by name; a fixed sequence length pads to that length."""
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(f"tokenizer {source}: no such file; pass a tokenizer.json or a directory holding one")
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise ConfigError(f"tokenizer {path} is {path.stat().st_size} bytes; at most {MAX_TOKENIZER_BYTES} are packed")
+    from edgeml.textinput import load_tokenizer
+
+    load_tokenizer(path)   # refuse a file the device could not read, now rather than there
+    fills = tokenizer_inputs(inputs)
+    if "input_ids" not in fills:
+        raise ConfigError(f"--tokenizer: the model has no input named input_ids (inputs: "
+                          f"{', '.join(s.name for s in inputs)}); a tokenizer fills input_ids, attention_mask "
+                          "and token_type_ids")
+    seq = [s.shape[1] for s in inputs if s.name in fills.values() and len(s.shape) == 2]
+    fixed = next((d for d in seq if isinstance(d, int) and d > 0), None)
+    max_length = fixed or _declared_max_length(path, folder) or DEFAULT_MAX_LENGTH
+    spec = TokenizerSpec(TOKENIZER_ARCNAME, fills, max_length, "max_length" if fixed else "longest")
+    return spec.to_json(), path
+
+
+def _declared_max_length(path: Path, folder: Path) -> int | None:
+    """The tokenizer's own limit: truncation in tokenizer.json, else model_max_length beside it."""
+    try:
+        truncation = (json.loads(path.read_text(encoding="utf-8")).get("truncation") or {})
+        if isinstance(truncation.get("max_length"), int):
+            return int(truncation["max_length"])
+        config = folder / "tokenizer_config.json"
+        if config.is_file():
+            value = json.loads(config.read_text(encoding="utf-8")).get("model_max_length")
+            if isinstance(value, int) and 0 < value <= 1 << 20:   # HF writes 1e30 for "no limit"
+                return value
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None

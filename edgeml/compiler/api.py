@@ -148,7 +148,9 @@ def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Cal
     prep = request.image_preprocess
     return BuildContext(target=resolved.profile, workdir=scratch, log=log,
                         source=SourceModel(resolved.source.name, digest_files([resolved.source])),
-                        preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()))
+                        preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()),
+                        tokenizer=Path(request.tokenizer) if request.tokenizer else None,
+                        state=tuple(request.state), framing=request.framing)
 
 
 def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, report: BuildReport) -> bool:

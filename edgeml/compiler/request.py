@@ -99,6 +99,9 @@ class BuildOptions(TypedDict, total=False):
     weight_compression: str | None
     preprocess: Preprocess | Mapping[str, JSON] | None
     class_names: Sequence[str] | None
+    tokenizer: str | Path | None
+    state: Sequence[str]
+    audio_frames: str | None
     benchmark_seconds: float
     use_cache: bool
     progress: bool | ProgressFn
@@ -138,6 +141,11 @@ class BuildRequest:
     weight_compression: str | None = None
     preprocess: Preprocess | Mapping[str, JSON] | None = None
     class_names: Sequence[str] | None = None
+    # what travels beside the model (edgeml.bundle.prepost): a tokenizer.json (or a checkpoint directory
+    # holding one), state pairs "input=output" (default: found by name), audio framing "input=frame[/hop]"
+    tokenizer: str | Path | None = None
+    state: Sequence[str] = ()
+    audio_frames: str | None = None
     benchmark_seconds: float = DEFAULT_BENCH_SECONDS
     use_cache: bool = True
     progress: bool | ProgressFn = True
@@ -163,6 +171,14 @@ class BuildRequest:
             parse_semver(self.version)
         except ManifestError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.tokenizer is not None and not Path(self.tokenizer).exists():
+            raise ConfigError(f"tokenizer {self.tokenizer} does not exist; pass a tokenizer.json or the model "
+                              "directory holding one")
+        for pair in self.state:
+            if pair.count("=") != 1 or pair.startswith("=") or pair.endswith("="):
+                raise ConfigError(f"state pair '{pair}' must be INPUT=OUTPUT, e.g. --state state=stateN")
+        if self.audio_frames is not None:
+            self.framing  # noqa: B018 - validates the framing
         if isinstance(self.preprocess, Mapping):
             object.__setattr__(self, "preprocess", Preprocess.from_json(self.preprocess))
 
@@ -176,6 +192,22 @@ class BuildRequest:
     def image_preprocess(self) -> Preprocess | None:
         """``preprocess`` as a :class:`Preprocess` (a mapping was turned into one when the request was made)."""
         return self.preprocess if isinstance(self.preprocess, Preprocess) else None
+
+    @property
+    def framing(self) -> dict[str, JSON] | None:
+        """``audio_frames`` ("audio=512" or "audio=512/256") as the manifest's preprocess entry."""
+        if self.audio_frames is None:
+            return None
+        name, _, size = self.audio_frames.partition("=")
+        frame, _, hop = size.partition("/")
+        try:
+            frame_n, hop_n = int(frame), int(hop or frame)
+        except ValueError:
+            frame_n = hop_n = 0
+        if not name or frame_n <= 0 or not 0 < hop_n <= frame_n:
+            raise ConfigError(f"audio frames '{self.audio_frames}' must be INPUT=FRAME or INPUT=FRAME/HOP with "
+                              "0 < HOP <= FRAME, e.g. --audio-frames audio=512")
+        return {"kind": "audio_frames", "input": name, "frame": frame_n, "hop": hop_n}
 
     @property
     def thresholds(self) -> Thresholds:

@@ -47,13 +47,16 @@ def make_bundle(
     precision: str = "fp32",
     extra: Mapping[str, Any] | None = None,
     smoke_offset: float = 0.0,
+    extra_files: Mapping[str, Path] | None = None,
+    smoke_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a signed bundle for ``model`` to ``out`` (a file path or a directory) and return its path.
 
     ``runtime`` defaults from the model's suffix; an OpenVINO ``.xml`` takes its ``.bin`` along.
     ``extra`` adds or overrides manifest keys (e.g. ``runtime_preferences``, ``reference_stats``).
     ``smoke_offset`` shifts the expected smoke outputs away from what the model computes (a bundle whose
-    smoke test fails on the device).
+    smoke test fails on the device). ``extra_files`` ships more files (path in the bundle -> file);
+    ``smoke_inputs`` replaces the random smoke sample (models whose dynamic dims must agree).
     """
     model = Path(model)
     runtime = runtime or _RUNTIME_BY_SUFFIX.get(model.suffix)
@@ -64,14 +67,14 @@ def make_bundle(
         out = out / f"{name}-{version}.edgepkg"
     backend = open_model(model, runtime)
     try:
-        feeds = sample_inputs(backend.inputs)
+        feeds = dict(smoke_inputs) if smoke_inputs is not None else sample_inputs(backend.inputs)
         expected = {k: v + np.asarray(smoke_offset, dtype=v.dtype) if smoke_offset else v
                     for k, v in backend.run(feeds).items()}
         inputs = [s.to_json() for s in backend.inputs]
         outputs = [s.to_json() for s in backend.outputs]
     finally:
         backend.close()
-    files: dict[str, Path] = {f"model/{model.name}": model}
+    files: dict[str, Path] = {f"model/{model.name}": model, **dict(extra_files or {})}
     if model.suffix == ".xml":
         files[f"model/{model.with_suffix('.bin').name}"] = model.with_suffix(".bin")
     with tempfile.TemporaryDirectory() as tmp:

@@ -108,6 +108,9 @@ class BuildContext:
     baseline: BaselineModel | None = None
     preprocess: JSONDict | None = None           # the declared image preprocessing, shipped in the bundle
     class_names: tuple[str, ...] = ()
+    tokenizer: Path | None = None                # a tokenizer.json (or a directory holding one) to ship
+    state: tuple[str, ...] = ()                  # state pairs "input=output" (empty: found by name)
+    framing: JSONDict | None = None              # audio framing, shipped as the manifest's preprocess
     progress: Callable[[str, int, int], None] = _no_progress
     log: Callable[[str], None] = _no_log
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeml._version import __version__
 from edgeml.bundle import SigningKey, TensorSpec, load_signing_key, pack_bundle
+from edgeml.bundle.pack import state_entry, tokenizer_entry
 from edgeml.compiler.data import SampleSet
 from edgeml.compiler.hostrun import DEFAULT_THREADS, host_options, run_outputs
 from edgeml.compiler.modelinfo import specs_from_json
@@ -112,6 +113,7 @@ class PackagePass(Pass):
         }
         if ctx.preprocess:
             manifest["preprocess"] = ctx.preprocess
+        _prepost(ctx, manifest, files, actual_in, actual_out)
         if ctx.class_names:
             (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = ctx.workdir / "labels.txt"
@@ -121,6 +123,23 @@ class PackagePass(Pass):
         ctx.log(f"package: wrote {output} ({output.stat().st_size} bytes, key {key.key_id})")
         return artifact.evolve(metadata={**artifact.metadata, "bundle": str(output), "key_id": key.key_id,
                                          "manifest": signed.raw})
+
+
+def _prepost(ctx: BuildContext, manifest: JSONDict, files: dict[str, str | Path], inputs: list[TensorSpec],
+             outputs: list[TensorSpec]) -> None:
+    """State pairs, tokenizer and audio framing (:mod:`edgeml.bundle.prepost`): signed like every file."""
+    state = state_entry(ctx.state, inputs, outputs)
+    if state:
+        manifest["state"] = list(state)
+        ctx.log(f"package: stateful model, state {', '.join(p['input'] + '<-' + p['output'] for p in state)}")
+    if ctx.tokenizer is not None:
+        entry, path = tokenizer_entry(ctx.tokenizer, inputs)
+        manifest["tokenizer"] = entry
+        files[str(entry["file"])] = path
+    if ctx.framing:
+        if ctx.preprocess:
+            raise CompileError("a bundle has either image preprocessing or audio framing, not both")
+        manifest["preprocess"] = ctx.framing
 
 
 def _smoke(artifact: Artifact, ctx: BuildContext, runtime: str, options: BackendOptions,
