@@ -26,9 +26,15 @@ The tree (add a class here, under the branch it belongs to, rather than raising 
     │   └── UnknownModelError       the agent serves no model of that name
     ├── UpdateError                 an over-the-air update was refused or failed (old model keeps serving)
     │   └── DesiredStateError       desired state malformed, untrusted, expired, replayed, other device
-    └── FleetError                  talking to / running the fleet server
-        ├── AuthError               missing, wrong, expired or under-privileged token
+    └── FleetError                  talking to / running the fleet server (``status_code``: the HTTP status)
+        ├── AuthError               missing, wrong, expired or under-privileged token (HTTP 401/403)
+        ├── NotFoundError           no such bundle, rollout, device, token or key (HTTP 404)
+        ├── ConflictError           the change clashes with the fleet's state: version exists, rollout runs (409)
+        ├── InvalidRequestError     the server refused what was sent: bad field, bad bundle, too big (400/413/422)
+        ├── TransientFleetError     server error (5xx) or network: retried on reads, worth retrying later
         └── RolloutError            a rollout cannot be created or changed in its current state
+            ├── RolloutFailed       a rollout stopped on a failed gate or was aborted: carries every wave's figures
+            └── RolloutTimeout      waiting for a rollout gave up while it still ran: carries its last status
 """
 
 from __future__ import annotations
@@ -144,15 +150,59 @@ class InferenceInputError(RuntimeBackendError):
 
 
 class FleetError(EdgeMLError):
-    """Talking to, or running, the fleet server failed."""
+    """Talking to, or running, the fleet server failed. ``status_code`` is the HTTP status when the server
+    answered (None for network failures and for errors raised inside the server)."""
+
+    status_code: int | None = None
 
 
 class AuthError(FleetError):
     """A token is missing, wrong, expired, revoked or lacks the role the action needs."""
 
 
+class NotFoundError(FleetError):
+    """The fleet has no such bundle, rollout, device, token or key (HTTP 404)."""
+
+
+class ConflictError(FleetError):
+    """The change clashes with the fleet's state (HTTP 409): the version exists with other content, another
+    rollout of the model runs, the rollout is not in a state that allows it. The message says what to do."""
+
+
+class InvalidRequestError(FleetError):
+    """The server refused the request's content (HTTP 400/413/422): its message, field by field."""
+
+
+class TransientFleetError(FleetError):
+    """The server failed (5xx) or could not be reached. Reads are retried with backoff before this is raised;
+    trying again later may work. ``retry_after`` is the server's Retry-After header, when it sent one."""
+
+    retry_after: str | None = None
+
+
 class RolloutError(FleetError):
     """A rollout cannot be created (no device matches, another one runs) or changed in its state."""
+
+
+class RolloutFailed(RolloutError):
+    """A rollout stopped on a failed gate (paused or aborted) or was aborted by someone.
+
+    ``status`` is the rollout's final status (:class:`edgeml.fleet.sdk.records.RolloutStatus`), ``waves`` its
+    per-wave gate results, the failed ones with the reasons and the figures behind them."""
+
+    def __init__(self, message: str, status: object, waves: Sequence[object]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.waves = list(waves)
+
+
+class RolloutTimeout(RolloutError):
+    """Waiting for a rollout gave up while it was still running (or paused by someone). ``status`` is the last
+    status seen (None when the server could not be reached at all)."""
+
+    def __init__(self, message: str, status: object) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UpdateError(EdgeMLError):

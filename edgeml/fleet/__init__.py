@@ -15,5 +15,26 @@ Pieces (each replaceable on its own; later areas plug in the same way):
                  server's own MQTT account; ``mosquitto`` writes password/ACL files for a real Mosquitto.
 - ``topics``     topic layout and who may publish/subscribe what (shared by both brokers).
 - ``server``     ``FleetServer(ServerConfig)`` wires it all; ``serve(config)`` adds uvicorn.
-- ``cli/``     ``edgeml-fleet``, one module per command group; ``client`` talks HTTP with a 0600 config file.
+- ``cli/``     ``edgeml-fleet``, one module per command group, each a thin layer over ``client``.
+- ``client``   :class:`Client`, the typed Python client (CI pipelines, notebooks, the CLI); its pieces are in
+               ``sdk/`` (config, HTTP + error mapping, records, waiting for a rollout).
+
+Importing this package is cheap: ``from edgeml.fleet import Client`` loads httpx and the client, never the
+server's FastAPI or SQLAlchemy (a CI job installs neither).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeml.fleet.client import Client, ClientConfig
+
+__all__ = ["Client", "ClientConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("edgeml.fleet.client"), name)
+    raise AttributeError(f"module 'edgeml.fleet' has no attribute '{name}'")

@@ -1,122 +1,210 @@
-"""The HTTP client behind the ``edgeml-fleet`` CLI: server URL + token from a config file, clear errors."""
+"""The Python client of the fleet server: what a CI pipeline, a notebook or the ``edgeml-fleet`` CLI does.
+
+    from edgeml.fleet import Client
+
+    with Client() as fleet:                       # URL + token: arguments, env, or 'edgeml-fleet login'
+        bundle = fleet.push_bundle("cls-2.0.0.edgepkg")
+        ro = fleet.create_rollout(bundle.ref, group="canary", waves=[100], max_error_rate=0.02, observe_s=300)
+        done = fleet.wait_rollout(ro.id, timeout=3600)   # RolloutFailed (with the gate figures) if a gate fails
+
+Every method is one or a few API calls (``edgeml/fleet/api/*.py``) and answers typed records
+(:mod:`edgeml.fleet.sdk.records`, the server's JSON kept as ``raw``). Errors derive from
+:class:`edgeml.errors.FleetError` by HTTP status (:mod:`edgeml.fleet.sdk.http`); reads are retried.
+Admin operations (tokens, keys) answer the server's JSON as dicts.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from edgeml.errors import AuthError, ConfigError, FleetError
-from edgeml.fileio import write_atomic
-from edgeml.paths import edgeml_home
+from edgeml.fleet.sdk.config import ClientConfig, config_path
+from edgeml.fleet.sdk.http import FleetHttp, Retry
+from edgeml.fleet.sdk.records import AuditEntry, Bundle, Device, Rollout, RolloutStatus, VersionHealth
+from edgeml.fleet.sdk.waiting import Polling, wait
+
+__all__ = ["Client", "ClientConfig", "FleetClient", "config_path"]
 
 
-def config_path() -> Path:
-    env = os.environ.get("EDGEML_FLEET_CONFIG")
-    return Path(env).expanduser() if env else edgeml_home() / "fleet-cli.json"
+def _seg(value: str) -> str:
+    """One path segment: a ref like ``name@1.0.0`` stays readable, a '/' or '?' cannot change the route."""
+    return quote(value, safe="@+")
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    url: str
-    token: str
+class Client:
+    """Typed access to one fleet server (see the module docstring). Close it, or use it as a context manager."""
 
-    def save(self, path: Path | None = None) -> Path:
-        path = path or config_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, json.dumps({"url": self.url, "token": self.token}), mode=0o600)
+    def __init__(self, url: str | None = None, token: str | None = None, *, config_file: Path | None = None,
+                 timeout: float = 30.0, retry: Retry | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.config = ClientConfig.resolve(url, token, path=config_file)
+        self.http = FleetHttp(self.config, timeout=timeout, retry=retry, transport=transport)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> ClientConfig:
-        """From the config file, overridden by EDGEML_FLEET_URL / EDGEML_FLEET_TOKEN."""
-        path = path or config_path()
-        data: dict[str, Any] = {}
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot read {path}: {exc}; run 'edgeml-fleet login URL --token T' again") from exc
-        url = os.environ.get("EDGEML_FLEET_URL") or data.get("url")
-        token = os.environ.get("EDGEML_FLEET_TOKEN") or data.get("token")
-        if not url or not token:
-            raise ConfigError(f"no fleet server configured ({path} is missing): run 'edgeml-fleet login URL --token T'")
-        return cls(str(url), str(token))
+    def from_config(cls, config: ClientConfig, **kwargs: Any) -> Client:
+        return cls(config.url, config.token, **kwargs)
 
+    def close(self) -> None:
+        self.http.close()
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    return detail if isinstance(detail, str) else json.dumps(detail)
-
-
-class FleetClient:
-    def __init__(self, config: ClientConfig, *, timeout: float = 30.0) -> None:
-        self.config = config
-        self._http = httpx.Client(base_url=config.url.rstrip("/"), timeout=timeout,
-                                  headers={"Authorization": f"Bearer {config.token}"})
-
-    def __enter__(self) -> FleetClient:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.close()
+        self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise FleetError(f"cannot reach the fleet server at {self.config.url} ({exc}): is it running "
-                             "('edgeml-fleet serve') and is the URL right ('edgeml-fleet login')?") from exc
-        if response.status_code == 401:
-            raise AuthError(f"the fleet server refused the token: {_detail(response)}. "
-                            "Log in again with 'edgeml-fleet login URL --token T'")
-        if response.status_code == 403:
-            raise AuthError(f"not allowed: {_detail(response)}")
-        if response.status_code >= 400:
-            raise FleetError(f"{method} {path} failed ({response.status_code}): {_detail(response)}")
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.content
+    def whoami(self) -> dict[str, Any]:
+        """The token's name and role (``viewer``, ``deployer``, ``admin``)."""
+        return dict(self.http.get("/v1/whoami"))
 
-    def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+    # -- bundles ----------------------------------------------------------------------------------------
+    def push_bundle(self, path: str | Path) -> Bundle:
+        """Upload a signed ``.edgepkg`` (the server checks its signature); the same bytes again are a no-op."""
+        return Bundle.from_json(self.http.upload("/v1/bundles", Path(path)))
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, json=body if body is not None else {})
+    def list_bundles(self, name: str | None = None) -> list[Bundle]:
+        return [Bundle.from_json(b) for b in self.http.get("/v1/bundles", name=name)]
 
-    def patch(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, json=body)
+    def get_bundle(self, ref: str) -> Bundle:
+        """One bundle by sha256 id or ``name@version``, with its manifest, fidelity and benchmark reports."""
+        return Bundle.from_json(self.http.get(f"/v1/bundles/{_seg(ref)}"))
 
-    def delete(self, path: str) -> Any:
-        return self.request("DELETE", path)
+    def delete_bundle(self, ref: str) -> Bundle:
+        return Bundle.from_json(self.http.delete(f"/v1/bundles/{_seg(ref)}"))
 
-    def upload(self, path: str, file: Path) -> Any:
-        with open(file, "rb") as f:
-            return self.request("POST", path, content=f, headers={"Content-Type": "application/octet-stream"})
+    def download_bundle(self, ref: str, dest: str | Path) -> str:
+        """Write the bundle's file to ``dest``; returns the sha256 of what arrived (its id, when intact)."""
+        return self.http.download(f"/v1/bundles/{_seg(ref)}/download", Path(dest))
 
-    def download(self, path: str, dest: Path) -> str:
-        """Stream a GET's body into ``dest`` (through a temporary file and a rename); returns its sha256."""
-        digest = hashlib.sha256()
-        tmp = dest.with_name(f".{dest.name}.part")
-        try:
-            with self._http.stream("GET", path) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise FleetError(f"GET {path} failed ({response.status_code}): {_detail(response)}")
-                with open(tmp, "wb") as out:
-                    for chunk in response.iter_bytes():
-                        digest.update(chunk)
-                        out.write(chunk)
-            os.replace(tmp, dest)
-        except httpx.TransportError as exc:
-            raise FleetError(f"cannot reach the fleet server at {self.config.url} ({exc})") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest.hexdigest()
+    # -- rollouts ---------------------------------------------------------------------------------------
+    def create_rollout(self, bundle: str, *, group: str | None = None, tag: str | None = None,
+                       waves: Sequence[int] = (1, 10, 50, 100), max_error_rate: float | None = 0.05,
+                       max_latency_regression: float | None = 0.5, min_shadow_agreement: float | None = None,
+                       max_drift: float | None = None, min_requests: int = 0, observe_s: float = 600,
+                       wave_timeout_s: float = 1800, on_failure: str = "pause", probation_s: float | None = None,
+                       **more: Any) -> Rollout:
+        """Roll ``bundle`` (``name@version`` or sha256 id) out to the devices of ``group`` and/or ``tag`` (every
+        device when neither) in cumulative-percentage ``waves``. The gate thresholds are the API's own
+        (``None`` turns a gate off); ``more`` passes fields a newer server takes (e.g. ``min_reporting``)."""
+        body = {"bundle": bundle, "group": group, "tag": tag, "waves": list(waves), "max_error_rate": max_error_rate,
+                "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
+                "max_drift": max_drift, "min_requests": min_requests, "observe_s": observe_s,
+                "wave_timeout_s": wave_timeout_s, "on_failure": on_failure, "probation_s": probation_s, **more}
+        return Rollout.from_json(self.http.post("/v1/rollouts", body))
+
+    def list_rollouts(self, state: str | None = None) -> list[Rollout]:
+        """Newest first; ``state``: running, paused, aborting, aborted or completed."""
+        return [Rollout.from_json(r) for r in self.http.get("/v1/rollouts", state=state)]
+
+    def get_rollout(self, rollout_id: str) -> RolloutStatus:
+        """Waves, device states, live gate figures of the current wave, and every decision with its figures."""
+        return RolloutStatus.from_json(self.http.get(f"/v1/rollouts/{_seg(rollout_id)}"))
+
+    def wait_rollout(self, rollout_id: str, timeout: float, *, polling: Polling | None = None,
+                     on_status: Callable[[RolloutStatus], None] | None = None) -> RolloutStatus:
+        """Block until the rollout completes and return its final status (``results``: each wave's gate
+        figures). Raises :class:`~edgeml.errors.RolloutFailed` when a gate stops it or it is aborted (the
+        message names the gate and carries the figures), :class:`~edgeml.errors.RolloutTimeout` after
+        ``timeout`` seconds. ``on_status`` sees every status polled (progress output)."""
+        return wait(lambda: self.get_rollout(rollout_id), rollout_id, timeout, polling=polling or Polling(),
+                    on_status=on_status)
+
+    def pause_rollout(self, rollout_id: str) -> Rollout:
+        return Rollout.from_json(self.http.post(f"/v1/rollouts/{_seg(rollout_id)}/pause"))
+
+    def resume_rollout(self, rollout_id: str) -> Rollout:
+        return Rollout.from_json(self.http.post(f"/v1/rollouts/{_seg(rollout_id)}/resume"))
+
+    def abort_rollout(self, rollout_id: str, reason: str = "aborted by an operator") -> Rollout:
+        """Stop it and send every device that got the new version back to its previous one."""
+        return Rollout.from_json(self.http.post(f"/v1/rollouts/{_seg(rollout_id)}/abort", {"reason": reason}))
+
+    # -- health, devices, audit -------------------------------------------------------------------------
+    def get_health(self, minutes: float = 10.0, *, model: str | None = None,
+               version: str | None = None) -> list[VersionHealth]:
+        """Per model version over the last ``minutes``: devices, requests, error rate, p50/p95, drift."""
+        rows = [VersionHealth.from_json(h) for h in self.http.get("/v1/health", minutes=minutes)]
+        return [h for h in rows if (model is None or h.model == model) and (version is None or h.version == version)]
+
+    def get_version_health(self, model: str, version: str, minutes: float = 10.0) -> VersionHealth | None:
+        """One version's figures, None when no device reported it in the window."""
+        return next(iter(self.get_health(minutes, model=model, version=version)), None)
+
+    def list_devices(self, *, group: str | None = None, tag: str | None = None, online: bool | None = None,
+                include_revoked: bool = False, page_size: int = 500) -> Iterator[Device]:
+        """Every matching device in enrolment order, fetched a page at a time where the server pages."""
+        for row in self.http.pages("/v1/devices", limit=page_size, group=group, tag=tag, online=online,
+                                   include_revoked=include_revoked or None):
+            yield Device.from_json(row)
+
+    def get_device(self, device_id: str) -> Device:
+        return Device.from_json(self.http.get(f"/v1/devices/{_seg(device_id)}"))
+
+    def update_device(self, device_id: str, *, add_tags: Sequence[str] = (), remove_tags: Sequence[str] = (),
+                      group: str | None = None, name: str | None = None) -> Device:
+        """Tags added/removed, a new group (``""`` takes it out of its group) or name."""
+        body: dict[str, Any] = {"add_tags": list(add_tags), "remove_tags": list(remove_tags)}
+        if group is not None:
+            body["group"] = group
+        if name is not None:
+            body["name"] = name
+        return Device.from_json(self.http.patch(f"/v1/devices/{_seg(device_id)}", body))
+
+    def revoke_device(self, device_id: str) -> Device:
+        return Device.from_json(self.http.post(f"/v1/devices/{_seg(device_id)}/revoke"))
+
+    def get_device_telemetry(self, device_id: str, minutes: float = 60.0) -> dict[str, Any]:
+        """One device's recent telemetry windows, drift and events, as the server answers them."""
+        return dict(self.http.get(f"/v1/telemetry/{_seg(device_id)}", minutes=minutes))
+
+    def list_audit(self, *, actor: str | None = None, action: str | None = None, target: str | None = None,
+              since: str | None = None, until: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest first (admin token). ``action`` is exact, or a prefix ending in '.' (``rollout.``)."""
+        rows = self.http.get("/v1/audit", actor=actor, action=action, target=target, since=since, until=until,
+                             limit=limit)
+        return [AuditEntry.from_json(r) for r in rows]
+
+    # -- people's tokens, enrolment tokens, keys (admin) --------------------------------------------------
+    def create_token(self, name: str, role: str, expires_in_s: int | None = None) -> dict[str, Any]:
+        """A new API token; the answer's ``token`` is the secret, shown this once."""
+        return dict(self.http.post("/v1/tokens", {"name": name, "role": role, "expires_in_s": expires_in_s}))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return list(self.http.get("/v1/tokens"))
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return dict(self.http.delete(f"/v1/tokens/{_seg(token_id)}"))
+
+    def create_enrollment_token(self, *, group: str | None = None, tags: Sequence[str] = (),
+                                expires_in_s: int = 3600) -> dict[str, Any]:
+        """A one-time token a device enrols with (``edgeml-agent enroll --token``)."""
+        body = {"group": group, "tags": list(tags), "expires_in_s": expires_in_s}
+        return dict(self.http.post("/v1/enrollment-tokens", body))
+
+    def trust_key(self, public_pem: str, name: str) -> dict[str, Any]:
+        """Accept bundles signed by this Ed25519 public key (PEM text of a builder's ``.pub``)."""
+        return dict(self.http.post("/v1/keys", {"name": name, "public_pem": public_pem}))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self.http.get("/v1/keys"))
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self.http.post(f"/v1/keys/{_seg(key_id)}/revoke"))
+
+    def untrust_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self.http.delete(f"/v1/keys/{_seg(key_id)}"))
+
+    def rotate_fleet_key(self) -> dict[str, Any]:
+        return dict(self.http.post("/v1/keys/fleet/rotate"))
+
+    def get_mosquitto_files(self) -> dict[str, Any]:
+        """Password and ACL file contents enforcing the fleet's topic rules on a Mosquitto broker (admin)."""
+        return dict(self.http.get("/v1/broker/mosquitto"))
+
+
+# The name the CLI's low-level HTTP client had: raw requests (``get``, ``post``, ``pages``…) on one server.
+FleetClient = FleetHttp

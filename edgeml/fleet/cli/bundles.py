@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import call, client, echo_json, json_option, show, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, show, table
 
 BUNDLE_COLUMNS = [("name", "name"), ("version", "version"), ("target", "target"), ("runtime", "runtime"),
                   ("precision", "precision"), ("size", "bytes"), ("id", "sha256"), ("uploaded_at", "uploaded")]
@@ -21,18 +21,21 @@ def bundles() -> None:
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
 def bundles_push(bundle: Path, as_json: bool) -> None:
-    row = call("upload", "/v1/bundles", bundle)
+    with client() as fleet:
+        pushed = fleet.push_bundle(bundle)
     if as_json:
-        echo_json(row)
+        echo_json(pushed.raw)
     else:
-        click.echo(f"pushed {row['name']}@{row['version']} ({row['size']} bytes, sha256 {row['id']})")
+        click.echo(f"pushed {pushed.ref} ({pushed.size} bytes, sha256 {pushed.id})")
 
 
 @bundles.command("list")
 @click.option("--name", default=None)
 @json_option
 def bundles_list(name: str | None, as_json: bool) -> None:
-    table(call("get", "/v1/bundles", name=name), BUNDLE_COLUMNS, "bundles", as_json)
+    with client() as fleet:
+        rows = [b.raw for b in fleet.list_bundles(name)]
+    table(rows, BUNDLE_COLUMNS, "bundles", as_json)
 
 
 @bundles.command("show")
@@ -40,7 +43,8 @@ def bundles_list(name: str | None, as_json: bool) -> None:
 @json_option
 def bundles_show(ref: str, as_json: bool) -> None:
     """REF is a sha256 id or name@version."""
-    doc = call("get", f"/v1/bundles/{ref}")
+    with client() as fleet:
+        doc = fleet.get_bundle(ref).raw
     if not as_json:
         doc = {k: v for k, v in doc.items() if k != "manifest"} | {"inputs": doc["manifest"].get("inputs"),
                                                                    "outputs": doc["manifest"].get("outputs")}
@@ -50,8 +54,9 @@ def bundles_show(ref: str, as_json: bool) -> None:
 @bundles.command("delete")
 @click.argument("ref")
 def bundles_delete(ref: str) -> None:
-    row = call("delete", f"/v1/bundles/{ref}")
-    click.echo(f"deleted {row['name']}@{row['version']}")
+    with client() as fleet:
+        deleted = fleet.delete_bundle(ref)
+    click.echo(f"deleted {deleted.ref}")
 
 
 @bundles.command("export-mirror")
@@ -66,15 +71,15 @@ def bundles_export_mirror(directory: Path, name: str | None) -> None:
 
     copied = kept = 0
     with client() as fleet:
-        for row in fleet.get("/v1/bundles", name=name):
-            dest = directory / mirror_path(row["name"], row["version"])
-            if dest.is_file() and sha256_file(dest) == row["id"]:
+        for row in fleet.list_bundles(name):
+            dest = directory / mirror_path(row.name, row.version)
+            if dest.is_file() and sha256_file(dest) == row.id:
                 kept += 1
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            got = fleet.download(f"/v1/bundles/{row['id']}/download", dest)
-            if got != row["id"]:
+            got = fleet.download_bundle(row.id, dest)
+            if got != row.id:
                 dest.unlink(missing_ok=True)
-                raise click.ClickException(f"{row['name']}@{row['version']} arrived with sha256 {got}, not {row['id']}")
+                raise click.ClickException(f"{row.ref} arrived with sha256 {got}, not {row.id}")
             copied += 1
     click.echo(f"mirror {directory}: {copied} bundle(s) written, {kept} already there")

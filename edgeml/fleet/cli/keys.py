@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import call, echo_json, json_option, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 
 KEY_COLUMNS = [("key_id", "key id"), ("role", "role"), ("status", "status"), ("name", "name"),
                ("added_at", "added"), ("changed_at", "retired/revoked")]
@@ -23,7 +23,8 @@ def keys() -> None:
 @click.option("--name", default=None, help="a label (default: the file name)")
 def keys_trust(public_key: Path, name: str | None) -> None:
     """Accept bundles signed by PUBLIC_KEY (a builder's .pub); devices learn it with their next desired state."""
-    row = call("post", "/v1/keys", {"name": name or public_key.stem, "public_pem": public_key.read_text()})
+    with client() as fleet:
+        row = fleet.trust_key(public_key.read_text(), name or public_key.stem)
     click.echo(f"trusted key {row['key_id']} ({row['name']})")
 
 
@@ -31,7 +32,8 @@ def keys_trust(public_key: Path, name: str | None) -> None:
 @json_option
 def keys_list(as_json: bool) -> None:
     """Every key with its role (fleet / bundle-signer) and status (active / retired / revoked)."""
-    rows = call("get", "/v1/keys")
+    with client() as fleet:
+        rows = fleet.list_keys()
     table(rows, KEY_COLUMNS, "keys", as_json)
 
 
@@ -41,7 +43,8 @@ def keys_list(as_json: bool) -> None:
 def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke bundle signer KEY_ID fleet-wide: refused on upload, and every device refuses bundles signed only
     by it from its next desired state on (installed ones at their next load)."""
-    row = call("post", f"/v1/keys/{key_id}/revoke", {})
+    with client() as fleet:
+        row = fleet.revoke_key(key_id)
     if as_json:
         echo_json(row)
         return
@@ -53,7 +56,8 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 def keys_untrust(key_id: str) -> None:
     """Stop accepting uploads signed by KEY_ID; devices drop it with their next desired state (revoke a leaked
     key instead: that also overrides device configs and can never be undone)."""
-    row = call("delete", f"/v1/keys/{key_id}")
+    with client() as fleet:
+        row = fleet.untrust_key(key_id)
     click.echo(f"untrusted key {row['key_id']} ({row['name']})")
 
 
@@ -61,7 +65,8 @@ def keys_untrust(key_id: str) -> None:
 @json_option
 def keys_rotate_fleet(as_json: bool) -> None:
     """Replace the fleet key (desired states) by a new one the current key vouches for; no re-enrolment."""
-    row = call("post", "/v1/keys/fleet/rotate", {})
+    with client() as fleet:
+        row = fleet.rotate_fleet_key()
     if as_json:
         echo_json(row)
         return

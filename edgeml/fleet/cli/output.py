@@ -1,4 +1,4 @@
-"""What every ``edgeml-fleet`` command group shares: the HTTP client, ``--json`` and how results print.
+"""What every ``edgeml-fleet`` command group shares: the fleet client, ``--json`` and how results print.
 
 Group modules import this one and nothing of each other or of the root group (``edgeml.fleet.cli``),
 so the command modules form a tree: root → groups → output.
@@ -13,21 +13,22 @@ from typing import Any, Literal
 import click
 
 from edgeml.cli_tables import Table, cell, print_json, print_table
-from edgeml.fleet.client import ClientConfig, FleetClient
+from edgeml.fleet.client import Client
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 
 
-def client() -> FleetClient:
-    """A client for the server saved by ``edgeml-fleet login`` (or EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN)."""
-    return FleetClient(ClientConfig.load())
+def client() -> Client:
+    """The :class:`~edgeml.fleet.Client` for the server saved by ``edgeml-fleet login`` (or
+    EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN). Commands call its typed methods; CLI tests patch this function."""
+    return Client()
 
 
 def call(method: Literal["get", "post", "patch", "delete", "upload"], path: str, *args: Any, **query: Any) -> Any:
-    """One request with :func:`client`'s login: ``call("get", "/v1/keys")`` is ``client().get("/v1/keys")``,
-    the connection closed after it (most commands make a single request)."""
+    """One raw request with :func:`client`'s login, for commands not yet on a typed method:
+    ``call("get", "/v1/keys")`` is ``client().http.get("/v1/keys")``, the connection closed after it."""
     with client() as fleet:
-        return getattr(fleet, method)(path, *args, **query)
+        return getattr(fleet.http, method)(path, *args, **query)
 
 
 def echo_json(data: Any) -> None:

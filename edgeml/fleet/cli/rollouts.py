@@ -119,7 +119,7 @@ def rollout_status(rollout_id: str, watch: bool, interval: float, as_json: bool)
     """Waves, per-state device counts, the gate figures and the decisions taken."""
     with client() as fleet:
         while True:
-            doc = fleet.get(f"/v1/rollouts/{rollout_id}")
+            doc = fleet.get_rollout(rollout_id).raw
             if as_json:
                 echo_json(doc)
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeml.fleet.cli.output import call, echo_json, json_option, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 
 TOKEN_COLUMNS = [("id", "id"), ("name", "name"), ("role", "role"), ("created_at", "created"),
                  ("expires_at", "expires"), ("revoked_at", "revoked")]
@@ -21,7 +21,8 @@ def tokens() -> None:
 @click.option("--expires-in", type=int, default=None, help="lifetime in seconds (default: no expiry)")
 @json_option
 def tokens_create(name: str, role: str, expires_in: int | None, as_json: bool) -> None:
-    created = call("post", "/v1/tokens", {"name": name, "role": role, "expires_in_s": expires_in})
+    with client() as fleet:
+        created = fleet.create_token(name, role, expires_in)
     if as_json:
         echo_json(created)
     else:
@@ -32,13 +33,16 @@ def tokens_create(name: str, role: str, expires_in: int | None, as_json: bool) -
 @tokens.command("list")
 @json_option
 def tokens_list(as_json: bool) -> None:
-    table(call("get", "/v1/tokens"), TOKEN_COLUMNS, "API tokens", as_json)
+    with client() as fleet:
+        rows = fleet.list_tokens()
+    table(rows, TOKEN_COLUMNS, "API tokens", as_json)
 
 
 @tokens.command("revoke")
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
-    row = call("delete", f"/v1/tokens/{token_id}")
+    with client() as fleet:
+        row = fleet.revoke_token(token_id)
     click.echo(f"revoked token {row['id']} ({row['name']})")
 
 
@@ -53,7 +57,8 @@ def enroll_token() -> None:
 @click.option("--expires-in", type=int, default=3600, show_default=True, help="seconds")
 @json_option
 def enroll_token_create(group: str | None, tags: tuple[str, ...], expires_in: int, as_json: bool) -> None:
-    row = call("post", "/v1/enrollment-tokens", {"group": group, "tags": list(tags), "expires_in_s": expires_in})
+    with client() as fleet:
+        row = fleet.create_enrollment_token(group=group, tags=tags, expires_in_s=expires_in)
     if as_json:
         echo_json(row)
     else:
