@@ -138,17 +138,19 @@ class FleetHttp:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON answer (bytes for other content types); GETs retried while transient."""
         attempts = self.retry.attempts if method.upper() in RETRIED_METHODS else 1
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
                 response = self._once(method, path, **kwargs)
-                break
             except TransientFleetError as exc:
-                if attempt + 1 >= attempts:
+                attempt += 1
+                if attempt >= attempts:
                     raise
-                self._sleep(self.retry.delay(attempt, exc.retry_after))
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.content
+                self._sleep(self.retry.delay(attempt - 1, exc.retry_after))
+                continue
+            if response.headers.get("content-type", "").startswith("application/json"):
+                return response.json()
+            return response.content
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
