@@ -219,3 +219,14 @@ def test_importing_the_client_loads_no_server_code() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert edgeml.fleet.__all__ == ["Client", "ClientConfig"]
+
+
+def test_config_comes_from_arguments_then_the_environment_then_the_login_file(monkeypatch) -> None:
+    from edgeml.fleet import ClientConfig
+
+    ClientConfig("http://from-file:8480", "efl_file").save()
+    assert ClientConfig.resolve() == ClientConfig("http://from-file:8480", "efl_file")
+    monkeypatch.setenv("EDGEML_FLEET_URL", "http://from-env:8480")
+    assert ClientConfig.resolve() == ClientConfig("http://from-env:8480", "efl_file")
+    with Client("http://from-args:8480", "efl_args") as fleet:
+        assert fleet.config == ClientConfig("http://from-args:8480", "efl_args")
