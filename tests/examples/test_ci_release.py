@@ -93,6 +93,12 @@ def test_a_good_model_is_built_pushed_and_released_to_the_canary_group(fleet: tu
         (wave,) = status.results
         assert wave.passed and wave.figures["new"]["requests"] >= 5
         assert client.get_bundle("cls@2.0.0").fidelity is not None
+        # the rest of what a pipeline reads: health per version, the canary group's devices, the audit log
+        health = client.get_version_health("cls", "2.0.0")
+        assert health is not None and health.requests > 0 and health.devices == 1
+        assert [d.id for d in client.list_devices(group="canary")] == [canary.device_id]
+        actions = [e.action for e in client.list_audit(target=done.id)]
+        assert actions[0] == "rollout.completed" and "rollout.create" in actions
     assert canary.serving("cls") == "2.0.0"
 
 
