@@ -1,6 +1,6 @@
 """A tiny Keras model made inside the TFLite toolchain (which holds TensorFlow) for
-tests/compiler/test_frontend_keras.py: ``python keras_side.py OUTDIR`` writes ``tiny.keras`` and
-``check.npz`` (a fresh input and the Keras model's own output on it)."""
+tests/compiler/test_frontend_keras.py: ``python keras_side.py OUTDIR`` writes ``tiny.keras``, the same model as a
+SavedModel directory (``saved_model/``) and ``check.npz`` (a fresh input and the Keras model's own output on it)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main() -> None:
         keras.layers.Dense(4, activation="softmax"),
     ])
     model.save(out / "tiny.keras")
+    model.export(str(out / "saved_model"), format="tf_saved_model", verbose=False)
     x = np.random.default_rng(3).standard_normal((1, 12, 12, 3)).astype(np.float32)
     np.savez(out / "check.npz", x=x, y=np.asarray(model(x)))
 

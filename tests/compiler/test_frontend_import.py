@@ -166,5 +166,5 @@ def test_require_reports_each_recipes_own_size(tmp_path, monkeypatch):
     from edgeml.toolchains import require
 
     monkeypatch.setenv("EDGEML_TOOLCHAINS_DIR", str(tmp_path))
-    with pytest.raises(ToolchainError, match="≈1.1 GB install"):
+    with pytest.raises(ToolchainError, match=r"≈1\.1 GB install"):
         require("torch")

@@ -1,4 +1,4 @@
-"""A Keras model in, through the TFLite toolchain that already holds TensorFlow: TensorFlow's own
+"""A Keras model (and a SavedModel) in, through the TFLite toolchain that already holds TensorFlow: TensorFlow's own
 converter (``tf.lite.TFLiteConverter``) makes a ``.tflite`` the compiler builds for LiteRT targets.
 
 The model is made and saved inside the toolchain (tests/compiler/keras_side.py); ``edgeml build
@@ -44,4 +44,14 @@ def test_a_keras_model_builds_for_litert_and_answers_as_keras(tflite_toolchain: 
     with open_model(unpacked.model_path, "litert") as model:
         (name,) = [s.name for s in model.inputs]
         got = next(iter(model.run({name: check["x"]}).values()))
+    np.testing.assert_allclose(got, check["y"], rtol=1e-4, atol=1e-5)
+
+    saved = tmp_path / "keras" / "saved_model"  # the same model as a SavedModel directory
+    report = edgeml_build(saved, "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert", "--name", "tiny-saved",
+                          "-o", str(tmp_path / "saved.edgepkg")).report
+    assert report["data"]["import"]["source_kind"] == "TensorFlow SavedModel"
+    assert report["data"]["import"]["export_check"]["checked"] is True
+    unpacked = unpack_bundle(tmp_path / "saved.edgepkg", tmp_path / "unpacked-saved", TrustStore.default())
+    with open_model(unpacked.model_path, "litert") as model:
+        got = next(iter(model.run({model.inputs[0].name: check["x"]}).values()))
     np.testing.assert_allclose(got, check["y"], rtol=1e-4, atol=1e-5)

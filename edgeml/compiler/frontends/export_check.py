@@ -59,7 +59,8 @@ def check_export(imported: ImportedModel, min_cosine: float = MIN_EXPORT_COSINE)
         worst = min(worst, cos)
         outputs[name] = {"cosine": round(cos, 7), "max_abs_error": float(np.abs(have - want).max(initial=0.0))}
     if worst < min_cosine:
+        hint = "try another opset (--opset N, export_options={'opset': N}) or " if runtime == "onnxruntime" else ""
         raise ConversionError(f"the exported model disagrees with the framework on its own example input "
                               f"(cosine {worst:.6f} < {min_cosine}): {outputs}. This is an exporter problem; "
-                              "try another opset (export_options={'opset': N}) or report the model")
+                              f"{hint}report the model")
     return {"checked": True, "runtime": runtime, "samples": 1, "min_cosine": round(worst, 7), "outputs": outputs}
