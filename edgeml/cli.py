@@ -167,7 +167,8 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
     with contextlib.redirect_stdout(sys.stderr):
-        result = api.compile(build_request, export_options={"opset": opset} if opset is not None else None)
+        result = api.compile(build_request) if opset is None else \
+            api.compile(build_request, export_options={"opset": opset})
     if as_json:
         _print_json({**result.report.to_json(), "bundle": str(result.bundle_path)})
         return

@@ -168,3 +168,28 @@ def test_require_reports_each_recipes_own_size(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEML_TOOLCHAINS_DIR", str(tmp_path))
     with pytest.raises(ToolchainError, match=r"≈1\.1 GB install"):
         require("torch")
+
+
+def test_cli_opset_reaches_the_exporter_and_is_refused_for_an_onnx_model(tmp_path, monkeypatch, default_key):
+    from click.testing import CliRunner
+
+    from edgeml.cli import main
+    from edgeml.compiler.frontends import toolchain_export
+
+    opsets: list[int] = []
+
+    def fake_export(kind, source, workdir, *, opset, log):  # type: ignore[no-untyped-def]
+        opsets.append(opset)
+        return read_export_dir(_export_dir(workdir), "model.onnx", name="m", source_name=source.name,
+                               source_sha256="00" * 32)
+
+    monkeypatch.setattr(toolchain_export, "export_with_toolchain", fake_export)
+    (tmp_path / "m.pt2").write_bytes(b"x")
+    common = ["-t", "x86-cpu", "-p", "fp32", "--runtime", "onnxruntime", "--bench-seconds", "0.05"]
+    result = CliRunner().invoke(main, ["build", str(tmp_path / "m.pt2"), *common, "--opset", "17",
+                                       "-o", str(tmp_path / "m.edgepkg")])
+    assert result.exit_code == 0, result.output
+    assert opsets == [17]
+    onnx_model = tiny_cnn(tmp_path / "plain.onnx")
+    refused = CliRunner().invoke(main, ["build", str(onnx_model), *common, "--opset", "17"])
+    assert refused.exit_code == 2 and "apply to models edgeml exports" in refused.output
