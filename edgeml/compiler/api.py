@@ -94,7 +94,7 @@ def compile(model: str | Path | BuildRequest | object, target: str | Path | Targ
     with tempfile.TemporaryDirectory(prefix="edgeml-import-") as tmp:
         imported = frontends.import_model(source, Path(tmp), opset=opset, example_inputs=example_inputs,
                                           dynamic_shapes=dynamic_shapes, output_names=output_names,
-                                          log=request.log or (lambda line: None))
+                                          log=request.log or (lambda line: None), use_cache=request.use_cache)
         request = replace(request, model=imported.path, name=request.name or imported.name)
         return _build(request, imported)
 
@@ -124,6 +124,7 @@ def _build(request: BuildRequest, imported: ImportedModel | None) -> BuildResult
                          target=resolved.profile.id, precision=request.precision, notes=list(resolved.skipped))
     if imported is not None:
         report.data["import"] = imported.provenance
+        report.data["import_cached"] = imported.cached
     log_lines: list[str] = []
 
     def log(message: str) -> None:

@@ -118,7 +118,7 @@ def test_a_front_end_export_is_built_with_its_provenance_assets_and_example_samp
 
     calls: list[tuple[str, int]] = []
 
-    def fake_export(kind, source, workdir, *, opset, log):  # type: ignore[no-untyped-def]
+    def fake_export(kind, source, workdir, *, opset, log, use_cache):  # type: ignore[no-untyped-def]
         calls.append((kind, opset))
         return read_export_dir(_export_dir(workdir), "model.onnx", name="gru", source_name=source.name,
                                source_sha256=detect.digest_source(source))
@@ -178,7 +178,7 @@ def test_cli_opset_reaches_the_exporter_and_is_refused_for_an_onnx_model(tmp_pat
 
     opsets: list[int] = []
 
-    def fake_export(kind, source, workdir, *, opset, log):  # type: ignore[no-untyped-def]
+    def fake_export(kind, source, workdir, *, opset, log, use_cache):  # type: ignore[no-untyped-def]
         opsets.append(opset)
         return read_export_dir(_export_dir(workdir), "model.onnx", name="m", source_name=source.name,
                                source_sha256="00" * 32)

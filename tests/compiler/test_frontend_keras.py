@@ -34,8 +34,8 @@ def test_a_keras_model_builds_for_litert_and_answers_as_keras(tflite_toolchain: 
     bundle = tmp_path / "tiny.edgepkg"
     report = edgeml_build(tmp_path / "keras" / "tiny.keras", "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert",
                           "-o", str(bundle)).report
-    assert report["chosen"] == "litert/fp32"
-    unpacked = unpack_bundle(bundle, tmp_path / "unpacked", TrustStore.default())
+    assert report["chosen"] == "litert/fp32" and report["data"]["import_cached"] is False
+    unpacked = unpacked_first = unpack_bundle(bundle, tmp_path / "unpacked", TrustStore.default())
     origin = unpacked.manifest.raw["provenance"]["import"]
     assert origin["framework"] == "tensorflow" and origin["exporter"] == "tf.lite.TFLiteConverter.from_saved_model"
     assert origin["versions"]["tensorflow"] == "2.19.0" and origin["source_kind"].startswith("Keras 3")
@@ -55,3 +55,12 @@ def test_a_keras_model_builds_for_litert_and_answers_as_keras(tflite_toolchain: 
     with open_model(unpacked.model_path, "litert") as model:
         got = next(iter(model.run({model.inputs[0].name: check["x"]}).values()))
     np.testing.assert_allclose(got, check["y"], rtol=1e-4, atol=1e-5)
+
+    # a rebuild of the same file reuses the cached conversion (no TensorFlow process) and gives the same model
+    again = edgeml_build(tmp_path / "keras" / "tiny.keras", "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert",
+                         "-o", str(tmp_path / "again.edgepkg")).report
+    assert again["data"]["import_cached"] is True
+    assert again["data"]["import"]["source_kind"] == origin["source_kind"]
+    rebuilt = unpack_bundle(tmp_path / "again.edgepkg", tmp_path / "unpacked-again", TrustStore.default())
+    assert rebuilt.model_path.read_bytes() == unpacked_first.model_path.read_bytes()
+

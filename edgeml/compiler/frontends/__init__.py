@@ -42,7 +42,7 @@ def needs_import(model: object) -> bool:
 
 def import_model(model: object, workdir: Path, *, opset: int = DEFAULT_OPSET, example_inputs: object = None,
                  dynamic_shapes: object = None, output_names: Sequence[str] | None = None,
-                 log: Callable[[str], None] = lambda line: None) -> ImportedModel:
+                 log: Callable[[str], None] = lambda line: None, use_cache: bool = True) -> ImportedModel:
     """Run the front-end for ``model`` and check its export; see the table above."""
     if is_torch_object(model):
         from edgeml.compiler.frontends.torch_module import export_torch
@@ -58,7 +58,7 @@ def import_model(model: object, workdir: Path, *, opset: int = DEFAULT_OPSET, ex
         if example_inputs is not None or dynamic_shapes is not None:
             raise ConfigError("example_inputs/dynamic_shapes apply to torch objects; a saved model "
                               f"({path.name}) carries its own")
-        imported = export_with_toolchain(kind, path, workdir, opset=opset, log=log)
+        imported = export_with_toolchain(kind, path, workdir, opset=opset, log=log, use_cache=use_cache)
     else:
         raise ConfigError(f"edgeml cannot import a {type(model).__name__}; give a path or a torch object")
     check = check_export(imported)

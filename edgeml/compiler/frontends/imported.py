@@ -33,6 +33,7 @@ class ImportedModel:
     bundle's provenance. ``provenance``: framework, versions, exporter, options, and the export check.
     ``assets``: files that pre/post-processing needs on the device, by file name (``tokenizer.json``,
     ``vocab.txt``, ...; empty when the source had none). ``example``: ``example.npz`` or None.
+    The files may live in the export cache: read them, never change them.
     """
 
     path: Path
@@ -42,6 +43,7 @@ class ImportedModel:
     provenance: JSONDict                              # export.json, plus export_check once checked
     assets: Mapping[str, Path] = field(default_factory=dict)
     example: Path | None = None
+    cached: bool = False                 # reused from the export cache rather than exported now
 
 
 def read_export_dir(out_dir: Path, model_file: str, *, name: str, source_name: str,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from edgeml.compiler.frontends import detect
+from edgeml.compiler.frontends import detect, export_cache
 from edgeml.compiler.frontends.imported import ImportedModel, read_export_dir
 from edgeml.errors import ConversionError
-from edgeml.toolchains import require
+from edgeml.toolchains import Toolchain, require
 
 EXPORT_TIMEOUT_S = 1800.0
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -43,23 +44,35 @@ def _plan(kind: str, source: Path, out_dir: Path, opset: int) -> tuple[str, list
 
 
 def export_with_toolchain(kind: str, source: Path, workdir: Path, *, opset: int,
-                          log: Callable[[str], None] = lambda line: None,
+                          log: Callable[[str], None] = lambda line: None, use_cache: bool = True,
                           timeout: float = EXPORT_TIMEOUT_S) -> ImportedModel:
-    """Export ``source`` (of ``kind``, see :mod:`detect`) in its toolchain into ``workdir/export``."""
+    """Export ``source`` (of ``kind``, see :mod:`detect`) in its toolchain, or reuse the cached export of
+    the same content and options (:mod:`export_cache`)."""
     toolchain_name, args, model_file = _plan(kind, source.resolve(), workdir / "export", opset)
     what = {detect.PT2: "exporting a .pt2 ExportedProgram", detect.HUGGINGFACE: "exporting a Hugging Face checkpoint",
             }.get(kind, "converting a Keras/SavedModel model")
     toolchain = require(toolchain_name, what)
+    digest = detect.digest_source(source)
+    key = export_cache.cache_key(kind=kind, source_sha256=digest, opset=opset, script=Path(args[0]),
+                                 recipe_hash=str(toolchain.marker.get("recipe_hash", "")))
+    name = source.stem if source.is_file() else source.name
+    hit = export_cache.lookup(key) if use_cache else None
+    if hit is not None:
+        log(f"import: reusing the cached export of {source} ({hit})")
+        return replace(read_export_dir(hit, model_file, name=name, source_name=source.name, source_sha256=digest),
+                       cached=True)
     log(f"import: {what} ({source}) in the '{toolchain_name}' toolchain")
+    _run(toolchain, args, workdir, what=f"{what} ({source})", timeout=timeout)
+    out_dir = export_cache.store(key, workdir / "export") if use_cache else workdir / "export"
+    return read_export_dir(out_dir, model_file, name=name, source_name=source.name, source_sha256=digest)
+
+
+def _run(toolchain: Toolchain, args: list[str], workdir: Path, *, what: str, timeout: float) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         proc = toolchain.run(["python", *args], cwd=workdir, timeout=timeout, env=_OFFLINE_ENV)
     except subprocess.TimeoutExpired as exc:
-        raise ConversionError(f"{what} ({source}) took more than {timeout:.0f} s and was stopped") from exc
+        raise ConversionError(f"{what} took more than {timeout:.0f} s and was stopped") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-_TAIL_LINES:])
-        raise ConversionError(f"{what} ({source}) failed in the '{toolchain_name}' toolchain "
-                              f"(exit {proc.returncode}):\n{tail}")
-    name = source.stem if source.is_file() else source.name
-    return read_export_dir(workdir / "export", model_file, name=name, source_name=source.name,
-                           source_sha256=detect.digest_source(source))
+        raise ConversionError(f"{what} failed in the '{toolchain.name}' toolchain (exit {proc.returncode}):\n{tail}")
