@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from edgeml.bundle import TrustStore, unpack_bundle
+from edgeml.compiler import api
 from edgeml.runtimes import open_model
 from edgeml.toolchains import Toolchain
 from tests.compiler.cli_build import edgeml_build
+from tests.compiler.conftest import FAST
 from tests.support.toolchain import pinned_toolchains_dir, tflite_toolchain
 
 pytestmark = pytest.mark.toolchain
@@ -35,7 +37,7 @@ def test_a_keras_model_builds_for_litert_and_answers_as_keras(tflite_toolchain: 
     report = edgeml_build(tmp_path / "keras" / "tiny.keras", "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert",
                           "-o", str(bundle)).report
     assert report["chosen"] == "litert/fp32" and report["data"]["import_cached"] is False
-    unpacked = unpacked_first = unpack_bundle(bundle, tmp_path / "unpacked", TrustStore.default())
+    unpacked = unpack_bundle(bundle, tmp_path / "unpacked", TrustStore.default())
     origin = unpacked.manifest.raw["provenance"]["import"]
     assert origin["framework"] == "tensorflow" and origin["exporter"] == "tf.lite.TFLiteConverter.from_saved_model"
     assert origin["versions"]["tensorflow"] == "2.19.0" and origin["source_kind"].startswith("Keras 3")
@@ -46,21 +48,19 @@ def test_a_keras_model_builds_for_litert_and_answers_as_keras(tflite_toolchain: 
         got = next(iter(model.run({name: check["x"]}).values()))
     np.testing.assert_allclose(got, check["y"], rtol=1e-4, atol=1e-5)
 
-    saved = tmp_path / "keras" / "saved_model"  # the same model as a SavedModel directory
-    report = edgeml_build(saved, "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert", "--name", "tiny-saved",
-                          "-o", str(tmp_path / "saved.edgepkg")).report
-    assert report["data"]["import"]["source_kind"] == "TensorFlow SavedModel"
-    assert report["data"]["import"]["export_check"]["checked"] is True
-    unpacked = unpack_bundle(tmp_path / "saved.edgepkg", tmp_path / "unpacked-saved", TrustStore.default())
-    with open_model(unpacked.model_path, "litert") as model:
+    # the same model as a SavedModel directory, through edgeml.compile in this process
+    saved = api.compile(tmp_path / "keras" / "saved_model", "arm64-cpu", precision="fp32", runtime="litert",
+                        name="tiny-saved", output=tmp_path / "saved.edgepkg", **FAST)
+    assert saved.report.data["import"]["source_kind"] == "TensorFlow SavedModel"  # type: ignore[index]
+    assert saved.report.data["import"]["export_check"]["checked"] is True  # type: ignore[index]
+    from_saved = unpack_bundle(saved.bundle_path, tmp_path / "unpacked-saved", TrustStore.default())
+    with open_model(from_saved.model_path, "litert") as model:
         got = next(iter(model.run({model.inputs[0].name: check["x"]}).values()))
     np.testing.assert_allclose(got, check["y"], rtol=1e-4, atol=1e-5)
 
     # a rebuild of the same file reuses the cached conversion (no TensorFlow process) and gives the same model
-    again = edgeml_build(tmp_path / "keras" / "tiny.keras", "-t", "arm64-cpu", "-p", "fp32", "--runtime", "litert",
-                         "-o", str(tmp_path / "again.edgepkg")).report
-    assert again["data"]["import_cached"] is True
-    assert again["data"]["import"]["source_kind"] == origin["source_kind"]
-    rebuilt = unpack_bundle(tmp_path / "again.edgepkg", tmp_path / "unpacked-again", TrustStore.default())
-    assert rebuilt.model_path.read_bytes() == unpacked_first.model_path.read_bytes()
-
+    again = api.compile(tmp_path / "keras" / "tiny.keras", "arm64-cpu", precision="fp32", runtime="litert",
+                        output=tmp_path / "again.edgepkg", **FAST)
+    assert again.report.data["import_cached"] is True
+    rebuilt = unpack_bundle(again.bundle_path, tmp_path / "unpacked-again", TrustStore.default())
+    assert rebuilt.model_path.read_bytes() == unpacked.model_path.read_bytes()
