@@ -1,8 +1,9 @@
 """The PyTorch front-end on small real-ish models, against torch eager (goal: cosine >= 0.9999 at FP32).
 
 - In process: ``edgeml.compile(module, example_inputs=..., dynamic_shapes=...)`` on a CNN feeding an LSTM
-  with explicit state, run in a Python that holds torch and edgeml as a user's does
-  (tests/compiler/torch_side.py); the bundle answers fresh inputs of another batch size like eager.
+  with explicit state, and ``edgeml.compile(exported_program)`` on a GRU with state, run in a Python that
+  holds torch and edgeml as a user's does (tests/compiler/torch_side.py); the bundles answer fresh
+  inputs of another batch size like eager.
 - CLI: ``edgeml build gru.pt2`` (a saved ExportedProgram of a GRU with state), exported in the torch
   toolchain; this test process, which has no torch, loads the bundle and compares with eager's outputs.
 """
@@ -64,6 +65,12 @@ def test_a_module_compiled_in_process_matches_torch_eager(torch_side):
     for name, cosine in run["cosines"].items():  # fresh inputs, batch 3 (the export traced batch 2)
         assert cosine >= GOAL_COSINE, (name, cosine, run["max_abs"])
         assert run["max_abs"][name] < 1e-4
+
+
+def test_an_exported_program_compiled_in_process_matches_torch_eager(torch_side):
+    run = torch_side["gru_program"]
+    assert run["source_kind"] == "ExportedProgram" and run["outputs"] == ["next_state", "scores"]
+    assert min(run["cosines"].values()) >= GOAL_COSINE, run
 
 
 def test_the_bundle_records_framework_versions_and_export_options(torch_side):

@@ -7,8 +7,9 @@ environment stays torch-free).
 - ``edgeml.compile(module, example_inputs=..., dynamic_shapes=...)`` in process: a CNN feeding an LSTM
   with explicit state (x, h, c) -> (y, h', c'), batch dynamic; the bundle is loaded with ``edgeml.load``
   and run on fresh inputs of another batch size beside torch eager;
-- ``torch.export.save`` of a GRU with state (for ``edgeml build model.pt2``), with fresh inputs and
-  torch eager's outputs on them saved for the test to compare the bundle against.
+- a GRU with state as a ``torch.export.ExportedProgram``: compiled in process (named outputs), and
+  saved with ``torch.export.save`` (for ``edgeml build model.pt2``) beside fresh inputs and torch
+  eager's outputs on them for the test to compare that bundle against.
 
 Writes ``OUTDIR/result.json`` (cosines, provenance) and ``OUTDIR/gru.pt2`` + ``OUTDIR/gru_check.npz``.
 """
@@ -85,7 +86,7 @@ def conv_lstm(out_dir: Path) -> dict[str, object]:
             "max_abs": {n: float(np.abs(got[n] - e).max()) for n, e in zip(names, eager, strict=True)}}
 
 
-def gru_pt2(out_dir: Path) -> None:
+def gru_pt2(out_dir: Path) -> dict[str, object]:
     torch.manual_seed(1)
     model = GRUStep().eval()
     batch = torch.export.Dim("batch")  # torch.export specializes the GRU's time steps: they stay 5
@@ -97,13 +98,22 @@ def gru_pt2(out_dir: Path) -> None:
         scores, state = model(*fresh)
     np.savez(out_dir / "gru_check.npz", frames=fresh[0].numpy(), state=fresh[1].numpy(),
              out_scores=scores.numpy(), out_state=state.numpy())
+    # the ExportedProgram object itself, in process: its own example inputs check the export
+    result = edgeml.compile(program, "x86-cpu", precision="fp32", runtime="onnxruntime",
+                            export_options={"output_names": ["scores", "next_state"]},
+                            output=out_dir / "gru-program.edgepkg", benchmark_seconds=0.05, progress=False)
+    with edgeml.load(result.bundle_path) as bundle:
+        got = bundle.predict(frames=fresh[0].numpy(), state=fresh[1].numpy())
+        origin = bundle.manifest.raw["provenance"]["import"]
+    return {"source_kind": origin["source_kind"], "outputs": sorted(got),
+            "cosines": {"scores": cosine(got["scores"], scores.numpy()),
+                        "next_state": cosine(got["next_state"], state.numpy())}}
 
 
 def main() -> None:
     out_dir = Path(sys.argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"torch": torch.__version__, "conv_lstm": conv_lstm(out_dir)}
-    gru_pt2(out_dir)
+    result = {"torch": torch.__version__, "conv_lstm": conv_lstm(out_dir), "gru_program": gru_pt2(out_dir)}
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
 
 
