@@ -94,7 +94,7 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--target", "-t", required=True, help="Target profile id (edgeml targets list) or a .toml file.")
 @click.option("--precision", "-p", type=click.Choice(request.PRECISION_CHOICES), default=request.DEFAULT_PRECISION,
               show_default=True,
@@ -143,6 +143,8 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @click.option("--no-cache", is_flag=True, help="Rebuild every step instead of reusing the build cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
+@click.option("--opset", type=int,
+              help="ONNX opset of an export (.pt2, Hugging Face); default 18 or the target's maximum if lower.")
 def build(model: str, target: str, precision: str, runtime: str | None, calibration: str | None,
           evaluation: str | None, labels: str | None, class_names: str | None, key: str | None, name: str | None,
           bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, tokenizer: str | None,
@@ -150,8 +152,13 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
           exclude_node: tuple[str, ...], exclude_op_type: tuple[str, ...], per_channel: bool,
           calibration_method: str, min_agreement: float, min_cosine: float, min_snr_db: float | None,
           max_abs_error: float | None, max_drop: float, bench_seconds: float, no_cache: bool, as_json: bool,
-          output: str | None) -> None:
-    """Build a signed bundle of MODEL (ONNX) for a target."""
+          output: str | None, opset: int | None) -> None:
+    """Build a signed bundle of MODEL for a target.
+
+    MODEL: an .onnx or .tflite file; a .pt2 file (torch.export.save) or a Hugging Face checkpoint
+    directory (config.json + model.safetensors), exported in the 'torch' toolchain; a Keras .keras/.h5
+    file or a SavedModel directory, converted in the 'tflite' toolchain (edgeml toolchain install NAME).
+    """
     from edgeml.compiler import api
 
     names = None
@@ -169,7 +176,8 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
     with contextlib.redirect_stdout(sys.stderr):
-        result = api.compile(build_request)
+        result = api.compile(build_request) if opset is None else \
+            api.compile(build_request, export_options={"opset": opset})
     if as_json:
         _print_json({**result.report.to_json(), "bundle": str(result.bundle_path)})
         return
