@@ -98,6 +98,9 @@ def compile(model: str | Path | BuildRequest | object, target: str | Path | Targ
                                           dynamic_shapes=dynamic_shapes, output_names=output_names,
                                           log=request.log or (lambda line: None), use_cache=request.use_cache)
         request = replace(request, model=imported.path, name=request.name or imported.name)
+        if request.tokenizer is None and "tokenizer.json" in imported.assets:
+            # a checkpoint's tokenizer travels in the bundle, so the device takes text (its config beside it)
+            request = replace(request, tokenizer=imported.assets["tokenizer.json"].parent)
         return _build(request, imported)
 
 
@@ -227,9 +230,9 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     # every dynamic dim is resolved (or the build stops, naming them all) before any heavy work
     loaded = run_steps(source_art, plan.prefix_steps(None, runtimes)[:1], ctx, scratch=scratch, use_cache=cache)
     given = _given_samples(loaded, request)
-    # without data, an imported model's export example stands in for random inputs (a text model cannot
-    # run random token ids)
-    example = None if given else _example_samples(loaded, ctx.source.example)
+    # without data, an imported model's export example, or sentences through the build's tokenizer, stand
+    # in for random inputs (a text model cannot run random token ids)
+    example = None if given else _example_samples(loaded, ctx.source.example) or _text_samples(loaded, request)
     sig = _signature(loaded, request, resolved, given or example)
     shapes = sig.static_input_shapes() if resolved.profile.static_shapes and resolved.format == "onnx" \
         else request.input_shapes
@@ -249,7 +252,7 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
         report.notes.append("no calibration data given: quantizers calibrated on the evaluation samples, "
                             "so the gate is optimistic; pass --calibration with other samples")
     if not real_data:
-        used = cal.source if cal.source.startswith("the exporter") else "random inputs"
+        used = cal.source if example else "random inputs"
         report.notes.append(f"no calibration data given: {used} were used for the gate, the smoke test "
                             "and reference statistics; quantized candidates need real data (--calibration)")
     ctx.calibration = cal.with_progress("calibrate", ctx.progress)
@@ -295,6 +298,16 @@ def _example_samples(loaded: Artifact, example: Path | None) -> tuple[SampleSet,
     from edgeml.compiler.frontends.samples import example_samples
 
     samples = example_samples(example, specs_from_json(loaded.metadata["inputs"]))
+    return split(samples) if samples else None
+
+
+def _text_samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, SampleSet] | None:
+    """(calibration, evaluation) of ordinary sentences, when the build ships a tokenizer for every input."""
+    if request.tokenizer is None:
+        return None
+    from edgeml.compiler.textsamples import tokenizer_samples
+
+    samples = tokenizer_samples(request.tokenizer, specs_from_json(loaded.metadata["inputs"]))
     return split(samples) if samples else None
 
 

@@ -75,6 +75,7 @@ def test_hugging_face_directory_builds_a_bundle_that_matches_torch(torch_toolcha
     with edgeml.load(bundle) as model:
         specs = {s.name: list(s.shape) for s in model.manifest.inputs}
         got = model.predict(**feeds)
+        by_text = model.predict(text=list(SENTENCES))   # the checkpoint's tokenizer travelled in the bundle
         provenance = model.manifest.raw["provenance"]
     assert specs == {name: ["batch", "sequence"] for name in feeds}
     assert provenance["source_sha256"] == detect.digest_source(checkpoint)
@@ -86,3 +87,4 @@ def test_hugging_face_directory_builds_a_bundle_that_matches_torch(torch_toolcha
     pooled, pooled_ref = _mean_pool(hidden, mask), _mean_pool(want, mask)
     assert min(_cosine(a, b) for a, b in zip(pooled, pooled_ref, strict=True)) >= GOAL_COSINE
     assert _cosine(got["pooler_output"], reference["pooler_output"]) >= GOAL_COSINE
+    np.testing.assert_allclose(by_text["pooler_output"], got["pooler_output"], atol=1e-5)
