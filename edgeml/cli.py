@@ -100,10 +100,11 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
               show_default=True,
               help="auto builds every precision the target allows and keeps the fastest that passes.")
 @click.option("--runtime", help="Build only for this runtime of the target.")
-@click.option("--calibration", "-c", type=click.Path(), help="Calibration samples: .npz, .npy or an image folder.")
+@click.option("--calibration", "-c", type=click.Path(),
+              help="Calibration samples: .npz, .npy, an image folder or a folder of .npz (a captures export).")
 @click.option("--eval", "evaluation", type=click.Path(),
               help="Held-out evaluation samples (default: part of --calibration).")
-@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt) of the evaluation samples.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt, or .csv with a label column) of the evaluation samples.")
 @click.option("--class-names", type=click.Path(dir_okay=False),
               help="Text file, one class name per line, shipped in the bundle.")
 @click.option("--key", "-k", help="Signing key name or path (default: 'default').")
