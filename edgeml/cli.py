@@ -104,7 +104,8 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
               help="Calibration samples: .npz, .npy, an image folder or a folder of .npz (a captures export).")
 @click.option("--eval", "evaluation", type=click.Path(),
               help="Held-out evaluation samples (default: part of --calibration).")
-@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt, or .csv with a label column) of the evaluation samples.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Labels (.npy/.txt, or .csv with a label column) of the evaluation samples.")
 @click.option("--class-names", type=click.Path(dir_okay=False),
               help="Text file, one class name per line, shipped in the bundle.")
 @click.option("--key", "-k", help="Signing key name or path (default: 'default').")
