@@ -75,3 +75,6 @@ def test_captured_requests_reach_the_fleet_and_export_into_a_build(tmp_path: Pat
     assert built.exit_code == 0, built.output
     report = json.loads(built.stdout)
     assert Path(report["bundle"]) == out and out.is_file()
+    data = report["data"]   # the captured samples themselves, not random inputs, fed the build
+    assert data["real_data"] and data["data_source"] == str(export)
+    assert data["calibration_samples"] + data["evaluation_samples"] == REQUESTS

@@ -18,7 +18,7 @@ def _body(capture_id: str, *, model: str = "m", trigger: str = "random", size: i
     return encode_sample(meta, {"x": np.zeros((1, size), np.float32)}, {"y": np.ones((1, 3), np.float32)})
 
 
-def _put(fleet: Fleet, token: str, capture_id: str, body: bytes):  # type: ignore[no-untyped-def]
+def _put(fleet: Fleet, token: str, capture_id: str, body: bytes):
     return fleet.call("PUT", f"/v1/captures/{capture_id}", token, content=body,
                       headers={"Content-Type": "application/octet-stream"})
 

@@ -122,10 +122,14 @@ def test_a_sample_sent_again_after_a_crash_is_stored_once(tmp_path: Path) -> Non
     assert fleet.stored[capture_id] == b"sent before the crash" and len(spool) == 0
 
 
+def _wait(stall: threading.Event) -> None:
+    stall.wait(30)
+
+
 def _component(tmp_path: Path, stall: threading.Event | None = None, queue_size: int = 4) -> CaptureComponent:
     config = parse_config({"data_dir": str(tmp_path / "agent")})
     component = CaptureComponent(Services.build(config), queue_size=queue_size,
-                                 before_write=(lambda: stall.wait(30)) if stall is not None else None)
+                                 before_write=(lambda: _wait(stall)) if stall is not None else None)
     component.desired_changed(DesiredState("d", 0, 0, 1, (), {}, None, b"", capture={
         "m": {"enabled": True, "triggers": {"random": {"rate": 1.0}},
               "budget": {"samples_per_hour": 1000}}}))
