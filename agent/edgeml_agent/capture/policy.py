@@ -10,11 +10,12 @@ informative first), so a sample is captured once, under one trigger.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,10 +28,14 @@ HOUR_S = 3600.0
 DAY_S = 86400.0
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):   # a tuple: made in the request thread
     trigger: str
-    figures: dict[str, JSON]
+    figures: dict[str, JSON]   # never changed once made (the random trigger's one is shared)
+
+
+@functools.lru_cache(maxsize=64)
+def _random_decision(rate: float) -> Decision:
+    return Decision("random", {"rate": rate})
 
 
 def top1_probability(scores: Array) -> float | None:
@@ -66,7 +71,7 @@ def decide(policy: CapturePolicy, outputs: Mapping[str, Array] | None, drift: Ma
             return Decision("low_confidence", {"probability": round(p, 4), "output": name,
                                                "threshold": policy.confidence_threshold})
     if policy.random_rate > 0 and rand() < policy.random_rate:
-        return Decision("random", {"rate": policy.random_rate})
+        return _random_decision(policy.random_rate)
     return None
 
 
