@@ -74,7 +74,7 @@ def test_list_filters_and_pages_newest_first(fleet: Fleet) -> None:
         if cursor is None:
             break
     assert seen == list(reversed(ids))
-    assert fleet.call("GET", "/v1/captures", params={"since": "yesterday"}).status_code == 422
+    assert fleet.call("GET", "/v1/captures", params={"since": "yesterday"}).status_code == 400
 
 
 def test_delete_and_retention_are_audited_and_remove_the_files(sqlite_fleet: Fleet) -> None:
@@ -89,7 +89,7 @@ def test_delete_and_retention_are_audited_and_remove_the_files(sqlite_fleet: Fle
     assert _put(fleet, device["api_token"], ids[3], _body(ids[3], size=99)).status_code == 201
     left = [c["capture_id"] for c in fleet.call("GET", "/v1/captures").json()["captures"]]
     assert left == [ids[3], ids[2]]   # the oldest beyond 2 per (device, model) went
-    assert fleet.call("DELETE", "/v1/captures").status_code == 422   # no filter: nothing deleted by accident
+    assert fleet.call("DELETE", "/v1/captures").status_code == 400   # no filter: nothing deleted by accident
     gone = fleet.call("DELETE", "/v1/captures", params={"model": "m", "device": device["device_id"]})
     assert gone.json() == {"deleted": 2}
     assert fleet.call("GET", f"/v1/captures/{device['device_id']}/{ids[3]}/file").status_code == 404

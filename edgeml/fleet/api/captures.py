@@ -90,11 +90,14 @@ def parse_since(text: str | None) -> datetime | None:
     found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if found:
         seconds = float(found[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        try:
+            return datetime.now(UTC) - timedelta(seconds=seconds)
+        except OverflowError:   # longer ago than datetime reaches: everything
+            return datetime(1970, 1, 1, tzinfo=UTC)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise HTTPException(422, f"since={text!r} is neither a duration (30m, 12h, 1d) nor an ISO time") from None
+        raise HTTPException(400, f"since={text!r} is neither a duration (30m, 12h, 1d) nor an ISO time") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -277,9 +280,10 @@ def list_captures(caller: Viewer, ctx: Ctx,
 def _cursor(text: str) -> tuple[datetime, str, str]:
     try:
         when, device, capture_id = text.split("~")
-        return datetime.fromisoformat(when), device, capture_id
+        parsed = datetime.fromisoformat(when)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)), device, capture_id
     except ValueError:
-        raise HTTPException(422, "cursor must be a next_cursor value from a previous page") from None
+        raise HTTPException(400, "cursor must be a next_cursor value from a previous page") from None
 
 
 def _find(session: Session, device: str, capture_id: str) -> Capture:
@@ -314,7 +318,7 @@ def delete_captures(request: Request, caller: Deployer, ctx: Ctx,
                     before: Annotated[str | None, Query(max_length=64, description="ISO time")] = None
                     ) -> DeleteResult:
     if model is None and device is None and before is None:
-        raise HTTPException(422, "name what to delete: model=, device= and/or before=")
+        raise HTTPException(400, "name what to delete: model=, device= and/or before=")
     query = select(Capture)
     if model is not None:
         query = query.where(Capture.model == model)
