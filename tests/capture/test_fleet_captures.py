@@ -3,6 +3,7 @@ the sample's file, deletion and retention (both audited)."""
 
 from __future__ import annotations
 
+import struct
 import time
 
 import numpy as np
@@ -36,6 +37,23 @@ def test_upload_is_idempotent_per_device_and_capture_id(sqlite_fleet: Fleet) -> 
     assert [c["capture_id"] for c in page["captures"]] == [capture_id]
     file = fleet.call("GET", f"/v1/captures/{device['device_id']}/{capture_id}/file")
     assert file.status_code == 200 and file.content[:2] == b"PK"
+    no_image = fleet.call("GET", f"/v1/captures/{device['device_id']}/{capture_id}/thumbnail")
+    assert no_image.status_code == 404   # a [1, 16] vector is not an image
+
+
+def test_an_image_input_gets_a_png_thumbnail(sqlite_fleet: Fleet) -> None:
+    fleet = sqlite_fleet
+    device = fleet.enroll()
+    capture_id = new_capture_id()
+    meta: dict[str, JSON] = {"id": capture_id, "model": "cam", "version": "1.0.0", "trigger": "drift",
+                             "figures": {"drift": 0.5}, "ts": time.time()}
+    image = np.random.default_rng(0).random((1, 3, 200, 120), dtype=np.float32)   # NCHW
+    assert _put(fleet, device["api_token"], capture_id, encode_sample(meta, {"img": image}, None)).status_code == 201
+    r = fleet.call("GET", f"/v1/captures/{device['device_id']}/{capture_id}/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", r.content[16:26])
+    assert (width, height, depth, colour) == (40, 67, 8, 2)   # RGB, shrunk by a stride of 3 to <= 96 a side
 
 
 def test_only_devices_upload_and_bad_or_oversized_samples_are_refused(sqlite_fleet: Fleet) -> None:

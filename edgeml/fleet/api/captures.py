@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from edgeml.capture import TRIGGERS
 from edgeml.fleet import audit
 from edgeml.fleet.auth import Admin, Deployer, DeviceCaller, Principal, Viewer
+from edgeml.fleet.capture_thumbnails import thumbnail
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.capture_models import Capture
 from edgeml.fleet.store.models import Setting, utcnow
@@ -309,6 +310,19 @@ def capture_file(device: str, capture_id: str, caller: Viewer, ctx: Ctx) -> File
     if not path.is_file():
         raise HTTPException(404, f"the file of captured sample {capture_id} is missing from the artifact store")
     return FileResponse(path, media_type="application/octet-stream", filename=f"{device}-{capture_id}.npz")
+
+
+@router.get("/captures/{device}/{capture_id}/thumbnail", response_class=Response,
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
+def capture_thumbnail(device: str, capture_id: str, caller: Viewer, ctx: Ctx) -> Response:
+    """A small PNG of the sample's first image-like input (404 when it has none)."""
+    with ctx.store.session() as session:
+        digest = _find(session, device, capture_id).file_sha256
+    path = ctx.artifacts.path(digest)
+    image = thumbnail(path) if path.is_file() else None
+    if image is None:
+        raise HTTPException(404, f"captured sample {capture_id} holds no image input")
+    return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.delete("/captures", response_model=DeleteResult)
