@@ -22,6 +22,7 @@ from edgeml.cli_tables import Table, print_table
 from edgeml.cli_toolchain import toolchain
 from edgeml.compiler import request
 from edgeml.errors import BundleError, ConfigError, EdgeMLError, KeyStoreError
+from edgeml.jsontypes import JSON
 
 EXIT_OK = 0
 EXIT_FAILURE = 1          # build failed, fidelity gate failed, runtime error
@@ -77,6 +78,18 @@ def parse_input_shape(values: tuple[str, ...]) -> dict[str, list[int]] | None:
             raise click.BadParameter(f"'{value}' must look like NAME=1x3x224x224", param_hint="--input-shape")
         shapes[name] = parsed
     return shapes or None
+
+
+def _capture_policy(path: str | None) -> dict[str, JSON] | None:
+    if path is None:
+        return None
+    from edgeml.jsonlimits import load_document
+
+    doc = load_document(Path(path).read_bytes(), f"capture policy {path}", click.BadParameter, max_bytes=1 << 16,
+                        max_depth=8)
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"{path} must hold a JSON object (see docs/agent.md, capture)")
+    return doc
 
 
 def _preprocess(value: str | None) -> dict[str, Any] | None:
@@ -138,13 +151,15 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @click.option("--no-cache", is_flag=True, help="Rebuild every step instead of reusing the build cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
+@click.option("--capture-policy", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON capture policy (which live samples devices send back), signed into the bundle.")
 def build(model: str, target: str, precision: str, runtime: str | None, calibration: str | None,
           evaluation: str | None, labels: str | None, class_names: str | None, key: str | None, name: str | None,
           bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, fallback: bool,
           exclude_node: tuple[str, ...], exclude_op_type: tuple[str, ...], per_channel: bool,
           calibration_method: str, min_agreement: float, min_cosine: float, min_snr_db: float | None,
           max_abs_error: float | None, max_drop: float, bench_seconds: float, no_cache: bool, as_json: bool,
-          output: str | None) -> None:
+          output: str | None, capture_policy: str | None) -> None:
     """Build a signed bundle of MODEL (ONNX) for a target."""
     from edgeml.compiler import api
 
@@ -158,7 +173,8 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
         min_snr_db=min_snr_db, max_abs_error=max_abs_error, max_drop=max_drop, fallback=fallback,
         exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
         calibration_method=calibration_method, preprocess=_preprocess(preprocess), class_names=names,
-        benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
+        capture_policy=_capture_policy(capture_policy), benchmark_seconds=bench_seconds, use_cache=not no_cache,
+        progress=not as_json and sys.stderr.isatty(),
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
     with contextlib.redirect_stdout(sys.stderr):

@@ -148,7 +148,8 @@ def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Cal
     prep = request.image_preprocess
     return BuildContext(target=resolved.profile, workdir=scratch, log=log,
                         source=SourceModel(resolved.source.name, digest_files([resolved.source])),
-                        preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()))
+                        preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()),
+                        capture_policy=dict(request.capture_policy) if request.capture_policy else None)
 
 
 def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, report: BuildReport) -> bool:

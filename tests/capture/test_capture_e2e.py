@@ -69,12 +69,16 @@ def test_captured_requests_reach_the_fleet_and_export_into_a_build(tmp_path: Pat
     os.environ.pop("EDGEML_FLEET_TOKEN", None)
     assert CliRunner().invoke(edgeml_cli.main, ["keys", "generate"]).exit_code == 0
     out = tmp_path / "v2.edgepkg"
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"enabled": True, "triggers": {"low_confidence": {"threshold": 0.6}}}))
     built = CliRunner().invoke(edgeml_cli.main, ["build", str(model), "-t", "x86-cpu", "-p", "fp32",
                                                  "-c", str(export), "--version", "2.0.0", "--bench-seconds", "0.05",
-                                                 "-o", str(out), "--json"])
+                                                 "--capture-policy", str(policy), "-o", str(out), "--json"])
     assert built.exit_code == 0, built.output
     report = json.loads(built.stdout)
     assert Path(report["bundle"]) == out and out.is_file()
     data = report["data"]   # the captured samples themselves, not random inputs, fed the build
     assert data["real_data"] and data["data_source"] == str(export)
     assert data["calibration_samples"] + data["evaluation_samples"] == REQUESTS
+    manifest = json.loads(CliRunner().invoke(edgeml_cli.main, ["inspect", str(out), "--json"]).output)["manifest"]
+    assert manifest["capture"] == json.loads(policy.read_text())   # v2 ships its own capture policy, signed

@@ -97,3 +97,10 @@ def test_bytes_per_day_refuse_a_sample_that_would_not_fit() -> None:
     budget.spend(40)
     assert not budget.allows()   # the day's bytes are spent: closed until the first leaves the day
     assert budget.closed_until == pytest.approx(1000.0 + DAY_S)
+
+
+def test_a_build_with_a_bad_capture_policy_fails_before_any_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgeml.compiler.request import BuildRequest
+
+    with pytest.raises(ConfigError, match=r"\$\.enabled"):
+        BuildRequest(tmp_path / "m.onnx", "x86-cpu", capture_policy={"enabled": "yes"})

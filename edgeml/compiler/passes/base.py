@@ -108,6 +108,7 @@ class BuildContext:
     baseline: BaselineModel | None = None
     preprocess: JSONDict | None = None           # the declared image preprocessing, shipped in the bundle
     class_names: tuple[str, ...] = ()
+    capture_policy: JSONDict | None = None       # the default capture policy, shipped in the manifest
     progress: Callable[[str, int, int], None] = _no_progress
     log: Callable[[str], None] = _no_log
 
