@@ -52,3 +52,16 @@ def test_a_disagreement_in_probation_is_captured_an_agreement_is_not(tmp_path: P
     finally:
         health.shadow.stop()
         capture.stop()
+
+
+def test_the_agent_wires_capture_to_desired_states_shadow_and_drift(tmp_path: Path) -> None:
+    from edgeml_agent.components import build_components
+    from edgeml_agent.updates.component import UpdateComponent
+
+    components = build_components(Services.build(parse_config({"data_dir": str(tmp_path)})))
+    updates = next(c for c in components if isinstance(c, UpdateComponent))
+    capture = next(c for c in components if isinstance(c, CaptureComponent))
+    assert updates.desired_listeners == [capture.desired_changed]
+    assert updates.health.on_shadow_disagreement == [capture.shadow_disagreed]
+    assert capture.drift_source("m", "1.0.0") == {}   # telemetry not started: no figures, no error
+    capture.spool.close()
