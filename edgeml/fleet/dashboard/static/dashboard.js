@@ -3,7 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "edgeml.fleet.token";
-const PAGES = ["devices", "rollouts", "models", "audit"];
+const PAGES = ["devices", "rollouts", "models", "captures", "audit"];
 let apiPaths = null; // the server's OpenAPI paths: lets the page skip areas this server does not have yet
 
 class HttpError extends Error {
@@ -259,7 +259,8 @@ async function renderAudit(section) {
 }
 
 // --- navigation ---
-const RENDER = { devices: renderDevices, rollouts: renderRollouts, models: renderModels, audit: renderAudit };
+const RENDER = { devices: renderDevices, rollouts: renderRollouts, models: renderModels, audit: renderAudit,
+  captures: (section) => renderCaptures(section) }; // captures.js
 
 function showLogin(message) {
   sessionStorage.removeItem(TOKEN_KEY);
