@@ -29,13 +29,32 @@ def normalize_db_url(url: str) -> str:
     )
 
 
+SQLITE_BUSY_TIMEOUT_MS = 15_000   # how long a writer waits for another's transaction before "database is locked"
+READ_ONLY = "edgeml_read_only"     # execution option of the engine behind Store.reader()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Foreign keys are off by default in SQLite; WAL lets the API read while a write is in progress.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, no fsync per commit
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
+    # pysqlite opens transactions itself, lazily and DEFERRED; we open them (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """BEGIN IMMEDIATE for every transaction that may write, plain BEGIN for ``Store.reader()``.
+
+    A DEFERRED transaction that reads first and writes later must upgrade its lock; if another
+    connection wrote in between, SQLite answers "database is locked" at once, without waiting the busy
+    timeout (the API's 500s under ingest load). IMMEDIATE takes the write lock up front and so waits its
+    turn; in WAL mode readers are never blocked by it.
+    """
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -44,6 +63,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._readers = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -53,6 +73,7 @@ class Store:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         try:
@@ -69,6 +90,12 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits when the block ends normally and rolls back otherwise."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A session for queries only: on SQLite it never takes the write lock (nor waits for it)."""
+        with self._readers.begin() as session:
             yield session
 
     def close(self) -> None:
