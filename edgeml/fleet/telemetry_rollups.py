@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -122,6 +122,10 @@ def update_rollups(session: Session, windows: Sequence[Window], *, writer: str, 
     _update_minutes(session, ordered, writer)
 
 
+def table_of(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
 def _merge_rows(session: Session, table: Table, new: Mapping[Key, dict[str, Any]],
                 combine: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]) -> None:
     """Read the rows of ``new``'s keys (locked on PostgreSQL), then insert the missing ones and update the
@@ -132,7 +136,7 @@ def _merge_rows(session: Session, table: Table, new: Mapping[Key, dict[str, Any]
         select(table).where(tuple_(*pk).in_(keys)).order_by(*pk).with_for_update()).mappings()}
     inserts = [new[k] for k in keys if k not in existing]
     updates = [{**{f"k_{c.name}": existing[k][c.name] for c in pk},
-                **{f"v_{n}": v for n, v in combine(existing[k], new[k]).items()}} for k in keys if k in existing]
+                **{f"v_{n}": v for n, v in combine(dict(existing[k]), new[k]).items()}} for k in keys if k in existing]
     if inserts:
         session.execute(insert(table), inserts)
     if updates:
@@ -156,7 +160,7 @@ def _update_drift(session: Session, windows: Sequence[Window],
             by_key.setdefault(w.key, []).append(w)
     if not by_key:
         return {}
-    table = DriftScore.__table__
+    table = table_of(DriftScore)
     scores: dict[tuple[str, str, str], float | None] = {}
     new: dict[Key, dict[str, Any]] = {}
     existing = {(r.device_id, r.model, r.version): r for r in session.execute(
@@ -194,7 +198,7 @@ def _update_hourly(session: Session, windows: Sequence[Window],
         row["latency"] = merge([row["latency"], w.latency]) if row["latency"] else list(w.latency)
         if w.key in drift and w.samples:
             row["drift"] = drift[w.key]
-    _merge_rows(session, ModelHourly.__table__, new, lambda old, row: {
+    _merge_rows(session, table_of(ModelHourly), new, lambda old, row: {
         "requests": old["requests"] + row["requests"], "errors": old["errors"] + row["errors"],
         "latency": merge([old["latency"], row["latency"]]),
         "drift": row["drift"] if row["drift"] is not None else old["drift"]})
@@ -211,7 +215,7 @@ def _update_minutes(session: Session, windows: Sequence[Window], writer: str) ->
         row["requests"] += w.requests
         row["errors"] += w.errors
         row["latency"] = merge([row["latency"], w.latency]) if row["latency"] else list(w.latency)
-    _merge_rows(session, VersionMinute.__table__, new, lambda old, row: {
+    _merge_rows(session, table_of(VersionMinute), new, lambda old, row: {
         "windows": old["windows"] + row["windows"], "requests": old["requests"] + row["requests"],
         "errors": old["errors"] + row["errors"], "latency": merge([old["latency"], row["latency"]])})
 
@@ -233,7 +237,7 @@ def _upsert_device_versions(session: Session, windows: Sequence[Window],
         if w.ts >= row["last_ts"]:
             row["last_ts"] = w.ts
             row["last_p50_ms"], row["last_p95_ms"] = percentile(w.latency, 50), percentile(w.latency, 95)
-    table = DeviceVersion.__table__
+    table = table_of(DeviceVersion)
     stmt = dialect_insert(session)(table)
     x, t = stmt.excluded, table.c
     newer = x.last_ts >= t.last_ts

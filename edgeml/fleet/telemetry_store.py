@@ -20,7 +20,13 @@ from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Device
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
 from edgeml.fleet.store.telemetry_models import DeviceEvent, DeviceMessage, DriftScore, ModelWindow
-from edgeml.fleet.telemetry_rollups import ReferenceCache, dialect_insert, parse_windows, update_rollups
+from edgeml.fleet.telemetry_rollups import (
+    ReferenceCache,
+    dialect_insert,
+    parse_windows,
+    table_of,
+    update_rollups,
+)
 from edgeml.protocol import UPDATE_EVENT, UpdateState
 from edgeml.telemetry.latency import merge, percentile
 
@@ -61,7 +67,7 @@ def store_messages(session: Session, batch: Sequence[Envelope], *, writer: str =
     # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch (SQLAlchemy sends it as
     # multi-row VALUES statements): the keys it returns are the new messages. No look-up first, one
     # round trip, and a concurrent server storing the same message is not an error: its copy wins.
-    table = DeviceMessage.__table__
+    table = table_of(DeviceMessage)
     stmt = dialect_insert(session)(table).on_conflict_do_nothing(
         index_elements=[table.c.device_id, table.c.seq]).returning(table.c.device_id, table.c.seq)
     inserted = {(str(d), int(q)) for d, q in session.execute(stmt, [
@@ -113,7 +119,7 @@ def _touch_devices(session: Session, fresh: Sequence[Envelope]) -> None:
     for e in fresh:
         if e.device_id not in seen or seen[e.device_id] < e.ts:
             seen[e.device_id] = e.ts
-    devices = Device.__table__
+    devices = table_of(Device)
     stmt = (update(devices).where(devices.c.id == bindparam("b_id"))
             .where(or_(devices.c.last_seen.is_(None), devices.c.last_seen < bindparam("b_ts")))
             .values(last_seen=bindparam("b_ts")))
@@ -131,7 +137,7 @@ def record_statuses(session: Session, statuses: Sequence[tuple[str, str]]) -> No
         return
     now = datetime.now(UTC)
     latest = dict(statuses)
-    devices = Device.__table__
+    devices = table_of(Device)
     rows = [{"b_id": d, "b_state": state[:16], "b_online": state == "online"} for d, state in sorted(latest.items())]
     stmt = (update(devices).where(devices.c.id == bindparam("b_id"))
             .values(mqtt_status=bindparam("b_state"), status_at=now,
@@ -162,7 +168,7 @@ def prune_step(session: Session, raw_retention: timedelta, *, batch: int = PRUNE
     removed = 0
     for model, column in ((DeviceMessage, DeviceMessage.received_at), (DeviceEvent, DeviceEvent.ts),
                           (ModelWindow, ModelWindow.ts), (VersionMinute, VersionMinute.minute)):
-        table = model.__table__
+        table = table_of(model)
         pk = tuple_(*table.primary_key.columns)
         old = select(*table.primary_key.columns).where(
             column < (now - ROLLUP_RETENTION if model is VersionMinute else cutoff)).limit(batch)

@@ -32,7 +32,7 @@ def test_concurrent_read_then_write_transactions_all_commit(tmp_path: Path) -> N
                     row.value = str(int(row.value) + 1)
                     s.add(Device(id=f"d{n}-{i}", name="x", tags=[], hardware={}, installed={},
                                  mqtt_password_hash="x"))
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+        except BaseException as exc:
             errors.append(exc)
 
     def reader(stop: threading.Event) -> None:
@@ -40,7 +40,7 @@ def test_concurrent_read_then_write_transactions_all_commit(tmp_path: Path) -> N
             while not stop.is_set():
                 with store.reader() as s:
                     s.execute(select(func.count()).select_from(Device)).scalar()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     # when six writers and a reader run at once

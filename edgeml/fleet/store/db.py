@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ def normalize_db_url(url: str) -> str:
 
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000   # how long a writer waits for another's transaction before "database is locked"
-READ_ONLY = "edgeml_read_only"     # execution option of the engine behind Store.reader()
+DEFERRED = "edgeml_deferred"       # execution option: open the SQLite transaction with a plain BEGIN
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -46,15 +47,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    """BEGIN IMMEDIATE for every transaction that may write, plain BEGIN for ``Store.reader()``.
+    """BEGIN IMMEDIATE for every transaction that may write, plain BEGIN for ``Store.reader()`` (and for a
+    session opened inside another one on the same thread, see :meth:`Store.session`).
 
     A DEFERRED transaction that reads first and writes later must upgrade its lock; if another
     connection wrote in between, SQLite answers "database is locked" at once, without waiting the busy
     timeout (the API's 500s under ingest load). IMMEDIATE takes the write lock up front and so waits its
     turn; in WAL mode readers are never blocked by it.
     """
-    read_only = connection.get_execution_options().get(READ_ONLY, False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    deferred = connection.get_execution_options().get(DEFERRED, False)
+    connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -63,7 +65,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._readers = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        self._readers = sessionmaker(engine.execution_options(**{DEFERRED: True}), expire_on_commit=False)
+        self._depth = threading.local()
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -88,9 +91,18 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose transaction commits when the block ends normally and rolls back otherwise."""
-        with self._sessions.begin() as session:
-            yield session
+        """A session whose transaction commits when the block ends normally and rolls back otherwise.
+
+        On SQLite a session opened while this thread already holds one starts DEFERRED: an IMMEDIATE one
+        would wait for the outer transaction's write lock, which cannot be released before it ends.
+        """
+        depth = getattr(self._depth, "n", 0)
+        self._depth.n = depth + 1
+        try:
+            with (self._sessions if depth == 0 else self._readers).begin() as session:
+                yield session
+        finally:
+            self._depth.n = depth
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
