@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
+from typing import cast as type_cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import Table, case, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from edgeml.errors import FleetError
+from edgeml.fleet.bulk_sql import insert_rows, update_rows
 from edgeml.fleet.store.models import Bundle
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
 from edgeml.fleet.store.telemetry_models import DriftScore, ModelHourly, ModelWindow
@@ -111,7 +113,7 @@ def update_rollups(session: Session, windows: Sequence[Window], *, writer: str, 
     if not windows:
         return
     ordered = sorted(windows, key=lambda w: (w.device_id, w.seq, w.model, w.version))
-    session.execute(insert(ModelWindow), [
+    insert_rows(session, table_of(ModelWindow), [
         {"device_id": w.device_id, "seq": w.seq, "model": w.model, "version": w.version, "ts": w.ts,
          "window_s": w.window_s, "requests": w.requests, "errors": w.errors, "latency": w.latency,
          "stats": w.stats, "runtime": w.runtime, "accelerator": w.accelerator, "fallback": w.fallback}
@@ -123,7 +125,7 @@ def update_rollups(session: Session, windows: Sequence[Window], *, writer: str, 
 
 
 def table_of(model: type[Any]) -> Table:
-    return cast(Table, model.__table__)
+    return type_cast(Table, model.__table__)
 
 
 def _merge_rows(session: Session, table: Table, new: Mapping[Key, dict[str, Any]],
@@ -137,13 +139,8 @@ def _merge_rows(session: Session, table: Table, new: Mapping[Key, dict[str, Any]
     inserts = [new[k] for k in keys if k not in existing]
     updates = [{**{f"k_{c.name}": existing[k][c.name] for c in pk},
                 **{f"v_{n}": v for n, v in combine(dict(existing[k]), new[k]).items()}} for k in keys if k in existing]
-    if inserts:
-        session.execute(insert(table), inserts)
-    if updates:
-        names = [n[2:] for n in updates[0] if n.startswith("v_")]
-        stmt = (update(table).where(and_(*(c == bindparam(f"k_{c.name}") for c in pk)))
-                .values({n: bindparam(f"v_{n}") for n in names}))
-        session.execute(stmt, updates)
+    insert_rows(session, table, inserts)
+    update_rows(session, table, updates)
 
 
 def _update_drift(session: Session, windows: Sequence[Window],

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, bindparam, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Boolean, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from edgeml.fleet.bulk_sql import insert_rows
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Device
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
 from edgeml.fleet.store.telemetry_models import DeviceEvent, DeviceMessage, DriftScore, ModelWindow
 from edgeml.fleet.telemetry_rollups import (
     ReferenceCache,
-    dialect_insert,
     parse_windows,
     table_of,
     update_rollups,
@@ -64,21 +64,18 @@ def store_messages(session: Session, batch: Sequence[Envelope], *, writer: str =
         return 0
     unique = {(e.device_id, e.seq): e for e in batch}   # a batch may itself hold a redelivery
     now = datetime.now(UTC)
-    # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch (SQLAlchemy sends it as
-    # multi-row VALUES statements): the keys it returns are the new messages. No look-up first, one
-    # round trip, and a concurrent server storing the same message is not an error: its copy wins.
-    table = table_of(DeviceMessage)
-    stmt = dialect_insert(session)(table).on_conflict_do_nothing(
-        index_elements=[table.c.device_id, table.c.seq]).returning(table.c.device_id, table.c.seq)
-    inserted = {(str(d), int(q)) for d, q in session.execute(stmt, [
+    # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch: the keys it returns are the
+    # new messages. No look-up first, one round trip, and a concurrent server storing the same message
+    # is not an error: its copy wins.
+    inserted = {(str(d), int(q)) for d, q in insert_rows(session, table_of(DeviceMessage), [
         {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "ts": e.ts, "received_at": now, "body": e.body}
-        for _, e in sorted(unique.items())])}
+        for _, e in sorted(unique.items())], skip_conflicts=True, returning=("device_id", "seq"))}
     fresh = [e for key, e in sorted(unique.items()) if key in inserted]
     if not fresh:
         return 0
     events = [e for e in fresh if e.kind == "event"]
     if events:
-        session.execute(insert(DeviceEvent), [
+        insert_rows(session, table_of(DeviceEvent), [
             {"device_id": e.device_id, "seq": e.seq, "ts": e.ts, "kind": str(e.body.get("event", "event"))[:64],
              "body": e.body} for e in events])
         _track_installed(session, events)
