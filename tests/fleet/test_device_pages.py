@@ -50,14 +50,12 @@ def test_pages_hold_every_device_once_in_order(fleet: Fleet) -> None:
     assert [d["id"] for d in fleet.call("GET", "/v1/devices").json()] == ids
 
 
-def test_fields_select_what_each_item_carries(fleet: Fleet) -> None:
+def test_fields_select_what_each_item_carries_and_bad_ones_are_refused(fleet: Fleet) -> None:
     _devices(fleet, 2)
     page = fleet.call("GET", "/v1/devices", params={"fields": "id,online"}).json()
     assert page["items"] == [{"id": "dev-000", "online": True}, {"id": "dev-001", "online": True}]
     assert page["next_cursor"] is None
-
-
-def test_bad_paging_parameters_are_refused_with_what_to_do(fleet: Fleet) -> None:
+    # and bad paging parameters are refused with what to do
     r = fleet.call("GET", "/v1/devices", params={"fields": "id,password"})
     assert r.status_code == 422 and "password" in r.json()["detail"] and "online" in r.json()["detail"]
     r = fleet.call("GET", "/v1/devices", params={"cursor": "not-a-cursor"})

@@ -1,6 +1,7 @@
 """Ingest as its own processes: two ``edgeml-fleet ingest`` workers on one PostgreSQL and a real Mosquitto,
-on the shared subscription, one of them killed (SIGKILL) and restarted mid-stream. Every (device, seq)
-is stored exactly once and counted once in the roll-ups, and both workers took part."""
+on the shared subscription, one of them killed (SIGKILL) and restarted mid-stream: every (device, seq)
+is stored exactly once and counted once in the roll-ups, and both workers took part. And
+``serve --ingest-workers 1`` ingests through its child process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from edgeml.errors import FleetError
+from edgeml.fleet.server import FleetServer, ServerConfig
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
 from edgeml.fleet.store.telemetry_models import DeviceMessage
@@ -22,6 +25,7 @@ from edgeml.protocol import topic_for
 from edgeml.telemetry.messages import envelope
 from tests.support.mosquitto import running_mosquitto
 from tests.support.postgres import temporary_database
+from tests.support.services import free_port
 
 DEVICES, PER_DEVICE = 20, 100
 
@@ -92,3 +96,43 @@ def test_two_ingest_workers_store_every_message_exactly_once(tmp_path: Path) -> 
     assert sorted(keys) == sorted((f"dev-{d}", s) for d in range(DEVICES) for s in range(1, PER_DEVICE + 1))
     assert requests == DEVICES * sum(range(1, PER_DEVICE + 1))
     assert writers == {"edgeml-ingest-a", "edgeml-ingest-b"}
+
+
+@pytest.mark.postgres
+def test_serve_with_ingest_workers_stores_through_its_child_processes(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    with temporary_database() as db, running_mosquitto(tmp_path / "mqtt") as broker:
+        # given a server that ingests in one child process, not in itself
+        server = FleetServer(ServerConfig(data_dir=tmp_path / "data", db=db, broker=f"mqtt://127.0.0.1:{broker.port}",
+                                          port=free_port(), ingest_workers=1))
+        server.start()
+        try:
+            assert server.ingest is None and len(server.ingest_workers.processes) == 1
+            child = server.ingest_workers.processes[0]
+            publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="devices")
+            publisher.connect("127.0.0.1", broker.port)
+            publisher.loop_start()
+            # when a device publishes (again until the child has subscribed: before that, no session holds it)
+            deadline = time.monotonic() + 60
+            stored = 0
+            seq = 0
+            while stored == 0 and time.monotonic() < deadline:
+                seq += 1
+                publisher.publish(topic_for("dev-x", "telemetry"),
+                                  envelope("dev-x", seq, time.time(), "telemetry", body(seq)), qos=1)
+                time.sleep(0.3)
+                with server.store.reader() as s:
+                    stored = int(s.execute(select(func.count()).select_from(DeviceMessage)).scalar() or 0)
+            publisher.loop_stop()
+            publisher.disconnect()
+        finally:
+            server.stop()
+        # then the child stored it, and stopped with the server
+        assert stored > 0
+        assert child.poll() is not None
+
+
+def test_ingest_elsewhere_needs_an_external_broker(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match="--broker"):
+        FleetServer(ServerConfig(data_dir=tmp_path, ingest=False))
