@@ -131,7 +131,7 @@ def table_of(model: type[Any]) -> Table:
 def _merge_rows(session: Session, table: Table, new: Mapping[Key, dict[str, Any]],
                 combine: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]) -> None:
     """Read the rows of ``new``'s keys (locked on PostgreSQL), then insert the missing ones and update the
-    others with ``combine(old, new)``, each as one executemany."""
+    others with ``combine(old, new)``, each as one statement (see ``bulk_sql``)."""
     pk = list(table.primary_key.columns)
     keys = sorted(new)
     existing = {tuple(r[c.name] for c in pk): r for r in session.execute(
