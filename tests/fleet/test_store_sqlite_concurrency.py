@@ -62,3 +62,26 @@ def test_concurrent_read_then_write_transactions_all_commit(tmp_path: Path) -> N
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert int(s.execute(text("PRAGMA busy_timeout")).scalar() or 0) >= 5000
     store.close()
+
+
+def test_a_session_opened_inside_another_joins_it_instead_of_waiting_for_it(tmp_path: Path) -> None:
+    # given the default store and an open write transaction on this thread
+    store = Store.open(sqlite_url(tmp_path / "fleet.db"))
+    with store.session() as outer:
+        outer.add(Setting(key="outer", value="1"))
+        outer.flush()
+        # when code it calls opens its own session and writes (the signing key created on first use)
+        with store.session() as inner:
+            inner.add(Setting(key="inner", value="1"))
+        # and a failing one inside it rolls back only its own part
+        try:
+            with store.session() as failing:
+                failing.add(Setting(key="failed", value="1"))
+                failing.flush()
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+    # then both writes are committed together, without a 15 s wait for the lock, and the failed one is not
+    with store.reader() as s:
+        assert sorted(s.scalars(select(Setting.key))) == ["inner", "outer"]
+    store.close()

@@ -66,7 +66,8 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._readers = sessionmaker(engine.execution_options(**{DEFERRED: True}), expire_on_commit=False)
-        self._depth = threading.local()
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._open = threading.local()   # SQLite: the connection of this thread's outermost session
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -93,16 +94,24 @@ class Store:
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits when the block ends normally and rolls back otherwise.
 
-        On SQLite a session opened while this thread already holds one starts DEFERRED: an IMMEDIATE one
-        would wait for the outer transaction's write lock, which cannot be released before it ends.
+        On SQLite, a session opened while this thread already holds one joins the outer transaction in a
+        SAVEPOINT (committed with it): a transaction of its own would wait for the outer one's write lock,
+        which cannot be released before the outer one ends. On PostgreSQL each session is its own
+        transaction.
         """
-        depth = getattr(self._depth, "n", 0)
-        self._depth.n = depth + 1
-        try:
-            with (self._sessions if depth == 0 else self._readers).begin() as session:
+        outer = getattr(self._open, "connection", None)
+        if outer is not None:
+            nested = Session(bind=outer, join_transaction_mode="create_savepoint", expire_on_commit=False)
+            with nested, nested.begin():
+                yield nested
+            return
+        with self._sessions.begin() as session:
+            if self._sqlite:
+                self._open.connection = session.connection()
+            try:
                 yield session
-        finally:
-            self._depth.n = depth
+            finally:
+                self._open.connection = None
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
