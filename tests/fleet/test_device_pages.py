@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event
 
+from edgeml.fleet.api.pages import encode_cursor
 from edgeml.fleet.store.models import Device
 from edgeml.fleet.telemetry_store import Envelope, store_messages
 from tests.fleet.conftest import Fleet
@@ -57,9 +58,11 @@ def test_fields_select_what_each_item_carries_and_bad_ones_are_refused(fleet: Fl
     assert page["next_cursor"] is None
     # and bad paging parameters are refused with what to do
     r = fleet.call("GET", "/v1/devices", params={"fields": "id,password"})
-    assert r.status_code == 422 and "password" in r.json()["detail"] and "online" in r.json()["detail"]
+    assert r.status_code == 400 and "password" in r.json()["detail"] and "online" in r.json()["detail"]
     r = fleet.call("GET", "/v1/devices", params={"cursor": "not-a-cursor"})
-    assert r.status_code == 422 and "next_cursor" in r.json()["detail"]
+    assert r.status_code == 400 and "next_cursor" in r.json()["detail"]
+    forged = encode_cursor("yesterday", "dev-000")
+    assert fleet.call("GET", "/v1/devices", params={"cursor": forged}).status_code == 400
     assert fleet.call("GET", "/v1/devices", params={"limit": 1001}).status_code == 422
 
 

@@ -176,7 +176,10 @@ def list_devices(caller: Viewer, ctx: Ctx, group: str | None = None, tag: str | 
                             else ~online_clause(ctx.online_window_s, now))
     if cursor is not None:
         at, last_id = decode_cursor(cursor, 2)
-        after = datetime.fromisoformat(at)
+        try:
+            after = datetime.fromisoformat(at)
+        except ValueError:
+            raise HTTPException(400, "this cursor holds no enrolment time: start again without it") from None
         query = query.where(or_(Device.enrolled_at > after, and_(Device.enrolled_at == after, Device.id > last_id)))
     size = (limit or DEFAULT_PAGE) if paged else None
     items, last = _scan_devices(ctx, query, tag, size, now)

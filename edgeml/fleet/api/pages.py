@@ -29,26 +29,26 @@ def encode_cursor(*key: str) -> str:
 
 
 def decode_cursor(cursor: str, parts: int) -> list[str]:
-    """The sort key a cursor holds; 422 (like any other bad parameter) for one this server did not issue."""
+    """The sort key a cursor holds; 400 for one this server did not issue."""
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except ValueError:
         key = None
     if not isinstance(key, list) or len(key) != parts or not all(isinstance(k, str) for k in key):
-        raise HTTPException(422, f"cursor '{cursor[:40]}' is not one this server issued: start again without "
+        raise HTTPException(400, f"cursor '{cursor[:40]}' is not one this server issued: start again without "
                                  "it, then pass each response's next_cursor")
     return key
 
 
 def parse_fields(fields: str | None, allowed: Iterable[str]) -> list[str] | None:
-    """``fields=id,name`` → ["id", "name"]; 422 naming the allowed ones for anything else."""
+    """``fields=id,name`` → ["id", "name"]; 400 naming the allowed ones for anything else."""
     if fields is None:
         return None
     known = list(allowed)
     wanted = [f.strip() for f in fields.split(",") if f.strip()]
     unknown = [f for f in wanted if f not in known]
     if unknown or not wanted:
-        raise HTTPException(422, f"unknown field(s) {', '.join(unknown) or '(none given)'}: choose from "
+        raise HTTPException(400, f"unknown field(s) {', '.join(unknown) or '(none given)'}: choose from "
                                  f"{', '.join(known)}")
     return wanted
 
