@@ -3,7 +3,8 @@
 Importing this package is cheap on purpose: the compiler, the runtimes and the fleet server are loaded
 only when used, so a device running the agent never pays for the compiler's dependencies.
 
-- :func:`compile` builds a signed bundle from an ONNX model (``edgeml.compiler.api``).
+- :func:`compile` builds a signed bundle from an ONNX or TFLite model, a torch module, a ``.pt2``, a
+  Hugging Face checkpoint directory or a Keras model (``edgeml.compiler.api``).
 - :func:`load` loads a bundle (file or unpacked directory) for in-process inference (``edgeml.inference``).
 """
 

@@ -19,5 +19,9 @@ VENV=${EDGEML_VENV:-.venv}
 # The TFLite converter's isolated toolchain (~2.4 GB, cached outside the clone; a no-op when current).
 echo "==> TFLite converter toolchain"
 "$VENV/bin/edgeml" toolchain install tflite -q
+# The PyTorch / Hugging Face exporter's toolchain (torch 2.13.0 CPU from the local wheel, ≈1.1 GB, cached
+# beside the TFLite one; a no-op when current).
+echo "==> torch exporter toolchain"
+"$VENV/bin/edgeml" toolchain install torch -q
 echo "==> running the test suite"
 exec "$VENV/bin/python" -m pytest "$@"

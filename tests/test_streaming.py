@@ -191,7 +191,7 @@ def test_build_ships_the_tokenizer_and_the_state_pairs(tmp_path):
     text = edgeml.compile(tiny_text_encoder(tmp_path / "t.onnx"), "x86-cpu", precision="fp32",
                           tokenizer=minilm_tokenizer(), benchmark_seconds=0.05, progress=False,
                           output=tmp_path / "t.edgepkg")
-    stateful = edgeml.compile(tiny_recurrent(tmp_path / "r.onnx", with_sr=False), "x86-cpu", precision="fp32",
+    stateful = edgeml.compile(tiny_recurrent(tmp_path / "r.onnx"), "x86-cpu", precision="fp32",
                               audio_frames="audio=512/256", benchmark_seconds=0.05, progress=False,
                               output=tmp_path / "r.edgepkg")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 from edgeml.compiler import plan
 from edgeml.compiler.candidates import CandidateBuilder
@@ -35,6 +35,9 @@ from edgeml.errors import CompileError, ConfigError, FidelityError
 from edgeml.jsontypes import JSON, as_dict, as_float, as_list
 from edgeml.runtimes import BackendOptions
 from edgeml.targets import TargetProfile, get_target
+
+if TYPE_CHECKING:
+    from edgeml.compiler.frontends import ImportedModel
 
 __all__ = ["BuildRequest", "BuildResult", "compile"]
 
@@ -61,19 +64,72 @@ class _Resolved:
     output: Path
 
 
-def compile(model: str | Path | BuildRequest, target: str | Path | TargetProfile | None = None,
-            **options: Unpack[BuildOptions]) -> BuildResult:
+def compile(model: str | Path | BuildRequest | object, target: str | Path | TargetProfile | None = None, *,
+            example_inputs: object = None, dynamic_shapes: object = None,
+            export_options: Mapping[str, JSON] | None = None, **options: Unpack[BuildOptions]) -> BuildResult:
     """Build a signed bundle of ``model`` for ``target`` and return its path and the full report.
 
     Takes either a :class:`BuildRequest` or the model, the target and a request's other fields as keyword
     arguments (their defaults and meaning: :class:`edgeml.compiler.request.BuildRequest`).
+    ``model`` is an ``.onnx``/``.tflite`` file, a ``.pt2`` file, a Hugging Face checkpoint directory, a
+    Keras ``.keras``/``.h5`` file, a SavedModel directory, or a ``torch.nn.Module`` /
+    ``torch.export.ExportedProgram`` (exported in this process with ``torch.onnx.export(dynamo=True)``,
+    traced on ``example_inputs`` with torch.export's ``dynamic_shapes``). ``export_options``: ``opset``
+    (default 18, capped at the target's maximum) and ``output_names``.
     Raises :class:`ModelCheckError`, :class:`FidelityError` or another :class:`CompileError`.
     """
-    request = _as_request(model, target, options)
+    from edgeml.compiler import frontends
+
+    source = model.model if isinstance(model, BuildRequest) else model
+    if not frontends.needs_import(source):
+        if example_inputs is not None or dynamic_shapes is not None or export_options:
+            raise ConfigError("example_inputs, dynamic_shapes and export_options apply to models edgeml "
+                              f"exports (torch, Hugging Face, Keras); {source} is built as it is")
+        if not isinstance(model, (str, Path, BuildRequest)):
+            raise ConfigError(f"cannot build a {type(model).__name__}: give a model path, a BuildRequest, or a "
+                              "torch.nn.Module / ExportedProgram (in a process that has imported torch)")
+        return _build(_as_request(model, target, options), None)
+    placeholder = Path(type(source).__name__) if frontends.is_torch_object(source) else Path(str(source))
+    request = _as_request(model if isinstance(model, BuildRequest) else placeholder, target, options)
+    profile = _precheck(request)
+    opset, output_names = _export_options(export_options, profile)
+    with tempfile.TemporaryDirectory(prefix="edgeml-import-") as tmp:
+        imported = frontends.import_model(source, Path(tmp), opset=opset, example_inputs=example_inputs,
+                                          dynamic_shapes=dynamic_shapes, output_names=output_names,
+                                          log=request.log or (lambda line: None), use_cache=request.use_cache)
+        request = replace(request, model=imported.path, name=request.name or imported.name)
+        if request.tokenizer is None and "tokenizer.json" in imported.assets:
+            # a checkpoint's tokenizer travels in the bundle, so the device takes text (its config beside it)
+            request = replace(request, tokenizer=imported.assets["tokenizer.json"].parent)
+        return _build(request, imported)
+
+
+def _export_options(options: Mapping[str, JSON] | None, profile: TargetProfile) -> tuple[int, list[str] | None]:
+    """(opset, output names) from ``export_options``; unknown keys are an error, not ignored."""
+    from edgeml.compiler.frontends import DEFAULT_OPSET
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"opset", "output_names"})
+    if unknown:
+        raise ConfigError(f"unknown export option(s) {', '.join(unknown)} (known: opset, output_names)")
+    opset = options.get("opset", min(DEFAULT_OPSET, profile.max_opset))
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= profile.max_opset:
+        raise ConfigError(f"export option opset must be an integer from 7 to {profile.max_opset} "
+                          f"(the maximum of target {profile.id}), got {opset!r}")
+    names = options.get("output_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"export option output_names must be a list of strings, got {names!r}")
+    return opset, [str(n) for n in names] if names is not None else None
+
+
+def _build(request: BuildRequest, imported: ImportedModel | None) -> BuildResult:
     started = time.perf_counter()
     resolved = _resolve(request)
-    report = BuildReport(model=str(resolved.source), target=resolved.profile.id, precision=request.precision,
-                         notes=list(resolved.skipped))
+    report = BuildReport(model=str(resolved.source) if imported is None else imported.source_name,
+                         target=resolved.profile.id, precision=request.precision, notes=list(resolved.skipped))
+    if imported is not None:
+        report.data["import"] = imported.provenance
+        report.data["import_cached"] = imported.cached
     log_lines: list[str] = []
 
     def log(message: str) -> None:
@@ -83,7 +139,7 @@ def compile(model: str | Path | BuildRequest, target: str | Path | TargetProfile
 
     with tempfile.TemporaryDirectory(prefix="edgeml-build-") as tmp, \
             ProgressBars(enabled=request.progress is True) as bars:
-        ctx = _context(request, resolved, Path(tmp), log)
+        ctx = _context(request, resolved, Path(tmp), log, imported)
         ctx.progress = request.progress if callable(request.progress) else bars
         real_data = _prepare(request, resolved, ctx, report)
         builder = CandidateBuilder(request, ctx, Path(tmp))
@@ -113,15 +169,9 @@ def _as_request(model: str | Path | BuildRequest, target: str | Path | TargetPro
     return BuildRequest(model, target, **options)
 
 
-def _resolve(request: BuildRequest) -> _Resolved:
-    """The checks that need the target profile, the model file or the key store, before any work."""
+def _precheck(request: BuildRequest) -> TargetProfile:
+    """The checks that need neither the model file nor any work: run before a front-end's export too."""
     profile = get_target(request.target)
-    source = Path(request.model)
-    if not source.is_file():
-        raise ConfigError(f"model file {source} does not exist")
-    fmt = FORMATS_BY_SUFFIX.get(source.suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"{source}: edgeml builds from {', '.join(sorted(FORMATS_BY_SUFFIX))} models")
     if request.precision != "auto" and request.precision not in profile.precisions:
         raise ConfigError(f"target {profile.id} does not allow precision {request.precision} "
                           f"(allowed: {', '.join(profile.precisions)})")
@@ -130,6 +180,18 @@ def _resolve(request: BuildRequest) -> _Resolved:
                           f"(it has: {', '.join(profile.runtimes)})")
     request.check_data()
     resolve_key(request.key)  # fail before any work when the signing key is missing
+    return profile
+
+
+def _resolve(request: BuildRequest) -> _Resolved:
+    """The checks that need the target profile, the model file or the key store, before any work."""
+    profile = _precheck(request)
+    source = Path(request.model)
+    if not source.is_file():
+        raise ConfigError(f"model file {source} does not exist")
+    fmt = FORMATS_BY_SUFFIX.get(source.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{source}: edgeml builds from {', '.join(sorted(FORMATS_BY_SUFFIX))} models")
     runtimes = [r for r in profile.runtimes if request.runtime in (None, r)]
     precisions = list(profile.precisions) if request.precision == "auto" else [request.precision]
     pairs, skipped = [], []
@@ -144,13 +206,17 @@ def _resolve(request: BuildRequest) -> _Resolved:
     return _Resolved(profile, source, fmt, pairs, skipped, request.output_path(profile.id))
 
 
-def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Callable[[str], None]) -> BuildContext:
+def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Callable[[str], None],
+             imported: ImportedModel | None) -> BuildContext:
     prep = request.image_preprocess
-    return BuildContext(target=resolved.profile, workdir=scratch, log=log,
-                        source=SourceModel(resolved.source.name, digest_files([resolved.source])),
+    source = SourceModel(resolved.source.name, digest_files([resolved.source])) if imported is None else \
+        SourceModel(imported.source_name, imported.source_sha256, origin=imported.provenance, assets=imported.assets,
+                    example=imported.example)
+    return BuildContext(target=resolved.profile, workdir=scratch, log=log, source=source,
                         preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()),
                         tokenizer=Path(request.tokenizer) if request.tokenizer else None,
-                        state=tuple(request.state), framing=request.framing)
+                        state=tuple(request.state), framing=request.framing,
+                        capture_policy=dict(request.capture_policy) if request.capture_policy else None)
 
 
 def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, report: BuildReport) -> bool:
@@ -165,7 +231,10 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     # every dynamic dim is resolved (or the build stops, naming them all) before any heavy work
     loaded = run_steps(source_art, plan.prefix_steps(None, runtimes)[:1], ctx, scratch=scratch, use_cache=cache)
     given = _given_samples(loaded, request)
-    sig = _signature(loaded, request, resolved, given)
+    # without data, an imported model's export example, or sentences through the build's tokenizer, stand
+    # in for random inputs (a text model cannot run random token ids)
+    example = None if given else _example_samples(loaded, ctx.source.example) or _text_samples(loaded, request)
+    sig = _signature(loaded, request, resolved, given or example)
     shapes = sig.static_input_shapes() if resolved.profile.static_shapes and resolved.format == "onnx" \
         else request.input_shapes
     prefix = plan.prefix_steps(shapes, runtimes)
@@ -176,15 +245,16 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     report.notes += [str(n) for n in as_list(ctx.optimized.metadata.get("check_notes", []))]
 
     real_data = given is not None
-    cal, ev = given or split(random_samples(specs_from_json(ctx.reference.metadata["inputs"]), RANDOM_SAMPLES,
-                                            dims=sig.dims))
+    cal, ev = given or example or split(random_samples(specs_from_json(ctx.reference.metadata["inputs"]),
+                                                       RANDOM_SAMPLES, dims=sig.dims))
     report.data.update(calibration_samples=len(cal), evaluation_samples=len(ev), real_data=real_data,
                        data_source=cal.source)
     if request.calibration is None and request.evaluation is not None:
         report.notes.append("no calibration data given: quantizers calibrated on the evaluation samples, "
                             "so the gate is optimistic; pass --calibration with other samples")
     if not real_data:
-        report.notes.append("no calibration data given: random inputs were used for the gate, the smoke test "
+        used = cal.source if example else "random inputs"
+        report.notes.append(f"no calibration data given: {used} were used for the gate, the smoke test "
                             "and reference statistics; quantized candidates need real data (--calibration)")
     ctx.calibration = cal.with_progress("calibrate", ctx.progress)
     ctx.evaluation = ev
@@ -220,6 +290,26 @@ def _given_samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, 
     ev = load(evaluation, True)
     cal = load(calibration, False) if calibration is not None else ev
     return cal, ev
+
+
+def _example_samples(loaded: Artifact, example: Path | None) -> tuple[SampleSet, SampleSet] | None:
+    """(calibration, evaluation) from the exporter's example inputs, when the model was imported with them."""
+    if example is None:
+        return None
+    from edgeml.compiler.frontends.samples import example_samples
+
+    samples = example_samples(example, specs_from_json(loaded.metadata["inputs"]))
+    return split(samples) if samples else None
+
+
+def _text_samples(loaded: Artifact, request: BuildRequest) -> tuple[SampleSet, SampleSet] | None:
+    """(calibration, evaluation) of ordinary sentences, when the build ships a tokenizer for every input."""
+    if request.tokenizer is None:
+        return None
+    from edgeml.compiler.textsamples import tokenizer_samples
+
+    samples = tokenizer_samples(request.tokenizer, specs_from_json(loaded.metadata["inputs"]))
+    return split(samples) if samples else None
 
 
 def _baseline(source: Path, samples: SampleSet, seconds: float, ctx: BuildContext) -> dict[str, JSON] | None:

@@ -24,7 +24,7 @@ import httpx
 
 from edgeml.fleet.sdk.config import ClientConfig, config_path
 from edgeml.fleet.sdk.http import FleetHttp, Retry
-from edgeml.fleet.sdk.records import AuditEntry, Bundle, Device, Rollout, RolloutStatus, VersionHealth
+from edgeml.fleet.sdk.records import AuditEntry, Bundle, Capture, Device, Rollout, RolloutStatus, VersionHealth
 from edgeml.fleet.sdk.waiting import Polling, wait
 
 __all__ = ["Client", "ClientConfig", "FleetClient", "config_path"]
@@ -135,10 +135,13 @@ class Client:
         return next(iter(self.get_health(minutes, model=model, version=version)), None)
 
     def list_devices(self, *, group: str | None = None, tag: str | None = None, online: bool | None = None,
-                include_revoked: bool = False, page_size: int = 500) -> Iterator[Device]:
-        """Every matching device in enrolment order, fetched a page at a time where the server pages."""
+                     include_revoked: bool = False, fields: Sequence[str] | None = None,
+                     page_size: int = 500) -> Iterator[Device]:
+        """Every matching device in enrolment order, fetched a page at a time where the server pages
+        (``fields``: only these of each device; the others keep their defaults)."""
         for row in self.http.pages("/v1/devices", limit=page_size, group=group, tag=tag, online=online,
-                                   include_revoked=include_revoked or None):
+                                   include_revoked=include_revoked or None,
+                                   fields=",".join(fields) if fields else None):
             yield Device.from_json(row)
 
     def get_device(self, device_id: str) -> Device:
@@ -167,6 +170,42 @@ class Client:
         rows = self.http.get("/v1/audit", actor=actor, action=action, target=target, since=since, until=until,
                              limit=limit)
         return [AuditEntry.from_json(r) for r in rows]
+
+    # -- captured samples ------------------------------------------------------------------------------
+    def list_captures(self, *, model: str | None = None, trigger: str | None = None, since: str | None = None,
+                      device: str | None = None, limit: int | None = None) -> Iterator[Capture]:
+        """Newest first, at most ``limit`` (all when None), page by page. ``since``: 30m, 12h, 1d or ISO time."""
+        size = min(limit or 500, 500)
+        rows = self.http.pages("/v1/captures", limit=size, items="captures", model=model, trigger=trigger,
+                               since=since, device=device)
+        for n, row in enumerate(rows):
+            if limit is not None and n >= limit:
+                return
+            yield Capture.from_json(row)
+
+    def get_capture(self, device_id: str, capture_id: str) -> Capture:
+        return Capture.from_json(self.http.get(f"/v1/captures/{_seg(device_id)}/{_seg(capture_id)}"))
+
+    def download_capture(self, device_id: str, capture_id: str, dest: str | Path) -> str:
+        """The sample's .npz (``in/<input>``, ``out/<output>`` arrays) into ``dest``; returns its sha256."""
+        return self.http.download(f"/v1/captures/{_seg(device_id)}/{_seg(capture_id)}/file", Path(dest))
+
+    def delete_captures(self, *, model: str | None = None, device: str | None = None,
+                        before: str | None = None) -> int:
+        """Delete the samples of a model, a device and/or received before a time (audited); how many went."""
+        return int(self.http.delete("/v1/captures", model=model, device=device, before=before)["deleted"])
+
+    def get_capture_retention(self) -> dict[str, Any]:
+        return dict(self.http.get("/v1/captures-retention"))
+
+    def set_capture_retention(self, *, max_age_days: float | None = None,
+                              max_per_device_model: int | None = None) -> dict[str, Any]:
+        """Change how long / how many samples the fleet keeps (admin); a limit not given stays as it is."""
+        current = self.get_capture_retention()
+        wanted = {"max_age_days": current["max_age_days"] if max_age_days is None else max_age_days,
+                  "max_per_device_model": (current["max_per_device_model"] if max_per_device_model is None
+                                           else max_per_device_model)}
+        return dict(self.http.put("/v1/captures-retention", wanted))
 
     # -- people's tokens, enrolment tokens, keys (admin) --------------------------------------------------
     def create_token(self, name: str, role: str, expires_in_s: int | None = None) -> dict[str, Any]:

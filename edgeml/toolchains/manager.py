@@ -5,7 +5,7 @@ marker is written last, after the install and a smoke import succeeded, so a dir
 (or with another recipe's hash) is an interrupted or outdated install and is rebuilt, never used.
 
 ``toolchains_dir()`` is ``$EDGEML_TOOLCHAINS_DIR`` when set, else ``<edgeml cache dir>/toolchains``.
-The separate variable exists because a toolchain is large (≈2.6 GB) and slow to build: tests and CI
+The separate variable exists because a toolchain is large (0.5-2.6 GB) and slow to build: tests and CI
 point it at a persistent place while the per-test build cache stays disposable.
 """
 
@@ -130,8 +130,8 @@ def require(name: str, purpose: str = "") -> Toolchain:
     state = "is outdated (its recipe changed)" if (root / MARKER).exists() else "is not installed"
     raise ToolchainError(
         f"the '{name}' toolchain{why} {state} in {root}. Install it with: {install_command(name)} "
-        f"(a one-time ≈2.6 GB download into an isolated environment; set EDGEML_TOOLCHAINS_DIR to "
-        f"put it elsewhere)"
+        f"(a one-time {get_recipe(name).size_hint} install into an isolated environment; set "
+        f"EDGEML_TOOLCHAINS_DIR to put it elsewhere)"
     )
 
 

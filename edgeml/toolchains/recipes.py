@@ -24,6 +24,7 @@ class Recipe:
     packages: tuple[str, ...]            # pip requirement strings, all pinned with ==
     report: tuple[str, ...]              # distributions whose installed versions `toolchain list` shows
     entry_points: tuple[str, ...]        # console scripts that must exist in bin/ after the install
+    size_hint: str = "≈2.6 GB"          # what `require` tells a user the install will cost (not hashed)
 
     def hash(self) -> str:
         blob = json.dumps(
@@ -61,4 +62,31 @@ TFLITE = Recipe(
     entry_points=("onnx2tf", "onnxsim"),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (TFLITE,)}
+TORCH = Recipe(
+    name="torch",
+    description="PyTorch / Hugging Face -> ONNX exporter (torch 2.13.0 CPU, onnxscript, transformers)",
+    # torch is pinned exactly: an open range makes pip take a multi-GB CUDA build from the index, while
+    # 2.13.0's CPU wheel (≈190 MB) is what sites keep in their wheelhouse (PIP_FIND_LINKS). The rest is
+    # what `pip install --dry-run` resolved beside it, pinned so the exporter's behaviour cannot move:
+    # torch.onnx.export(dynamo=True) needs onnxscript (+ onnx-ir); transformers reads HF checkpoints.
+    # numpy/onnx/protobuf match edgeml's own environment, so a user's process holding torch and edgeml
+    # sees the same versions the toolchain exported with.
+    packages=(
+        "torch==2.13.0",
+        "onnxscript==0.7.2",
+        "onnx-ir==1.1.0",
+        "onnx==1.23.2",
+        "numpy==2.4.6",
+        "protobuf==7.36.2",
+        "ml-dtypes==0.6.0",
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
+        "safetensors==0.8.0",
+        "huggingface-hub==2.4.0",
+    ),
+    report=("torch", "onnxscript", "onnx", "transformers", "tokenizers", "numpy"),
+    entry_points=("python",),
+    size_hint="≈1.1 GB",
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (TFLITE, TORCH)}

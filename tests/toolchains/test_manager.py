@@ -18,7 +18,7 @@ from edgeml.cli import main
 from edgeml.errors import ToolchainError
 from edgeml.toolchains import RECIPES, find, install, installed, is_current, remove, require, toolchains_dir
 from edgeml.toolchains import manager as manager_mod
-from edgeml.toolchains.recipes import TFLITE, Recipe
+from edgeml.toolchains.recipes import TFLITE, TORCH, Recipe
 
 
 @pytest.fixture
@@ -54,6 +54,17 @@ def test_tflite_recipe_pins_every_package_and_hash_tracks_changes():
     assert changed.hash() != TFLITE.hash()
 
 
+def test_torch_recipe_pins_the_cpu_wheel_exactly():
+    """An open torch range makes pip take a multi-GB CUDA build; 2.13.0 is the CPU wheel sites keep."""
+    assert all("==" in p for p in TORCH.packages)
+    pins = dict(p.split("==") for p in TORCH.packages)
+    assert pins["torch"] == "2.13.0"
+    assert {"onnxscript", "onnx", "transformers", "tokenizers"} <= set(pins)
+    # the same numpy/onnx a user's process holds beside edgeml (its own environment pins these too)
+    assert pins["numpy"].startswith("2.") and pins["onnx"].startswith("1.23")
+    assert TORCH.hash() != TFLITE.hash() and TORCH.size_hint != TFLITE.size_hint
+
+
 def test_missing_toolchain_error_names_the_install_command(tc_dir):
     assert find("tflite") is None
     with pytest.raises(ToolchainError) as err:
@@ -75,7 +86,7 @@ def test_outdated_marker_is_not_used(tc_dir):
 
 
 def test_unknown_toolchain_is_refused(tc_dir):
-    with pytest.raises(ToolchainError, match="unknown toolchain 'nope'; known: tflite"):
+    with pytest.raises(ToolchainError, match="unknown toolchain 'nope'; known: tflite, torch"):
         require("nope")
 
 

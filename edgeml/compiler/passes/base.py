@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -67,10 +67,16 @@ class Artifact:
 
 @dataclass(frozen=True)
 class SourceModel:
-    """The model the user gave: its file name and sha256 (provenance in the bundle)."""
+    """The model the user gave: its file name and sha256 (provenance in the bundle). For a model a
+    front-end brought in (edgeml/compiler/frontends: torch, Hugging Face, Keras), ``origin`` says how it
+    was exported (framework, versions, options, export check) and ``assets`` holds the files its
+    pre/post-processing needs on the device, by file name (``tokenizer.json``, ``vocab.txt``, ...)."""
 
     name: str
     sha256: str
+    origin: JSONDict | None = None
+    assets: Mapping[str, Path] = field(default_factory=dict)
+    example: Path | None = None                  # the export's example inputs (.npz, ``in/NAME``)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class BuildContext:
     tokenizer: Path | None = None                # a tokenizer.json (or a directory holding one) to ship
     state: tuple[str, ...] = ()                  # state pairs "input=output" (empty: found by name)
     framing: JSONDict | None = None              # audio framing, shipped as the manifest's preprocess
+    capture_policy: JSONDict | None = None       # the default capture policy, shipped in the manifest
     progress: Callable[[str, int, int], None] = _no_progress
     log: Callable[[str], None] = _no_log
 

@@ -114,6 +114,8 @@ class PackagePass(Pass):
         if ctx.preprocess:
             manifest["preprocess"] = ctx.preprocess
         _prepost(ctx, manifest, files, actual_in, actual_out)
+        if ctx.capture_policy:
+            manifest["capture"] = ctx.capture_policy
         if ctx.class_names:
             (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = ctx.workdir / "labels.txt"
@@ -172,13 +174,17 @@ def _reference_stats(ctx: BuildContext) -> JSONDict:
 
 
 def _provenance(artifact: Artifact, ctx: BuildContext) -> JSONDict:
-    return {
+    provenance: JSONDict = {
         "source_sha256": ctx.source.sha256 if ctx.source else None,
         "source_name": ctx.source.name if ctx.source else None,
         "edgeml_version": __version__,
         "passes": [{"name": p["name"], "config": p["config"], "config_hash": config_hash(p["config"])}
                    for p in map(as_dict, as_list(artifact.metadata.get("passes", [])))],
     }
+    if ctx.source is not None and ctx.source.origin is not None:
+        # a front-end's export: framework, versions, exporter options and its check against the framework
+        provenance["import"] = ctx.source.origin
+    return provenance
 
 
 def _str_or_none(value: object) -> str | None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
 
 import click
 
-from edgeml.fleet.cli.output import call, json_option, show, table
+from edgeml.fleet.cli.output import client, json_option, show, table
 
 DEVICE_COLUMNS = [("id", "id"), ("name", "name"), ("group", "group"), ("tags", "tags"), ("online", "online"),
                   ("last_seen", "last seen"), ("revoked", "revoked")]
@@ -22,10 +22,15 @@ def devices() -> None:
 @click.option("--tag", default=None)
 @click.option("--online/--offline", default=None)
 @click.option("--include-revoked", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most this many (default: all)")
 @json_option
-def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool,
+def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool, limit: int | None,
                  as_json: bool) -> None:
-    rows = call("get", "/v1/devices", group=group, tag=tag, online=online, include_revoked=include_revoked or None)
+    """Enrolled devices, in enrolment order (read from the server page by page)."""
+    with client() as fleet:
+        found = fleet.list_devices(group=group, tag=tag, online=online, include_revoked=include_revoked,
+                                   page_size=min(limit or 500, 500))
+        rows = [d.raw for d in itertools.islice(found, limit)]
     table(rows, DEVICE_COLUMNS, "devices", as_json)
 
 
@@ -33,7 +38,8 @@ def devices_list(group: str | None, tag: str | None, online: bool | None, includ
 @click.argument("device_id")
 @json_option
 def devices_show(device_id: str, as_json: bool) -> None:
-    show(call("get", f"/v1/devices/{device_id}"), as_json)
+    with client() as fleet:
+        show(fleet.get_device(device_id).raw, as_json)
 
 
 @devices.command("tag")
@@ -44,14 +50,13 @@ def devices_show(device_id: str, as_json: bool) -> None:
 @json_option
 def devices_tag(device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None,
                 as_json: bool) -> None:
-    body: dict[str, Any] = {"add_tags": list(add), "remove_tags": list(remove)}
-    if group is not None:
-        body["group"] = group
-    show(call("patch", f"/v1/devices/{device_id}", body), as_json)
+    with client() as fleet:
+        show(fleet.update_device(device_id, add_tags=add, remove_tags=remove, group=group).raw, as_json)
 
 
 @devices.command("revoke")
 @click.argument("device_id")
 def devices_revoke(device_id: str) -> None:
-    row = call("post", f"/v1/devices/{device_id}/revoke")
-    click.echo(f"revoked device {row['id']}: its API token and broker login no longer work")
+    with client() as fleet:
+        row = fleet.revoke_device(device_id)
+    click.echo(f"revoked device {row.id}: its API token and broker login no longer work")

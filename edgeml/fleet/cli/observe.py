@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeml.fleet.cli.output import call, echo_json, json_option, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 
 AUDIT_COLUMNS = [("at", "when"), ("actor", "who"), ("action", "action"), ("target", "target"),
                  ("source", "from"), ("details", "details")]
@@ -28,7 +28,9 @@ DRIFT_COLUMNS = [("model", "model"), ("version", "version"), ("score", "drift (P
 def audit(actor: str | None, action: str | None, target: str | None, since: str | None, until: str | None,
           limit: int, as_json: bool) -> None:
     """Who changed what, when, from where."""
-    rows = call("get", "/v1/audit", actor=actor, action=action, target=target, since=since, until=until, limit=limit)
+    with client() as fleet:
+        rows = [e.raw for e in fleet.list_audit(actor=actor, action=action, target=target, since=since, until=until,
+                                                limit=limit)]
     table(rows, AUDIT_COLUMNS, "audit log", as_json)
 
 
@@ -38,7 +40,8 @@ def audit(actor: str | None, action: str | None, target: str | None, since: str 
 @json_option
 def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
     """One device's telemetry: per-model windows, drift and recent events."""
-    doc = call("get", f"/v1/telemetry/{device_id}", minutes=minutes)
+    with client() as fleet:
+        doc = fleet.get_device_telemetry(device_id, minutes)
     if as_json:
         echo_json(doc)
         return
@@ -54,5 +57,6 @@ def telemetry(device_id: str, minutes: float, as_json: bool) -> None:
 @json_option
 def health(minutes: float, as_json: bool) -> None:
     """Fleet-wide health per model version: devices, req/s, error rate, p95 latency, drift."""
-    rows = call("get", "/v1/health", minutes=minutes)
+    with client() as fleet:
+        rows = [h.raw for h in fleet.get_health(minutes)]
     table(rows, HEALTH_COLUMNS, f"fleet health, last {minutes:g} min", as_json)

@@ -161,24 +161,27 @@ class FleetHttp:
     def patch(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, json=body)
 
-    def delete(self, path: str) -> Any:
-        return self.request("DELETE", path)
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params={k: v for k, v in params.items() if v is not None})
 
     def upload(self, path: str, file: Path) -> Any:
         """Stream ``file`` as the body (never read whole into memory); not retried."""
         with open(file, "rb") as f:
             return self.request("POST", path, content=f, headers={"Content-Type": "application/octet-stream"})
 
-    def pages(self, path: str, *, limit: int = 500, **params: Any) -> Iterator[dict[str, Any]]:
-        """Every item of a list endpoint: a page (``{items, next_cursor}``) is followed to the next while
-        ``next_cursor`` is set; a plain list (a server without pages for this endpoint) is all of it."""
+    def pages(self, path: str, *, limit: int = 500, items: str = "items", **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a list endpoint: a page (``{<items>: [...], next_cursor}``) is followed to the next
+        while ``next_cursor`` is set; a plain list (a server without pages for this endpoint) is all of it."""
         cursor: str | None = None
         while True:
             page = self.get(path, limit=limit, cursor=cursor, **params)
             if isinstance(page, list):
                 yield from page
                 return
-            yield from page["items"]
+            yield from page[items]
             cursor = page.get("next_cursor")
             if not cursor:
                 return

@@ -161,3 +161,20 @@ class AuditEntry(Record):
     target: str | None = None
     source: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capture(Record):
+    """A sample a device captured (``trigger``: drift, low_confidence, shadow_disagreement or random), with
+    the figures that fired it; its bytes (an .npz of ``in/<name>`` and ``out/<name>`` arrays) download apart."""
+
+    device: str = ""
+    capture_id: str = ""
+    model: str = ""
+    version: str = ""
+    trigger: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, Any] = field(default_factory=dict)
+    captured_at: str = ""
+    received_at: str = ""
+    size: int = 0
