@@ -230,3 +230,18 @@ def test_config_comes_from_arguments_then_the_environment_then_the_login_file(mo
     assert ClientConfig.resolve() == ClientConfig("http://from-env:8480", "efl_file")
     with Client("http://from-args:8480", "efl_args") as fleet:
         assert fleet.config == ClientConfig("http://from-args:8480", "efl_args")
+
+
+def test_captures_are_read_page_by_page_up_to_the_limit() -> None:
+    pages = {None: {"captures": [{"capture_id": "c1", "trigger": "drift"}, {"capture_id": "c2"}], "next_cursor": "x"},
+             "x": {"captures": [{"capture_id": "c3"}, {"capture_id": "c4"}], "next_cursor": "y"}}
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("cursor"))
+        return httpx.Response(200, json=pages[request.url.params.get("cursor")])
+
+    with make_client(handler) as fleet:
+        got = list(fleet.list_captures(model="m", trigger="drift", limit=3))
+    assert [c.capture_id for c in got] == ["c1", "c2", "c3"] and got[0].trigger == "drift"
+    assert asked == [None, "x"]      # the third page is never asked for
