@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 
@@ -26,6 +26,19 @@ class BrokerInfo:
     tls: bool = False
 
 
+class BrokerCredentials(Protocol):
+    """A broker that keeps its own list of device credentials (managed Mosquitto, a Mosquitto password file).
+
+    Both calls run inside the enrolment's or revocation's database transaction, before it commits, and
+    return only once the broker applied the change: one that raises (EdgeMLError) undoes the enrolment or
+    revocation, so the database and the broker never disagree about who may log in.
+    """
+
+    def add_device(self, device_id: str, password: str) -> None: ...
+
+    def remove_device(self, device_id: str) -> None: ...
+
+
 @dataclass
 class FleetContext:
     store: Store
@@ -37,6 +50,7 @@ class FleetContext:
     # Called with a device id after it was revoked: the embedded broker withdraws its open session's rights.
     on_device_revoked: list[Callable[[str], None]] = field(default_factory=list)
     ingest: Any = None  # the telemetry IngestService once started (its counters feed /metrics)
+    broker_credentials: BrokerCredentials | None = None  # None: the broker asks the store (embedded)
 
     def credentials_changed(self) -> None:
         # The change is already committed; a failing sync (e.g. mosquitto's pid file is stale) must not
