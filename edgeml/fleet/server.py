@@ -62,7 +62,10 @@ class FleetServer:
         if isinstance(self.broker, ManagedMosquitto):
             self.context.broker_credentials = self.broker
         elif config.mosquitto_dir is not None:
-            self.password_sync = PasswordFileSync(self.accounts, config.mosquitto_dir,
+            # Its own connection pool: it reads the store while enrolments hold connections of the main pool
+            # waiting for their turn, and must never wait for one of those.
+            self._sync_store = Store.open(config.db_url(), migrate=False)
+            self.password_sync = PasswordFileSync(StoreAccounts(self._sync_store), config.mosquitto_dir,
                                                   pid_file=config.mosquitto_pid_file, address=self._device_broker)
             self.context.broker_credentials = self.password_sync
         if isinstance(self.broker, EmbeddedBroker):
@@ -157,6 +160,8 @@ class FleetServer:
         ingest = getattr(self, "ingest", None)
         if ingest is not None:
             ingest.stop()
+        if self.password_sync is not None:
+            self._sync_store.close()
         self.store.close()
 
     def app(self):  # type: ignore[no-untyped-def]

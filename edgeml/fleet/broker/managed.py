@@ -208,13 +208,16 @@ class ManagedMosquitto:
 
     def add_device(self, device_id: str, password: str) -> None:
         """Returns once the broker confirmed it accepts this device's login and topics (else FleetError)."""
-        assert self._control is not None, "start() first"
-        self._control.run(add_device_commands(device_id, password))
+        self._running_control().run(add_device_commands(device_id, password))
 
     def remove_device(self, device_id: str) -> None:
         """Deletes the device's client and role: the broker disconnects it at once."""
-        assert self._control is not None, "start() first"
-        self._control.run(remove_device_commands(device_id), tolerate=("not found",))
+        self._running_control().run(remove_device_commands(device_id), tolerate=("not found",))
+
+    def _running_control(self) -> DynsecControl:
+        if self._control is None:
+            raise FleetError("the managed Mosquitto is not running (the server is starting or stopping)")
+        return self._control
 
     def stop(self) -> None:
         self._stopping.set()

@@ -65,7 +65,11 @@ def login_accepted(address: tuple[str, int, bool, str | None], username: str, pa
 
 class PasswordFileSync:
     """The store's broker accounts as Mosquitto files, rewritten (and, with a pid file, reloaded and
-    verified) on every enrolment and revocation. Implements ``FleetContext.broker_credentials``."""
+    verified) on every enrolment and revocation. Implements ``FleetContext.broker_credentials``.
+
+    ``accounts`` should read through a connection pool of its own: the calls come from inside enrolment
+    transactions, which hold connections of the server's pool while they wait for the lock here.
+    """
 
     def __init__(self, accounts: StoreAccounts, directory: Path, *, pid_file: Path | None = None,
                  address: BrokerAddress | None = None) -> None:
@@ -82,7 +86,8 @@ class PasswordFileSync:
         with self._lock, self._file_lock():
             self._enrolling[device_id] = mosquitto_hash(password)
             self._write(reload=True)
-            if self.pid_file is not None and self.address is not None:
+            # no pid file: Mosquitto is not running and reads the files when it starts
+            if self.pid_file is not None and self.pid_file.exists() and self.address is not None:
                 try:
                     self._verify(device_id, password)
                 except FleetError:
