@@ -43,7 +43,7 @@ def test_concurrent_enrolments_keep_a_mosquitto_password_file_complete_and_loade
         args = ["--broker", f"mqtt://127.0.0.1:{mosq.port}", "--mosquitto-dir", str(files),
                 "--mosquitto-pid-file", str(mosq.pid_file)]
         with fleet_server(tmp_path / "data", db=db, extra_args=args) as server:
-            run = enrol_concurrently(server.url, admin, 40, workers=16)
+            run = enrol_concurrently(server.url, admin, 24, workers=12)
             audit = audit_enrolments(db, run, ("127.0.0.1", mosq.port))
-    assert run.failures == [] and len(run.enrolled) == 40
+    assert run.failures == [] and len(run.enrolled) == 24
     assert (audit.tokens_without_device, audit.devices_without_token, audit.cannot_log_in) == ([], [], [])

@@ -17,7 +17,49 @@ from tests.fleet.mqtt_checks import connect
 from tests.support.mqtt_swarm import SwarmDevice, run_swarm
 from tests.support.services import free_port
 
-DEVICES, MESSAGES = 60, 4
+DEVICES, MESSAGES, CHATTY = 60, 4, 1500
+
+
+class _Stream:
+    """One device publishing ``count`` QoS 1 envelopes as fast as the broker takes them, in a thread."""
+
+    def __init__(self, port: int, device_id: str, password: str, count: int) -> None:
+        import threading
+
+        from edgeml.telemetry.messages import envelope
+
+        self.acked: set[int] = set()
+        self.password = password
+        self._thread = threading.Thread(target=self._run, args=(port, device_id, count, envelope), daemon=True)
+        self._thread.start()
+
+    def _run(self, port: int, device_id: str, count: int, envelope) -> None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
+        client.username_pw_set(device_id, self.password)
+        client.max_inflight_messages_set(50)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        infos = [(seq, client.publish(f"edgeml/v1/{device_id}/telemetry",
+                                      envelope(device_id, seq, time.time(), "telemetry", {}), qos=1))
+                 for seq in range(1, count + 1)]
+        for seq, info in infos:
+            info.wait_for_publish(60)
+            self.acked.add(seq)
+        client.disconnect()
+        client.loop_stop()
+
+    def join(self) -> set[int]:
+        self._thread.join(90)
+        return self.acked
+
+
+def _wait(predicate, timeout_s: float = 20) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _stored(fleet, expected: int, timeout_s: float = 30) -> dict[str, set[int]]:
@@ -45,17 +87,24 @@ def test_devices_connecting_while_others_subscribe_and_publish_lose_nothing(tmp_
         watcher, why = connect(port, service.username, service.password)
         assert watcher is not None, why
         assert watcher.subscribe("edgeml/v1/+/telemetry") == 1
-        # when every device connects in overlapping waves, subscribes and publishes QoS 1
+        # and one device streaming telemetry the whole time
+        chatty_device = enrolled.pop()
+        chatty = chatty_device["device_id"]
+        stream = _Stream(port, chatty, chatty_device["mqtt"]["password"], CHATTY)
+        # when every other device connects in overlapping waves, subscribes and publishes QoS 1
         swarm = [SwarmDevice(d["device_id"], d["mqtt"]["password"]) for d in enrolled]
         result = run_swarm("127.0.0.1", port, swarm, messages=MESSAGES, concurrency=20, timeout_s=60, processes=2)
+        result.acked[chatty] = stream.join()
+        result.connected, result.subscribed = result.connected + 1, result.subscribed + 1
         # then every device got in and stayed in, and every acknowledged (device, seq) is stored
         assert (result.connected, result.subscribed, result.unexpected_disconnects) == (DEVICES, DEVICES, 0)
-        assert result.acked_total == DEVICES * MESSAGES
+        assert result.acked_total == (DEVICES - 1) * MESSAGES + CHATTY
         stored = _stored(fleet, result.acked_total)
         assert {d: stored.get(d, set()) for d in result.acked} == result.acked
         # and the live broadcast reached the subscriber too (nothing dropped by a broken walk)
-        got = watcher.wait_for(lambda r: len(r) >= DEVICES * MESSAGES)
-        assert {(json.loads(p)["device"], json.loads(p)["seq"]) for _, p in got} == {
+        assert _wait(lambda: len(watcher.received) >= result.acked_total), \
+            f"the subscriber got {len(watcher.received)} of {result.acked_total}"
+        assert {(json.loads(p)["device"], json.loads(p)["seq"]) for _, p in watcher.received} == {
             (d, s) for d, seqs in result.acked.items() for s in seqs}
         watcher.close()
     finally:
