@@ -116,7 +116,7 @@ def test_the_config_sets_queue_limits_and_a_missing_binary_is_a_clear_error(tmp_
 
     monkeypatch.setattr(managed.shutil, "which", lambda name: None)
     monkeypatch.setattr(managed.os, "access", lambda path, mode: False)
-    with pytest.raises(FleetError, match="apt install mosquitto.*embedded broker"):
+    with pytest.raises(FleetError, match=r"apt install mosquitto.*embedded broker"):
         ManagedMosquitto(None, tmp_path).start()  # type: ignore[arg-type]
 
 
