@@ -55,7 +55,11 @@ def run(devices: int, messages: int, concurrency: int, broker: str) -> tuple[Swa
         extra = ["--broker", "mosquitto"] if broker == "mosquitto" else []
         with fleet_server(data, extra_args=extra) as server:
             t0 = time.monotonic()
-            enrolled = enrol_concurrently(server.url, admin, devices, workers=4)
+            try:
+                enrolled = enrol_concurrently(server.url, admin, devices, workers=4)
+            except Exception:
+                print(server.log.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
             enrol_s = time.monotonic() - t0
             if enrolled.failures:
                 raise SystemExit(f"{len(enrolled.failures)} enrolments failed, e.g. {enrolled.failures[0]}")

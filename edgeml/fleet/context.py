@@ -29,9 +29,10 @@ class BrokerInfo:
 class BrokerCredentials(Protocol):
     """A broker that keeps its own list of device credentials (managed Mosquitto, a Mosquitto password file).
 
-    Both calls run inside the enrolment's or revocation's database transaction, before it commits, and
-    return only once the broker applied the change: one that raises (EdgeMLError) undoes the enrolment or
-    revocation, so the database and the broker never disagree about who may log in.
+    Both return only once the broker applied the change. ``add_device`` runs before the enrolment's
+    transaction (which then takes it back with ``remove_device`` if it fails), ``remove_device`` inside
+    the revocation's transaction; one that raises (EdgeMLError) stops the enrolment or revocation, so
+    every device in the store can log in and no revoked one can.
     """
 
     def add_device(self, device_id: str, password: str) -> None: ...

@@ -1,11 +1,15 @@
 """Enrolment tokens, enrolment and revocation: who may join the fleet and log in to its broker.
 
-Enrolment is one database transaction: the one-time token is claimed, the device, its API token and its
-broker password hash are created, and — where the broker keeps its own credential list (managed
-Mosquitto, a synced password file) — the broker is told and confirms, all before the commit. If any step
-fails, nothing happened: the token is still unused, no device exists, and the caller gets a 503 that says
-to try again. So a used token always has its device, and every device in the store can log in.
-Revocation follows the same rule: the broker forgets the device before the revocation commits.
+Enrolment is one database transaction: the one-time token is claimed and the device, its API token and
+its broker password hash are created together, or nothing is. Where the broker keeps its own credential
+list (managed Mosquitto, a synced password file), the broker is told first and must confirm before that
+transaction starts; if it does not, the caller gets a 503 that says to try again and nothing happened
+(the token is still unused). If the transaction then fails, the broker is told to forget the device
+again; a leftover would be harmless (nobody knows its password) and is gone at the broker's next start,
+which rebuilds its list from the store. So a used token always has its device, and every device in the
+store can log in. (The broker is not asked *inside* the transaction: on SQLite that would hold the
+database's one write lock for a broker round trip.) Revocation: the broker forgets the device inside the
+revocation's transaction, before it commits.
 """
 
 from __future__ import annotations
@@ -100,18 +104,16 @@ def broker_unavailable(action: str, exc: Exception) -> HTTPException:
 def enroll(body: EnrollRequest, request: Request, enrollment_id: EnrollmentTokenId, ctx: Ctx) -> EnrollResponse:
     device_id = new_id("dev-")
     mqtt_password = secrets.token_urlsafe(24)
-    broker_told = False
+    if ctx.broker_credentials is not None:
+        try:
+            ctx.broker_credentials.add_device(device_id, mqtt_password)
+        except EdgeMLError as exc:
+            raise broker_unavailable("new device's credentials", exc) from exc
     try:
         with ctx.store.session() as session:
             api_secret = _create_device(session, request, enrollment_id, device_id, body, mqtt_password)
-            session.flush()  # constraint failures surface here, before the broker hears of the device
-            if ctx.broker_credentials is not None:
-                ctx.broker_credentials.add_device(device_id, mqtt_password)
-                broker_told = True
-    except EdgeMLError as exc:
-        raise broker_unavailable("new device's credentials", exc) from exc
     except BaseException:
-        if broker_told:  # the commit failed after the broker took the device: take it back
+        if ctx.broker_credentials is not None:  # the broker took a device that does not exist: take it back
             _forget_quietly(ctx, device_id)
         raise
     host = ctx.broker.host or request.url.hostname or "127.0.0.1"

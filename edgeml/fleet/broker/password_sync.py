@@ -7,8 +7,8 @@ What went wrong before, and what is done about it here:
   temporary file each) and writers are serialized, inside one process by a lock and across processes
   sharing the directory by ``flock`` on ``DIR/.lock``;
 - a writer that read the store before another enrolment committed could write a file without that
-  device: every write here includes the devices this process is enrolling right now (not committed yet)
-  and leaves out the ones it is revoking;
+  device: every write here includes the devices this process is enrolling right now (told to the broker
+  before their transaction commits) and leaves out the ones it is revoking;
 - Mosquitto sometimes missed the reload signal, and an enrolled device was refused until someone
   reloaded by hand: with a pid file the reload is *verified* — the new device's own login is tried until
   the broker accepts it (SIGHUP again every second), and an enrolment whose login never works fails and
@@ -67,8 +67,8 @@ class PasswordFileSync:
     """The store's broker accounts as Mosquitto files, rewritten (and, with a pid file, reloaded and
     verified) on every enrolment and revocation. Implements ``FleetContext.broker_credentials``.
 
-    ``accounts`` should read through a connection pool of its own: the calls come from inside enrolment
-    transactions, which hold connections of the server's pool while they wait for the lock here.
+    ``accounts`` should read through a connection pool of its own: revocations call in from inside their
+    transaction, holding a connection of the server's pool while they wait for the lock here.
     """
 
     def __init__(self, accounts: StoreAccounts, directory: Path, *, pid_file: Path | None = None,
