@@ -137,6 +137,12 @@ class ManagedMosquitto:
         self.restarts = 0
 
     @property
+    def url(self) -> str:
+        """``mqtt://host:port`` for this machine's own clients (e.g. ingest worker processes), once started."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    @property
     def log_file(self) -> Path:
         return self.directory / "mosquitto.log"
 
