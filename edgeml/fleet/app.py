@@ -42,6 +42,7 @@ def create_app(ctx: FleetContext, limits: RequestLimits | None = None) -> FastAP
         captures,
         desired,
         devices,
+        enrolment,
         keys,
         meta,
         rollouts,
@@ -62,7 +63,8 @@ def create_app(ctx: FleetContext, limits: RequestLimits | None = None) -> FastAP
         return JSONResponse(status_code=400, content={"detail": "a value in the request cannot be stored "
                                                                  f"(text with a NUL byte?): {exc.orig}"})
 
-    app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, devices, broker, telemetry)]
+    app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, enrolment, devices, broker,
+                                                telemetry)]
     app.state.routers.append(telemetry.metrics_router)
     app.state.routers += [desired.router, rollouts.router]
     app.state.routers.append(captures.router)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 
@@ -26,6 +26,20 @@ class BrokerInfo:
     tls: bool = False
 
 
+class BrokerCredentials(Protocol):
+    """A broker that keeps its own list of device credentials (managed Mosquitto, a Mosquitto password file).
+
+    Both return only once the broker applied the change. ``add_device`` runs before the enrolment's
+    transaction (which then takes it back with ``remove_device`` if it fails), ``remove_device`` inside
+    the revocation's transaction; one that raises (EdgeMLError) stops the enrolment or revocation, so
+    every device in the store can log in and no revoked one can.
+    """
+
+    def add_device(self, device_id: str, password: str) -> None: ...
+
+    def remove_device(self, device_id: str) -> None: ...
+
+
 @dataclass
 class FleetContext:
     store: Store
@@ -37,6 +51,7 @@ class FleetContext:
     # Called with a device id after it was revoked: the embedded broker withdraws its open session's rights.
     on_device_revoked: list[Callable[[str], None]] = field(default_factory=list)
     ingest: Any = None  # the telemetry IngestService once started (its counters feed /metrics)
+    broker_credentials: BrokerCredentials | None = None  # None: the broker asks the store (embedded)
 
     def credentials_changed(self) -> None:
         # The change is already committed; a failing sync (e.g. mosquitto's pid file is stale) must not

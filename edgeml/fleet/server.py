@@ -13,15 +13,10 @@ from edgeml.errors import FleetError
 from edgeml.fleet import bundle_links
 from edgeml.fleet.api.limits import RequestLimits
 from edgeml.fleet.artifacts import ArtifactStore
-from edgeml.fleet.broker import (
-    BrokerComponent,
-    EmbeddedBroker,
-    StoreAccounts,
-    mosquitto_files,
-    parse_broker_url,
-    write_mosquitto_files,
-)
+from edgeml.fleet.broker import BrokerComponent, EmbeddedBroker, StoreAccounts, parse_broker_url
 from edgeml.fleet.broker.accounts import service_credentials
+from edgeml.fleet.broker.managed import ManagedMosquitto
+from edgeml.fleet.broker.password_sync import PasswordFileSync
 from edgeml.fleet.context import BrokerInfo, FleetContext, data_paths
 from edgeml.fleet.ingest import IngestService
 from edgeml.fleet.store import Store, sqlite_url
@@ -35,8 +30,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8480
     db: str | None = None  # None: SQLite file in data_dir
-    broker: str | None = None  # None: embedded broker; else mqtt://host:port of an external one
-    broker_port: int | None = None  # embedded broker's port; None: 1883 or any free one
+    broker: str | None = None  # None: embedded broker; "mosquitto": a managed one; else mqtt://host:port
+    broker_port: int | None = None  # embedded/managed broker's port; None: 1883 or any free one
     mosquitto_dir: Path | None = None  # keep password/acl files here in sync on enrol/revoke
     mosquitto_pid_file: Path | None = None  # SIGHUP this mosquitto after each sync
     broker_ca: Path | None = None  # CA bundle for an mqtts:// broker (system CAs when None)
@@ -60,30 +55,55 @@ class FleetServer:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(config.db_url())
         self.accounts = StoreAccounts(self.store)
-        self.broker: BrokerComponent
         if (not config.ingest or config.ingest_workers) and not config.broker:
-            raise FleetError("--no-ingest and --ingest-workers need an external broker (--broker mqtt://…): the "
-                             "embedded broker hands telemetry to this process's own ingest")
-        if config.broker:
-            self.broker = parse_broker_url(config.broker)
-        else:
-            self.broker = EmbeddedBroker(self.accounts, host=config.host, port=config.broker_port)
+            raise FleetError("--no-ingest and --ingest-workers need an external or managed broker (--broker "
+                             "mqtt://… or --broker mosquitto): the embedded broker hands telemetry to this "
+                             "process's own ingest")
+        self.broker = self._broker_component()
         self.context = FleetContext(
             store=self.store,
             artifacts=ArtifactStore(data_paths(config.data_dir)[1]),
-            broker=BrokerInfo(port=0, host=config.host if not config.broker else None),
+            broker=BrokerInfo(port=0, host=config.host if not self.external_broker else None),
             online_window_s=config.online_window_s,
         )
         bundle_links.configure(bundle_links.BundleLinks(config.bundle_mirror, self.context.artifacts))
-        if config.mosquitto_dir is not None:
-            self.context.on_credentials_changed.append(self.sync_mosquitto)
+        self.password_sync: PasswordFileSync | None = None
+        if isinstance(self.broker, ManagedMosquitto):
+            self.context.broker_credentials = self.broker
+        elif config.mosquitto_dir is not None:
+            # Its own connection pool: it reads the store while enrolments hold connections of the main pool
+            # waiting for their turn, and must never wait for one of those.
+            self._sync_store = Store.open(config.db_url(), migrate=False)
+            self.password_sync = PasswordFileSync(StoreAccounts(self._sync_store), config.mosquitto_dir,
+                                                  pid_file=config.mosquitto_pid_file, address=self._device_broker)
+            self.context.broker_credentials = self.password_sync
         if isinstance(self.broker, EmbeddedBroker):
             self.context.on_device_revoked.append(self.broker.forget)
 
-    def sync_mosquitto(self) -> None:
-        assert self.config.mosquitto_dir is not None
-        write_mosquitto_files(self.config.mosquitto_dir, mosquitto_files(self.accounts.password_lines()),
-                              pid_file=self.config.mosquitto_pid_file)
+    @property
+    def external_broker(self) -> bool:
+        """A broker someone else runs (--broker mqtt://…), as opposed to one this process starts."""
+        return self.config.broker not in (None, "mosquitto")
+
+    def _broker_component(self) -> BrokerComponent:
+        config = self.config
+        if config.broker == "mosquitto":
+            return ManagedMosquitto(self.accounts, config.data_dir / "mosquitto", host=config.host,
+                                    port=config.broker_port)
+        if config.broker:
+            return parse_broker_url(config.broker)
+        return EmbeddedBroker(self.accounts, host=config.host, port=config.broker_port)
+
+    def _device_broker(self) -> tuple[str, int, bool, str | None]:
+        """Where devices log in, for checking that the broker took a new device's credentials."""
+        info = self.context.broker
+        return (info.host or "127.0.0.1", info.port, info.tls, str(self.config.broker_ca) if self.config.broker_ca
+                else None)
+
+    def _service_host(self) -> str:
+        """Where this process's own MQTT clients (ingest, rollouts) reach the broker."""
+        host = self.broker.host if self.external_broker else self.config.host
+        return "127.0.0.1" if not host or host in ("0.0.0.0", "::") else host
 
     def start(self) -> None:
         self.ingest: IngestService | None = None
@@ -95,17 +115,18 @@ class FleetServer:
         self.broker.start()
         # A wildcard bind tells devices nothing: they then use the host name they reached the API with.
         wildcard = self.config.host in ("0.0.0.0", "::")
-        host = self.broker.host if self.config.broker else (None if wildcard else self.config.host)
+        host = self.broker.host if self.external_broker else (None if wildcard else self.config.host)
         self.context.broker = BrokerInfo(port=self.broker.port, host=host, tls=getattr(self.broker, "tls", False))
-        if self.config.mosquitto_dir is not None:
-            self.sync_mosquitto()
+        if self.password_sync is not None:
+            self.password_sync.sync()
         self.ingest = self._start_ingest()
         self.rollouts = self._start_rollouts()
 
     def _start_ingest(self) -> IngestService | None:
         """Telemetry ingest. On an external broker: a persistent MQTT session of the service account with a
         shared subscription (several server processes split the stream). With the embedded broker: fed
-        in-process by the broker itself (see FleetIngestTap), already running when this is called."""
+        in-process by the broker itself before it acknowledges a message (see IsolatingBroker), already running
+        when this is called."""
         if isinstance(self.broker, EmbeddedBroker):
             assert self.ingest is not None
             self.context.ingest = self.ingest
@@ -114,9 +135,8 @@ class FleetServer:
             self._start_ingest_workers()
             return None
         creds = service_credentials(self.store)
-        host = self.broker.host if self.config.broker else "127.0.0.1"
-        ingest = IngestService(self.store, host or "127.0.0.1", self.broker.port, creds.username, creds.password,
-                               shared=bool(self.config.broker),
+        ingest = IngestService(self.store, self._service_host(), self.broker.port, creds.username, creds.password,
+                               shared=self.external_broker,
                                client_id=f"edgeml-ingest-{socket.gethostname()}-{self.config.port}",
                                tls=getattr(self.broker, "tls", False),
                                ca_file=str(self.config.broker_ca) if self.config.broker_ca else None,
@@ -130,8 +150,11 @@ class FleetServer:
         from edgeml.fleet.ingest_worker import IngestWorkers
 
         if self.config.ingest_workers > 0:
+            # a managed Mosquitto's URL is known once it runs (its port may have been picked)
+            broker_url = self.broker.url if isinstance(self.broker, ManagedMosquitto) else self.config.broker
+            assert broker_url is not None
             self.ingest_workers = IngestWorkers(
-                self.config.ingest_workers, self.config.db_url(), self.config.broker,
+                self.config.ingest_workers, self.config.db_url(), broker_url,
                 name_prefix=f"{socket.gethostname()}-{self.config.port}", broker_ca=self.config.broker_ca,
                 telemetry_retention_days=self.config.telemetry_retention_days)
             self.ingest_workers.start()
@@ -143,8 +166,7 @@ class FleetServer:
         from edgeml.fleet.rollouts.publisher import MqttDesiredPublisher
 
         creds = service_credentials(self.store)
-        host = (self.broker.host if self.config.broker else "127.0.0.1") or "127.0.0.1"
-        publisher = MqttDesiredPublisher(host, self.broker.port, creds.username, creds.password,
+        publisher = MqttDesiredPublisher(self._service_host(), self.broker.port, creds.username, creds.password,
                                          client_id=f"edgeml-rollouts-{socket.gethostname()}-{self.config.port}",
                                          tls=getattr(self.broker, "tls", False),
                                          ca_file=str(self.config.broker_ca) if self.config.broker_ca else None)
@@ -167,6 +189,8 @@ class FleetServer:
         workers = getattr(self, "ingest_workers", None)
         if workers is not None:
             workers.stop()
+        if self.password_sync is not None:
+            self._sync_store.close()
         self.store.close()
 
     def app(self):  # type: ignore[no-untyped-def]

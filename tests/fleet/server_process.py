@@ -29,8 +29,9 @@ class ServerProcess:
 def fleet_server(data_dir: Path, *, db: str | None = None, port: int | None = None,
                  broker_port: int | None = None, extra_args: Sequence[str] = ()) -> Iterator[ServerProcess]:
     port, broker_port = port or free_port(), broker_port or free_port()
-    args = [sys.executable, "-m", "edgeml.fleet.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-            "--broker-port", str(broker_port)]
+    args = [sys.executable, "-m", "edgeml.fleet.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    if not any(str(a).startswith("mqtt") for a in extra_args):  # an external broker has its port in its URL
+        args += ["--broker-port", str(broker_port)]
     if db:
         args += ["--db", db]
     args += extra_args

@@ -89,7 +89,9 @@ def test_external_broker_address_goes_to_devices(tmp_path) -> None:
         fleets.close()
 
 
-def test_a_failed_mosquitto_sync_is_logged_not_turned_into_a_failed_enrolment(tmp_path, caplog) -> None:
+def test_an_enrolment_the_broker_cannot_take_fails_whole_and_can_be_retried(tmp_path) -> None:
+    # Before: the enrolment answered 201 while mosquitto never heard of the device (token used up, device
+    # unable to connect). Now it answers 503 "try again" and nothing happened.
     from tests.fleet.conftest import make_fleet
 
     pid_file = tmp_path / "mosquitto.pid"
@@ -98,9 +100,13 @@ def test_a_failed_mosquitto_sync_is_logged_not_turned_into_a_failed_enrolment(tm
     fleet = next(fleets)
     try:
         pid_file.write_text("999999999\n")  # a mosquitto that is gone
-        device = fleet.enroll()
-        assert "could not bring the broker's credentials in sync" in caplog.text
-        # the files were still rewritten before the signal failed
-        assert device["device_id"] in (tmp_path / "m" / "passwords").read_text()
+        token = fleet.call("POST", "/v1/enrollment-tokens", json={}).json()["token"]
+        r = fleet.http.post("/v1/enroll", headers=fleet.auth(token), json={"hardware": {}, "installed": {}})
+        assert r.status_code == 503 and "try again" in r.json()["detail"], r.text
+        assert fleet.call("GET", "/v1/devices").json() == []
+        pid_file.unlink()  # not running: files are written for it to read when it starts
+        r = fleet.http.post("/v1/enroll", headers=fleet.auth(token), json={"hardware": {}, "installed": {}})
+        assert r.status_code == 201, r.text  # the same one-time token still works
+        assert r.json()["device_id"] in (tmp_path / "m" / "passwords").read_text()
     finally:
         fleets.close()

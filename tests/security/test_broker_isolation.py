@@ -19,9 +19,9 @@ from edgeml.protocol import desired_topic, device_prefix
 from tests.fleet.conftest import Fleet, make_fleet
 from tests.fleet.mqtt_checks import Peer, check_refused, connect
 from tests.security.broker_peers import closed_by_peer, connect_with_will_and_vanish, raw_connect, watched
-from tests.support.mosquitto import running_mosquitto
+from tests.support.mosquitto import mosquitto_binary, running_mosquitto
 from tests.support.postgres import temporary_database
-from tests.support.services import free_port
+from tests.support.services import free_port, require
 
 # Every filter a device might use to read beyond its own topics.
 GREEDY_FILTERS = ["#", "+/#", "edgeml/#", "edgeml/v1/#", "edgeml/v1/+/desired", "edgeml/v1/+/+", "$SYS/#",
@@ -68,19 +68,40 @@ def _mosquitto(tmp_path, db: str) -> Iterator[BrokerFleet]:
         fleets.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    # The fleet's store answers the broker's login checks and holds the revocation: both databases.
-    if request.param == "sqlite":
+def _managed(tmp_path, db: str) -> Iterator[BrokerFleet]:
+    # serve --broker mosquitto: Mosquitto with the dynamic-security plugin, roles per device
+    require(mosquitto_binary() is not None, "the mosquitto binary is not installed")
+    for fleet in make_fleet(tmp_path / "data", db, broker="mosquitto"):
+        creds = service_credentials(fleet.server.store)
+        yield BrokerFleet(fleet, fleet.server.broker.port, (creds.username, creds.password))
+
+
+def _store_url(kind: str, tmp_path) -> Iterator[str]:
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'fleet.db'}"
     else:
         with temporary_database() as url:
             yield url
 
 
-@pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-def broker_fleet(request: pytest.FixtureRequest, tmp_path, store_url: str) -> Iterator[BrokerFleet]:
-    yield from (_embedded if request.param == "embedded" else _mosquitto)(tmp_path, store_url)
+# The fleet's store answers the embedded broker's login checks and holds the revocation: both databases
+# there. The managed Mosquitto reads the store only when it starts: SQLite is enough for it.
+SETUPS = [
+    pytest.param(("embedded", "sqlite"), id="embedded-sqlite"),
+    pytest.param(("embedded", "postgres"), id="embedded-postgres", marks=pytest.mark.postgres),
+    pytest.param(("mosquitto", "sqlite"), id="mosquitto-sqlite", marks=pytest.mark.mosquitto),
+    pytest.param(("mosquitto", "postgres"), id="mosquitto-postgres", marks=[pytest.mark.mosquitto,
+                                                                           pytest.mark.postgres]),
+    pytest.param(("managed", "sqlite"), id="managed-sqlite", marks=pytest.mark.mosquitto),
+]
+
+
+@pytest.fixture(params=SETUPS)
+def broker_fleet(request: pytest.FixtureRequest, tmp_path) -> Iterator[BrokerFleet]:
+    broker, store = request.param
+    setups = {"embedded": _embedded, "mosquitto": _mosquitto, "managed": _managed}
+    for url in _store_url(store, tmp_path):
+        yield from setups[broker](tmp_path, url)
 
 
 def _foreign(peer: Peer, own_id: str) -> list[tuple[str, bytes]]:

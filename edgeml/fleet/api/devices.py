@@ -1,14 +1,12 @@
-"""Devices: enrolment tokens, enrolment, inventory, tags/groups, revocation, and the device heartbeat."""
+"""Devices: inventory, tags/groups and the device heartbeat (enrolment and revocation: ``enrolment``)."""
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import ColumnElement, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from edgeml.fleet import audit
@@ -21,29 +19,10 @@ from edgeml.fleet.api.pages import (
     parse_fields,
     select_fields,
 )
-from edgeml.fleet.api.schemas import (
-    DeviceOut,
-    DevicePatch,
-    EnrollRequest,
-    EnrollResponse,
-    EnrollTokenCreate,
-    EnrollTokenCreated,
-    Heartbeat,
-    MqttCredentials,
-)
-from edgeml.fleet.api.tokens import issue_token
-from edgeml.fleet.auth import DEVICE_ROLE, Admin, Credentials, Deployer, DeviceCaller, Viewer, unauthorized
+from edgeml.fleet.api.schemas import DeviceOut, DevicePatch, Heartbeat
+from edgeml.fleet.auth import Deployer, DeviceCaller, Viewer
 from edgeml.fleet.context import FleetContext, get_context
-from edgeml.fleet.credentials import (
-    ENROLL_TOKEN_PREFIX,
-    hashes_match,
-    mosquitto_hash,
-    new_id,
-    new_secret,
-    token_hash,
-)
-from edgeml.fleet.store.models import ApiToken, Device, EnrollmentToken, TrustedKey, as_utc, utcnow
-from edgeml.protocol import device_prefix
+from edgeml.fleet.store.models import Device, as_utc, utcnow
 
 router = APIRouter(prefix="/v1", tags=["devices"])
 Ctx = Annotated[FleetContext, Depends(get_context)]
@@ -67,87 +46,6 @@ def device_out(row: Device, online_window_s: float, now: datetime | None = None)
     return DeviceOut(id=row.id, name=row.name, group=row.group, tags=list(row.tags), hardware=row.hardware,
                      installed=row.installed, enrolled_at=row.enrolled_at, last_seen=row.last_seen,
                      online=online, revoked=row.revoked_at is not None)
-
-
-def require_enrollment(request: Request, credentials: Credentials) -> str:
-    """Dependency: a valid, unused, unexpired enrolment token (efe_…); returns its id."""
-    if credentials is None or not credentials.credentials:
-        raise unauthorized("missing enrolment token: create one with 'edgeml-fleet enroll-token create'")
-    return _enrollment_token_id(get_context(request), credentials)
-
-
-def _enrollment_token_id(ctx: FleetContext, credentials: HTTPAuthorizationCredentials) -> str:
-    digest = token_hash(credentials.credentials)
-    with ctx.store.session() as session:
-        row = session.scalars(select(EnrollmentToken).where(EnrollmentToken.token_hash == digest)).first()
-        if row is None or not hashes_match(row.token_hash, digest):
-            raise unauthorized("unknown enrolment token: create one with 'edgeml-fleet enroll-token create'")
-        if row.used_at is not None:
-            raise unauthorized("this enrolment token was already used (they are one-time): create a new one")
-        expires = as_utc(row.expires_at)
-        assert expires is not None
-        if expires <= utcnow():
-            raise unauthorized(f"this enrolment token expired at {expires.isoformat()}: create a new one")
-        return row.id
-
-
-EnrollmentTokenId = Annotated[str, Depends(require_enrollment)]
-
-
-@router.post("/enrollment-tokens", response_model=EnrollTokenCreated, status_code=201)
-def create_enrollment_token(body: EnrollTokenCreate, request: Request, caller: Deployer,
-                            ctx: Ctx) -> EnrollTokenCreated:
-    secret = new_secret(ENROLL_TOKEN_PREFIX)
-    row = EnrollmentToken(id=new_id("enr_"), token_hash=token_hash(secret), group=body.group, tags=body.clean_tags(),
-                          created_at=utcnow(), created_by=caller.name,
-                          expires_at=utcnow() + timedelta(seconds=body.expires_in_s))
-    with ctx.store.session() as session:
-        session.add(row)
-        audit.record(session, request, caller.name, "enrollment_token.create", row.id, group=row.group,
-                     tags=row.tags, expires_at=row.expires_at.isoformat())
-    return EnrollTokenCreated(id=row.id, token=secret, group=row.group, tags=row.tags, expires_at=row.expires_at)
-
-
-@router.post("/enroll", response_model=EnrollResponse, status_code=201)
-def enroll(body: EnrollRequest, request: Request, enrollment_id: EnrollmentTokenId, ctx: Ctx) -> EnrollResponse:
-    device_id = new_id("dev-")
-    mqtt_password = secrets.token_urlsafe(24)
-    with ctx.store.session() as session:
-        # One-time: only the request that flips used_at from NULL wins, even if two race.
-        claimed = session.execute(
-            update(EnrollmentToken)
-            .where(EnrollmentToken.id == enrollment_id, EnrollmentToken.used_at.is_(None))
-            .values(used_at=utcnow(), device_id=device_id)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            raise unauthorized("this enrolment token was already used (they are one-time): create a new one")
-        token_row = session.get(EnrollmentToken, enrollment_id)
-        assert token_row is not None
-        device = Device(id=device_id, name=body.name or device_id, group=token_row.group, tags=list(token_row.tags),
-                        hardware=body.hardware, installed=body.installed, enrolled_at=utcnow(), last_seen=utcnow(),
-                        mqtt_password_hash=mosquitto_hash(mqtt_password))
-        session.add(device)
-        session.flush()
-        api_row, api_secret = issue_token(f"device:{device_id}", DEVICE_ROLE, f"enrollment:{enrollment_id}",
-                                          device_id=device_id)
-        session.add(api_row)
-        audit.record(session, request, f"enrollment:{enrollment_id}", "device.enroll", device_id,
-                     name=device.name, group=device.group, tags=device.tags)
-    ctx.credentials_changed()
-    host = ctx.broker.host or request.url.hostname or "127.0.0.1"
-    desired_key, bundle_keys = _fleet_keys(ctx)
-    return EnrollResponse(device_id=device_id, api_token=api_secret, mqtt=MqttCredentials(
-        host=host, port=ctx.broker.port, tls=ctx.broker.tls, username=device_id, password=mqtt_password,
-        topic_prefix=device_prefix(device_id)), desired_key_pem=desired_key, trusted_keys=bundle_keys)
-
-
-def _fleet_keys(ctx: FleetContext) -> tuple[str, list[str]]:
-    """What a new device must trust: the fleet's desired-state key and the keys its bundles are signed with."""
-    from edgeml.fleet.rollouts.desired_docs import fleet_signing_key
-
-    with ctx.store.session() as session:
-        bundle_keys = [r.public_pem for r in session.scalars(select(TrustedKey).order_by(TrustedKey.key_id))]
-    return fleet_signing_key(ctx.store).public_pem().decode(), bundle_keys
 
 
 @router.get("/devices", response_model=list[DeviceOut] | Page)
@@ -264,22 +162,6 @@ def update_device(device_id: str, body: DevicePatch, request: Request, caller: D
         if changes:
             audit.record(session, request, caller.name, "device.update", device_id, **changes)
         return device_out(row, ctx.online_window_s)
-
-
-@router.post("/devices/{device_id}/revoke", response_model=DeviceOut)
-def revoke_device(device_id: str, request: Request, caller: Admin, ctx: Ctx) -> DeviceOut:
-    with ctx.store.session() as session:
-        row = _get_device(session, device_id)
-        if row.revoked_at is None:
-            now = utcnow()
-            row.revoked_at = now
-            session.execute(update(ApiToken).where(ApiToken.device_id == device_id, ApiToken.revoked_at.is_(None))
-                            .values(revoked_at=now))
-            audit.record(session, request, caller.name, "device.revoke", device_id, name=row.name)
-        out = device_out(row, ctx.online_window_s)
-    ctx.device_revoked(device_id)
-    ctx.credentials_changed()
-    return out
 
 
 @router.post("/device/heartbeat", response_model=DeviceOut)

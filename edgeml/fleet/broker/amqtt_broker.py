@@ -8,6 +8,13 @@ that subscribed to nothing thus received every device's retained ``desired`` doc
 or queued message is delivered only for a filter the session itself holds and only if the topic plugins
 allow this session to RECEIVE its topic — the same check as for live messages.
 
+Under load (hundreds of devices connecting while others subscribe and publish) amqtt itself breaks in two
+ways, both contained here (see ``amqtt_tables``): its subscription walks fail with "dictionary changed
+size during iteration", and it acknowledges a QoS 1 PUBLISH before anything has taken it, so a dying or
+taken-over session drops acknowledged messages. Every incoming message therefore goes to ``on_receipt``
+(the fleet's ingest) before its PUBACK, and the subscription dict is iterated through snapshots and an
+index. The broadcast of a message walks only the filters that match it.
+
 Concurrency: everything here runs on the broker's event loop; ``disconnect_user`` is called from other
 threads through ``asyncio.run_coroutine_threadsafe``. A connection registers itself and checks for its
 user's revocation without awaiting in between, so a revocation either finds it or is found by it.
@@ -16,19 +23,72 @@ user's revocation without awaiting in between, so a revocation either finds it o
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from edgeml.fleet.broker.amqtt_tables import ReceiptQueue, SubscriptionTable
+
+log = logging.getLogger(__name__)
+
+# (session, topic, payload) of every message a client sent, called before the broker acknowledges it
+OnReceipt = Callable[[Session, str, bytes], None]
+
 
 class IsolatingBroker(Broker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_receipt: OnReceipt | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._subscriptions = SubscriptionTable()
+        self._on_receipt = on_receipt
         self._connections: dict[str, set[BrokerProtocolHandler]] = {}  # username -> open connections
         self._disconnected_users: set[str] = set()  # revoked: device ids are never reused
+
+    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[BrokerProtocolHandler, Session]:
+        # Runs before the connection's reader starts, so no PUBLISH is read before the queue is swapped.
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        if self._on_receipt is not None and not isinstance(session.delivered_message_queue, ReceiptQueue):
+            on_receipt = self._on_receipt
+
+            def received(message: Any) -> None:
+                if message is not None and message.topic:
+                    on_receipt(session, str(message.topic), bytes(message.data or b""))
+
+            session.delivered_message_queue = ReceiptQueue(received)
+        return handler, session
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        # amqtt's version tests every filter against every message, awaiting inside a walk of the live dict.
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        table: SubscriptionTable = self._subscriptions
+        for topic_filter in table.matching(topic, self._matches):
+            for target, sub_qos in list(table.get(topic_filter, ())):
+                try:
+                    await self._send_broadcast(broadcast, target, sub_qos, running_tasks)
+                except Exception:  # one bad target must not cost the others their copy
+                    log.exception("broadcast of %s to %s failed", topic, target.client_id)
+
+    async def _send_broadcast(self, broadcast: dict[str, Any], target: Session, sub_qos: int,
+                              running_tasks: deque[asyncio.Task[Any]]) -> None:
+        """amqtt's delivery of one broadcast to one subscriber, unchanged in what it does."""
+        topic, qos = broadcast["topic"], broadcast.get("qos", sub_qos)
+        if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
+            return
+        connected = target.transitions.state == "connected"
+        if not connected and not target.clean_session and qos in (QOS_1, QOS_2) and not target.is_anonymous:
+            await self._retain_broadcast_message(broadcast, qos, target)  # offline persistent session: queue it
+            return
+        handler = self._get_handler(target) if connected else None
+        if handler is not None:
+            running_tasks.append(asyncio.ensure_future(
+                handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)))
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:

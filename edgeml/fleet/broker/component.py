@@ -67,6 +67,17 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def port_accepts(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on (host, port); a wildcard host is tried on loopback."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _any_free_port(host: str) -> int:
     import socket
 
@@ -91,7 +102,8 @@ class EmbeddedBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker: object | None = None
-        self.tap: Callable[[str, bytes], None] | None = None  # receives every accepted publish (set before start)
+        # receives every message a client may publish, before it is acknowledged (set before start)
+        self.tap: Callable[[str, bytes], None] | None = None
 
     def _config(self) -> dict[str, object]:
         return {
@@ -99,7 +111,6 @@ class EmbeddedBroker:
             "plugins": {
                 "edgeml.fleet.broker.plugins.FleetAuthPlugin": {"accounts": self._key},
                 "edgeml.fleet.broker.plugins.FleetTopicPlugin": {"accounts": self._key},
-                "edgeml.fleet.broker.plugins.FleetIngestTap": {"accounts": self._key},
             },
         }
 
@@ -113,8 +124,6 @@ class EmbeddedBroker:
             self.port = _any_free_port(self.host)
             log.warning("MQTT port %d is taken; the embedded broker listens on %d instead", DEFAULT_PORT, self.port)
         plugins.ACCOUNTS[self._key] = self._accounts
-        if self.tap is not None:
-            plugins.TAPS[self._key] = self.tap
         ready = threading.Event()
         failure: list[BaseException] = []
         self._loop = asyncio.new_event_loop()
@@ -125,7 +134,7 @@ class EmbeddedBroker:
             assert self._loop is not None
             asyncio.set_event_loop(self._loop)
             try:
-                broker = IsolatingBroker(self._config(), loop=self._loop)
+                broker = IsolatingBroker(self._config(), loop=self._loop, on_receipt=self._received)
                 plugins.DISCONNECTORS[self._key] = broker.disconnect_user
                 self._loop.run_until_complete(broker.start())
                 self._broker = broker
@@ -142,6 +151,14 @@ class EmbeddedBroker:
             self.stop()
             cause = failure[0] if failure else TimeoutError("the broker did not start within 30 s")
             raise FleetError(f"the embedded MQTT broker could not start on {self.host}:{self.port}: {cause}") from cause
+
+    def _received(self, session: Any, topic: str, payload: bytes) -> None:
+        """A client sent a message (called before the broker acknowledges it): hand it to the ingest if the
+        sender may publish there; what it may not is refused by the topic plugin as usual."""
+        from edgeml.fleet.broker import plugins
+
+        if self.tap is not None and plugins.may_publish(self._key, session.username, topic):
+            self.tap(topic, payload)
 
     def forget(self, username: str) -> None:
         """A device was revoked: withdraw its topic rights, refuse its logins, close its connections.
@@ -185,7 +202,6 @@ class EmbeddedBroker:
             loop.close()
         self._loop = self._thread = self._broker = None
         plugins.ACCOUNTS.pop(self._key, None)
-        plugins.TAPS.pop(self._key, None)
         plugins.DISCONNECTORS.pop(self._key, None)
 
 

@@ -4,17 +4,21 @@ amqtt builds plugins from dotted class paths plus a plain config dict, so the li
 handed over through a registry keyed by a name the broker config carries.
 
 Revocation: ``revoke`` withdraws a user's topic rights at once (new logins are refused by the store); the
-broker then closes its connections (``IsolatingBroker.disconnect_user``).
+broker then closes its connections (``IsolatingBroker.disconnect_user``). The in-process telemetry ingest is
+fed by the broker itself before it acknowledges a message (``IsolatingBroker``'s ``on_receipt``), checked
+with :func:`may_publish`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from amqtt.contexts import Action, BaseContext
-from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from edgeml.fleet.broker.accounts import BrokerAccounts
@@ -26,12 +30,14 @@ from edgeml.protocol import (
 )
 
 ACCOUNTS: dict[str, BrokerAccounts] = {}
-# registry key -> sink(topic, payload) for every publish the broker accepted (the in-process telemetry ingest)
-TAPS: dict[str, Callable[[str, bytes], None]] = {}
 # username -> kind ('service' | 'device') for sessions that logged in, so topic checks need no DB call.
 _KINDS: dict[tuple[str, str], str] = {}
 # registry key -> closes every connection of a username, now and later (the broker's disconnect_user)
 DISCONNECTORS: dict[str, Callable[[str], Coroutine[Any, Any, int]]] = {}
+
+
+# Login checks run here, a few at a time, so the broker's loop keeps serving connected clients meanwhile.
+_LOGIN_CHECKS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgeml-broker-login")
 
 
 def revoke(registry_key: str, username: str) -> None:
@@ -57,7 +63,10 @@ class FleetAuthPlugin(BaseAuthPlugin):
         accounts = ACCOUNTS.get(self._registry_key)
         if accounts is None or session is None or not session.username:
             return False
-        kind = accounts.login(session.username, session.password)
+        # The check reads the store (and hashes the password): off the broker's event loop, or one slow
+        # read (a busy SQLite file waits up to its busy timeout) stalls every connection of the broker.
+        loop = asyncio.get_running_loop()
+        kind = await loop.run_in_executor(_LOGIN_CHECKS, accounts.login, session.username, session.password)
         if kind is None:
             return False
         if session.will_flag and not _may_publish(kind, session.username, session.will_topic or ""):
@@ -65,6 +74,11 @@ class FleetAuthPlugin(BaseAuthPlugin):
             return False
         _KINDS[(self._registry_key, session.username)] = kind
         return True
+
+
+def may_publish(registry_key: str, username: str | None, topic: str) -> bool:
+    """Whether this broker's logged-in ``username`` may publish on ``topic`` (same rule as PUBLISH)."""
+    return bool(username) and _may_publish(_KINDS.get((registry_key, str(username))), str(username), topic)
 
 
 def _may_publish(kind: str | None, username: str, topic: str) -> bool:
@@ -95,23 +109,3 @@ class FleetTopicPlugin(BaseTopicPlugin):
         if kind == "device":  # SUBSCRIBE: the filter; RECEIVE (live, retained, queued): the message's topic
             return device_may_subscribe(session.username, topic)
         return False
-
-
-class FleetIngestTap(BasePlugin[BaseContext]):
-    """Hands every publish the broker accepted (after the topic rules) to the fleet's ingest in-process.
-
-    With the embedded broker the ingest needs no MQTT session of its own: nothing is lost between the
-    broker and the store when the server stops, because amqtt finishes the plugin calls it fired
-    before it shuts down, and the ingest then writes everything it was handed.
-    """
-
-    Config = _FleetConfig
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self._registry_key = str(self._get_config_option("accounts", ""))
-
-    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
-        sink = TAPS.get(self._registry_key)
-        if sink is not None and message.topic:
-            sink(str(message.topic), bytes(message.data or b""))

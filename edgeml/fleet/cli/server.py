@@ -20,12 +20,15 @@ def default_data_dir() -> Path:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8480, show_default=True, type=int)
 @click.option("--db", default=None, help="postgresql://user@host/db (default: SQLite in the data dir)")
-@click.option("--broker", default=None, help="mqtt://host:port of an external broker (default: embedded)")
-@click.option("--broker-port", type=int, default=None, help="embedded broker port (default 1883, or a free one)")
+@click.option("--broker", default=None,
+              help="'mosquitto': start and supervise a Mosquitto (needs the binary); mqtt://host:port: use an "
+                   "external broker (default: the embedded broker)")
+@click.option("--broker-port", type=int, default=None,
+              help="port of the embedded or managed broker (default 1883, or a free one)")
 @click.option("--mosquitto-dir", type=click.Path(path_type=Path), default=None,
-              help="keep mosquitto password/acl files here in sync on enrol/revoke")
+              help="keep the password/acl files of a Mosquitto run elsewhere in sync on enrol/revoke")
 @click.option("--mosquitto-pid-file", type=click.Path(path_type=Path), default=None,
-              help="SIGHUP this mosquitto after each sync")
+              help="SIGHUP this mosquitto after each sync and check that the new device can log in")
 @click.option("--online-window", type=float, default=120.0, show_default=True,
               help="seconds since last contact within which a device counts as online")
 @click.option("--broker-ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -46,7 +49,7 @@ def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: s
           mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float,
           broker_ca: Path | None, telemetry_retention_days: float, max_bundle_bytes: int,
           bundle_mirror: str | None, ingest_workers: int, no_ingest: bool) -> None:
-    """Run the fleet server (HTTP API + embedded MQTT broker)."""
+    """Run the fleet server (HTTP API + embedded MQTT broker, or a managed Mosquitto with --broker mosquitto)."""
     from edgeml.fleet.server import ServerConfig
     from edgeml.fleet.server import serve as run
 
@@ -58,8 +61,12 @@ def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: s
             check_mirror(bundle_mirror)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--bundle-mirror") from exc
-    if broker and broker_port is not None:
-        raise click.UsageError("--broker-port is for the embedded broker; with --broker put the port in the URL")
+    if broker and broker != "mosquitto" and broker_port is not None:
+        raise click.UsageError("--broker-port is for the embedded or managed broker; with --broker mqtt://… put "
+                               "the port in the URL")
+    if broker == "mosquitto" and (mosquitto_dir or mosquitto_pid_file):
+        raise click.UsageError("--mosquitto-dir/--mosquitto-pid-file are for a Mosquitto run elsewhere; "
+                               "--broker mosquitto keeps its own files in the data dir")
     run(ServerConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, db=db, broker=broker,
                      broker_port=broker_port, mosquitto_dir=mosquitto_dir, mosquitto_pid_file=mosquitto_pid_file,
                      online_window_s=online_window, broker_ca=broker_ca,
