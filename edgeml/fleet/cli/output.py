@@ -13,15 +13,15 @@ from typing import Any, Literal
 import click
 
 from edgeml.cli_tables import Table, cell, print_json, print_table
-from edgeml.fleet.client import Client
+from edgeml.fleet.client import Client, ClientConfig
 
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 
 
-def client() -> Client:
-    """The :class:`~edgeml.fleet.Client` for the server saved by ``edgeml-fleet login`` (or
-    EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN). Commands call its typed methods; CLI tests patch this function."""
-    return Client()
+def client(config: ClientConfig | None = None) -> Client:
+    """The :class:`~edgeml.fleet.Client` for ``config``, by default the server saved by ``edgeml-fleet login``
+    (or EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN). Commands call its typed methods; CLI tests patch ``Client`` here."""
+    return Client.from_config(config) if config is not None else Client()
 
 
 def call(method: Literal["get", "post", "patch", "delete", "upload"], path: str, *args: Any, **query: Any) -> Any:

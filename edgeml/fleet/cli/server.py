@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgeml.fleet.cli.output import call
-from edgeml.fleet.client import ClientConfig, FleetClient
+from edgeml.fleet.cli.output import client
+from edgeml.fleet.client import ClientConfig
 from edgeml.paths import edgeml_home
 
 
@@ -101,8 +101,8 @@ def admin_init(data_dir: Path | None, db: str | None, name: str) -> None:
 def login(url: str, token: str) -> None:
     """Check URL + token against the server and save them (0600) for the other commands."""
     config = ClientConfig(url, token)
-    with FleetClient(config) as fleet:
-        me = fleet.get("/v1/whoami")
+    with client(config) as fleet:
+        me = fleet.whoami()
     path = config.save()
     click.echo(f"logged in to {url} as '{me['name']}' ({me['role']}); saved to {path}")
 
@@ -117,7 +117,8 @@ def broker_config(out_dir: Path, port: int, bind: str, pid_file: Path | None) ->
     """Write Mosquitto password/ACL files enforcing the fleet's topic rules (and a mosquitto.conf)."""
     from edgeml.fleet.broker.mosquitto import MosquittoFiles, write_mosquitto_files
 
-    doc = call("get", "/v1/broker/mosquitto")
+    with client() as fleet:
+        doc = fleet.get_mosquitto_files()
     paths = write_mosquitto_files(out_dir, MosquittoFiles(doc["password_file"], doc["acl_file"]),
                                   pid_file=pid_file, port=port, bind=bind)
     for what, path in paths.items():
