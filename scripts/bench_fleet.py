@@ -82,8 +82,6 @@ def _ms(values: list[float], q: float) -> str:
 def table(r: SimResult) -> list[tuple[str, str]]:
     c, once = r.config, r.once
     stored_total = once.stored + len(once.doubled)
-    per_msg = r.cpu_s / r.stored_in_steady * 1e6 if r.stored_in_steady else float("nan")
-    broker_per_msg = r.broker_cpu_s / r.stored_in_steady * 1e6 if r.stored_in_steady else float("nan")
     rows = [
         ("setup", r.setup), ("devices (enrolled / asked)", f"{len(r.enrolment.devices)} / {c.devices}"),
         ("enrolment time", f"{r.enrolment.seconds:.1f} s"),
@@ -104,10 +102,17 @@ def table(r: SimResult) -> list[tuple[str, str]]:
         ("rollout: desired delivered / targets", f"{r.desired_delivered} / {r.rollout_targets}"),
         ("rollout: fan-out time (create -> last delivered)", "-" if r.fanout_s is None else f"{r.fanout_s:.1f} s"),
         ("rollout: state at the end", r.rollout_final),
-        ("server CPU per stored message (steady phase)", f"{per_msg:.0f} us ({r.stored_in_steady} msgs)"),
-        ("broker CPU per stored message (external broker)", "-" if not r.broker_cpu_s else f"{broker_per_msg:.0f} us"),
     ]
+    for label, w in (("no API calls", r.quiet), ("API probes running", r.probed)):
+        rows.append((f"server CPU per stored message, {label}",
+                     f"{w.per_message_us(w.server_s):.0f} us ({w.stored} msgs, {w.server_s:.1f} CPU-s)"))
+        if fleet_has_broker_process(r):
+            rows.append((f"broker CPU per stored message, {label}", f"{w.per_message_us(w.broker_s):.0f} us"))
     return rows
+
+
+def fleet_has_broker_process(r: SimResult) -> bool:
+    return r.setup != "embedded"   # the embedded broker's CPU is inside the server's
 
 
 def print_table(rows: list[tuple[str, str]]) -> None:

@@ -43,6 +43,19 @@ class SimConfig:
 
 
 @dataclass
+class CpuWindow:
+    """CPU seconds the server (with its child processes) and the broker used while ``stored`` messages
+    were stored."""
+
+    server_s: float = 0.0
+    broker_s: float = 0.0
+    stored: int = 0
+
+    def per_message_us(self, seconds: float) -> float:
+        return seconds / self.stored * 1e6 if self.stored else float("nan")
+
+
+@dataclass
 class SimResult:
     config: SimConfig
     setup: str
@@ -61,9 +74,8 @@ class SimResult:
     desired_delivered: int = 0
     fanout_s: float | None = None
     rollout_final: str = "-"
-    cpu_s: float = 0.0
-    broker_cpu_s: float = 0.0
-    stored_in_steady: int = 0
+    quiet: CpuWindow = field(default_factory=lambda: CpuWindow())    # steady, no API calls
+    probed: CpuWindow = field(default_factory=lambda: CpuWindow())   # steady, API probes running
     reconnects: int = 0
 
 
@@ -138,9 +150,12 @@ def simulate(fleet: Fleet, cfg: SimConfig, work: Path) -> SimResult:
         workers = _start_workers(cfg, result)
         try:
             _connect_phase(workers, cfg, result)
+            # First half without API calls: the server's CPU per message is then ingest's (and the idle
+            # server's); second half with the probes running, as an operator's dashboard would.
+            result.quiet = _steady_phase(workers, cfg.duration_s / 2, fleet, eng, cfg.group)
             probes = api.Probes(api.admin_client(fleet.url, fleet.admin_token, timeout=120))
             probes.start()
-            _steady_phase(workers, cfg, fleet, eng, result)
+            result.probed = _steady_phase(workers, cfg.duration_s / 2, fleet, eng, cfg.group)
             if cfg.rollout:
                 _rollout_phase(http, workers, cfg, probes, result)
             probes.stop()
@@ -188,15 +203,14 @@ def _connect_phase(workers: Workers, cfg: SimConfig, result: SimResult) -> None:
     result.connected = workers.total("ever_connected")
 
 
-def _steady_phase(workers: Workers, cfg: SimConfig, fleet: Fleet, eng: Any, result: SimResult) -> None:
+def _steady_phase(workers: Workers, seconds: float, fleet: Fleet, eng: Any, group: str) -> CpuWindow:
     cpu0, broker0 = cpu_seconds(fleet.server_pids), cpu_seconds(fleet.broker_pids)
-    stored0 = check.stored_total(eng, cfg.group)
-    deadline = time.monotonic() + cfg.duration_s
+    stored0 = check.stored_total(eng, group)
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         workers.poll()
-    result.cpu_s = cpu_seconds(fleet.server_pids) - cpu0
-    result.broker_cpu_s = cpu_seconds(fleet.broker_pids) - broker0
-    result.stored_in_steady = check.stored_total(eng, cfg.group) - stored0
+    return CpuWindow(cpu_seconds(fleet.server_pids) - cpu0, cpu_seconds(fleet.broker_pids) - broker0,
+                     check.stored_total(eng, group) - stored0)
 
 
 def _rollout_phase(http: Any, workers: Workers, cfg: SimConfig, probes: api.Probes, result: SimResult) -> None:
