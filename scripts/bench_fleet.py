@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", help="external: the fleet's database URL (read for the exactly-once check)")
     p.add_argument("--server-pid", type=int, action="append", default=[],
                    help="external: server/ingest process ids whose CPU to count")
+    p.add_argument("--drain-timeout", type=float, default=300.0,
+                   help="seconds to wait for ingest to store what the devices sent, while it still progresses")
     p.add_argument("--work-dir", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -91,7 +93,10 @@ def table(r: SimResult) -> list[tuple[str, str]]:
         ("connected (time to connect all)", f"{r.connected} ({r.connect_s:.1f} s)"),
         ("reconnects during the run", str(r.reconnects)),
         ("messages sent / unacked by broker", f"{once.sent} / {r.unacked}"),
-        ("stored", str(stored_total)), ("lost", str(len(once.lost))), ("doubled", str(len(once.doubled))),
+        ("stored", str(stored_total)),
+        ("ingest drain after the devices stopped", f"{r.drain} after {r.drain_s:.0f} s"),
+        ("lost" if r.drain != "backlog" else "not stored yet (ingest backlog at the deadline)", str(len(once.lost))),
+        ("doubled", str(len(once.doubled))),
         ("ingest lag p50 / p99 / max", f"{_ms(r.lags_s, 50)} / {_ms(r.lags_s, 99)} / {_ms(r.lags_s, 100)}"),
     ]
     for name, values in sorted(r.probes.items()):
@@ -129,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgeml-bench-fleet-"))
     cfg = SimConfig(devices=args.devices, duration_s=args.duration, telemetry_s=args.telemetry_s,
                     heartbeat_s=args.heartbeat_s, workers=args.workers, rollout=not args.no_rollout,
+                    drain_timeout_s=args.drain_timeout,
                     group=f"bench-{os.getpid()}")
     with fleet_for(args, work) as fleet:
         result = simulate(fleet, cfg, work / "sim")
     print_table(table(result))
     print(f"(work dir: {work})")
-    return 1 if result.once.lost or result.once.doubled else 0
+    return 1 if result.once.lost or result.once.doubled else 0   # a backlog counts: the goal is to keep up
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class SimConfig:
     enrol_concurrency: int = 32
     connect_timeout_s: float = 120.0
     rollout_timeout_s: float = 120.0
-    drain_timeout_s: float = 120.0
+    drain_timeout_s: float = 300.0
     group: str = "bench"
 
 
@@ -77,6 +77,8 @@ class SimResult:
     quiet: CpuWindow = field(default_factory=lambda: CpuWindow())    # steady, no API calls
     probed: CpuWindow = field(default_factory=lambda: CpuWindow())   # steady, API probes running
     reconnects: int = 0
+    drain: str = "-"       # complete | stalled | backlog (see _wait_for_ingest)
+    drain_s: float = 0.0
 
 
 class Workers:
@@ -244,16 +246,24 @@ def _collect(workers: Workers, result: SimResult) -> None:
 
 
 def _wait_for_ingest(eng: Any, cfg: SimConfig, result: SimResult) -> None:
-    """Until the store holds as many messages as were sent, or nothing new arrived for 20 s."""
+    """Until the store holds as many messages as were sent ("complete"), nothing new arrived for 20 s
+    ("stalled": what is missing is lost), or the drain time is up while messages still arrive ("backlog":
+    what is missing was still queued for ingest when the benchmark stopped the fleet)."""
     target = sum(result.sent.values())
     last, last_change = -1, time.monotonic()
-    deadline = time.monotonic() + cfg.drain_timeout_s
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    while True:
         stored = check.stored_total(eng, cfg.group)
         if stored >= target:
-            return
+            result.drain = "complete"
+            break
         if stored != last:
             last, last_change = stored, time.monotonic()
         elif time.monotonic() - last_change > 20:
-            return
+            result.drain = "stalled"
+            break
+        if time.monotonic() - started > cfg.drain_timeout_s:
+            result.drain = "backlog"
+            break
         time.sleep(0.5)
+    result.drain_s = time.monotonic() - started

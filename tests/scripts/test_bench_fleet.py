@@ -43,7 +43,7 @@ def test_simulated_fleet_stores_everything_once_and_the_check_catches_loss_and_d
     assert result.desired_delivered == 5, "every device got the rollout's desired state"
     assert all(n >= 4 for n in result.sent.values()), result.sent   # telemetry, heartbeats, update events
     assert result.once.lost == [] and result.once.doubled == [] and result.once.unexpected == []
-    assert result.once.stored == result.once.sent == sum(result.sent.values())
+    assert result.once.stored == result.once.sent == sum(result.sent.values()) and result.drain == "complete"
     eng = check.engine(f"sqlite:///{db_file}")
 
     # when one stored message disappears, the check names exactly that one as lost
