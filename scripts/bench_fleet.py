@@ -107,6 +107,7 @@ def table(r: SimResult) -> list[tuple[str, str]]:
         ("rollout: desired delivered / targets", f"{r.desired_delivered} / {r.rollout_targets}"),
         ("rollout: fan-out time (create -> last delivered)", "-" if r.fanout_s is None else f"{r.fanout_s:.1f} s"),
         ("rollout: state at the end", r.rollout_final),
+        ("server / broker resident memory", f"{r.probed.server_rss_mb:.0f} MB / {r.probed.broker_rss_mb:.0f} MB"),
     ]
     for label, w in (("no API calls", r.quiet), ("API probes running", r.probed)):
         rows.append((f"server CPU per stored message, {label}",

@@ -50,6 +50,8 @@ class CpuWindow:
     server_s: float = 0.0
     broker_s: float = 0.0
     stored: int = 0
+    server_rss_mb: float = 0.0   # resident memory at the end of the window
+    broker_rss_mb: float = 0.0
 
     def per_message_us(self, seconds: float) -> float:
         return seconds / self.stored * 1e6 if self.stored else float("nan")
@@ -127,18 +129,24 @@ class Workers:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and all their children (an ingest worker process included)."""
+    return sum(t.user + t.system for t in _each(pids, lambda p: p.cpu_times()))
+
+
+def rss_mb(pids: list[int]) -> float:
+    return sum(m.rss for m in _each(pids, lambda p: p.memory_info())) / 2**20
+
+
+def _each(pids: list[int], read: Any) -> list[Any]:
     import psutil
 
-    total = 0.0
+    out = []
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            for p in [root, *root.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
+            out += [read(p) for p in [root, *root.children(recursive=True)]]
         except psutil.Error:
             continue
-    return total
+    return out
 
 
 def simulate(fleet: Fleet, cfg: SimConfig, work: Path) -> SimResult:
@@ -212,7 +220,7 @@ def _steady_phase(workers: Workers, seconds: float, fleet: Fleet, eng: Any, grou
     while time.monotonic() < deadline:
         workers.poll()
     return CpuWindow(cpu_seconds(fleet.server_pids) - cpu0, cpu_seconds(fleet.broker_pids) - broker0,
-                     check.stored_total(eng, group) - stored0)
+                     check.stored_total(eng, group) - stored0, rss_mb(fleet.server_pids), rss_mb(fleet.broker_pids))
 
 
 def _rollout_phase(http: Any, workers: Workers, cfg: SimConfig, probes: api.Probes, result: SimResult) -> None:
