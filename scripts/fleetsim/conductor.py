@@ -240,8 +240,13 @@ def _rollout_phase(http: Any, workers: Workers, cfg: SimConfig, probes: api.Prob
     arrivals = workers.desired()
     result.desired_delivered = len(arrivals)
     result.fanout_s = max(arrivals.values()) - created if arrivals else None
-    time.sleep(2.0)   # the devices' update events
-    result.rollout_final = str(api.rollout_state(http, rollout_id).get("state"))
+    deadline = time.monotonic() + 20   # the devices' update events, then the controller's verdict
+    while True:
+        workers.poll(1.0)
+        state = str(api.rollout_state(http, rollout_id).get("state"))
+        if state != "running" or time.monotonic() > deadline:
+            break
+    result.rollout_final = f"{state} after {time.time() - created:.0f} s"
 
 
 def _collect(workers: Workers, result: SimResult) -> None:
