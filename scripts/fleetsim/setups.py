@@ -87,24 +87,24 @@ def embedded(work: Path) -> Iterator[Fleet]:
         yield Fleet(url, admin, db, "embedded", server_pids=[process.pid])
 
 
-def mosquitto_config(directory: Path, port: int, files: Path) -> Path:
+def mosquitto_config(directory: Path, port: int, files: Path, anonymous: bool = False) -> Path:
     lines = [
         f"pid_file {directory / 'mosquitto.pid'}", "persistence false", "log_dest stderr", "log_type error",
         "log_type warning",
         # With the defaults Mosquitto silently drops QoS 1 messages of a slow subscriber (FACTS.md).
         "max_queued_messages 1000000", "max_inflight_messages 1000", "max_connections -1",
         *(["user root"] if os.geteuid() == 0 else []),
-        f"listener {port} 127.0.0.1", "allow_anonymous false",
-        f"password_file {files / 'passwords'}", f"acl_file {files / 'acl'}",
+        f"listener {port} 127.0.0.1", f"allow_anonymous {str(anonymous).lower()}",
+        *([] if anonymous else [f"password_file {files / 'passwords'}"]), f"acl_file {files / 'acl'}",
     ]
     path = directory / "mosquitto.conf"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _start_mosquitto(directory: Path, port: int, files: Path) -> subprocess.Popen[bytes]:
+def _start_mosquitto(directory: Path, port: int, files: Path, anonymous: bool = False) -> subprocess.Popen[bytes]:
     directory.mkdir(parents=True, exist_ok=True)
-    config = mosquitto_config(directory, port, files)
+    config = mosquitto_config(directory, port, files, anonymous)
     with open(directory / "mosquitto.log", "ab") as log:
         process = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=_raise_fd_limit)
