@@ -44,6 +44,11 @@ def test_simulated_fleet_stores_everything_once_and_the_check_catches_loss_and_d
     assert all(n >= 4 for n in result.sent.values()), result.sent   # telemetry, heartbeats, update events
     assert result.once.lost == [] and result.once.doubled == [] and result.once.unexpected == []
     assert result.once.stored == result.once.sent == sum(result.sent.values()) and result.drain == "complete"
+    with sqlite3.connect(db_file) as db:   # the agent's update events, idle -> ... -> committed -> idle
+        states = db.execute("SELECT json_extract(body, '$.state'), COUNT(*) FROM device_events "
+                            "WHERE kind = 'update' GROUP BY 1").fetchall()
+    assert dict(states) == {s: 5 for s in ("downloading", "verifying", "staging", "smoke_testing", "switching",
+                                           "probation", "committed", "idle")}
     eng = check.engine(f"sqlite:///{db_file}")
 
     # when one stored message disappears, the check names exactly that one as lost
