@@ -90,7 +90,8 @@ class ModelLoader:
     def policy(self) -> SelectionPolicy:
         rt = self.config.runtime
         return SelectionPolicy(cpu_fallback=rt.cpu_fallback, allow_other_arch=rt.allow_other_arch,
-                               num_threads=rt.num_threads, cache_dir=self.config.data_dir / "engines")
+                               num_threads=rt.num_threads, allow_spinning=rt.allow_spinning,
+                               cache_dir=self.config.data_dir / "engines")
 
     def __call__(self, name: str, version: str | None = None) -> LoadedModel:
         bundle = self.store.open(name, version)
