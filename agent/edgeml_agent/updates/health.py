@@ -8,7 +8,6 @@ the answers — so a model that is fast and error-free but wrong is caught too.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import queue
 import random
@@ -71,7 +70,14 @@ class HealthWatch:
 
 
 class Shadow:
-    """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests."""
+    """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests.
+
+    Request threads only hand a sampled request to a bounded queue; the previous model runs in the
+    shadow's own thread. When that thread falls behind (a slow reference model, a saturated CPU), the
+    queue fills and further samples are dropped and counted, never waited for: a live answer never
+    waits on the shadow model (``scripts/bench_shadow.py`` measures what it costs at full load)."""
+
+    QUEUE_SIZE = 64
 
     def __init__(self, reference: Model, model: str, candidate_version: str, fraction: float) -> None:
         self.reference = reference
@@ -80,7 +86,9 @@ class Shadow:
         self.fraction = fraction
         self.compared = 0
         self.agreed = 0
-        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=64)
+        self.dropped = 0   # samples not compared because the queue was full
+        self._dropping = threading.Lock()   # request threads count drops concurrently
+        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=self.QUEUE_SIZE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeml-shadow", daemon=True)
         self._thread.start()
@@ -88,8 +96,11 @@ class Shadow:
     def offer(self, obs: Observation) -> None:
         if obs.model != self.model or obs.version != self.candidate_version or random.random() >= self.fraction:
             return
-        with contextlib.suppress(queue.Full):  # shadowing is a sample; never slow the live path down
+        try:
             self._queue.put_nowait(obs)
+        except queue.Full:   # shadowing is a sample; never slow the live path down
+            with self._dropping:
+                self.dropped += 1
 
     @property
     def agreement(self) -> float | None:
@@ -112,6 +123,8 @@ class Shadow:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        log.info("shadow of %s@%s: %d compared, %d agreed, %d dropped (queue full)", self.model,
+                 self.candidate_version, self.compared, self.agreed, self.dropped)
 
 
 def outputs_agree(reference: Mapping[str, Array], candidate: Mapping[str, Array] | None) -> bool:
