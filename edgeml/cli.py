@@ -22,6 +22,7 @@ from edgeml.cli_tables import Table, print_table
 from edgeml.cli_toolchain import toolchain
 from edgeml.compiler import request
 from edgeml.errors import BundleError, ConfigError, EdgeMLError, KeyStoreError
+from edgeml.jsontypes import JSON
 
 EXIT_OK = 0
 EXIT_FAILURE = 1          # build failed, fidelity gate failed, runtime error
@@ -79,6 +80,18 @@ def parse_input_shape(values: tuple[str, ...]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def _capture_policy(path: str | None) -> dict[str, JSON] | None:
+    if path is None:
+        return None
+    from edgeml.jsonlimits import load_document
+
+    doc = load_document(Path(path).read_bytes(), f"capture policy {path}", click.BadParameter, max_bytes=1 << 16,
+                        max_depth=8)
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"{path} must hold a JSON object (see docs/agent.md, capture)")
+    return doc
+
+
 def _preprocess(value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -100,10 +113,12 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
               show_default=True,
               help="auto builds every precision the target allows and keeps the fastest that passes.")
 @click.option("--runtime", help="Build only for this runtime of the target.")
-@click.option("--calibration", "-c", type=click.Path(), help="Calibration samples: .npz, .npy or an image folder.")
+@click.option("--calibration", "-c", type=click.Path(),
+              help="Calibration samples: .npz, .npy, an image folder or a folder of .npz (a captures export).")
 @click.option("--eval", "evaluation", type=click.Path(),
               help="Held-out evaluation samples (default: part of --calibration).")
-@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy/.txt) of the evaluation samples.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Labels (.npy/.txt, or .csv with a label column) of the evaluation samples.")
 @click.option("--class-names", type=click.Path(dir_okay=False),
               help="Text file, one class name per line, shipped in the bundle.")
 @click.option("--key", "-k", help="Signing key name or path (default: 'default').")
@@ -145,6 +160,8 @@ def _preprocess(value: str | None) -> dict[str, Any] | None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output .edgepkg path.")
 @click.option("--opset", type=int,
               help="ONNX opset of an export (.pt2, Hugging Face); default 18 or the target's maximum if lower.")
+@click.option("--capture-policy", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON capture policy (which live samples devices send back), signed into the bundle.")
 def build(model: str, target: str, precision: str, runtime: str | None, calibration: str | None,
           evaluation: str | None, labels: str | None, class_names: str | None, key: str | None, name: str | None,
           bundle_version: str, input_shape: tuple[str, ...], preprocess: str | None, tokenizer: str | None,
@@ -152,7 +169,8 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
           exclude_node: tuple[str, ...], exclude_op_type: tuple[str, ...], per_channel: bool,
           calibration_method: str, min_agreement: float, min_cosine: float, min_snr_db: float | None,
           max_abs_error: float | None, max_drop: float, bench_seconds: float, no_cache: bool, as_json: bool,
-          output: str | None, opset: int | None) -> None:
+          output: str | None, opset: int | None,
+          capture_policy: str | None) -> None:
     """Build a signed bundle of MODEL for a target.
 
     MODEL: an .onnx or .tflite file; a .pt2 file (torch.export.save) or a Hugging Face checkpoint
@@ -172,7 +190,8 @@ def build(model: str, target: str, precision: str, runtime: str | None, calibrat
         exclude_nodes=list(exclude_node), exclude_op_types=list(exclude_op_type), per_channel=per_channel,
         calibration_method=calibration_method, preprocess=_preprocess(preprocess), class_names=names,
         tokenizer=tokenizer, state=tuple(state), audio_frames=audio_frames,
-        benchmark_seconds=bench_seconds, use_cache=not no_cache, progress=not as_json and sys.stderr.isatty(),
+        capture_policy=_capture_policy(capture_policy), benchmark_seconds=bench_seconds, use_cache=not no_cache,
+        progress=not as_json and sys.stderr.isatty(),
     )
     # vendor quantizers (NNCF) draw their own progress on stdout; keep stdout for our table or JSON
     with contextlib.redirect_stdout(sys.stderr):

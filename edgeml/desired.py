@@ -16,7 +16,8 @@ Document (schema 1)::
      "probation": {"seconds", "max_error_rate", "max_latency_regression", "min_shadow_agreement",
                    "shadow_fraction"},
      "rollout": id or null,
-     "trust": {"signers": [PEM], "revoked": [key id]}   # optional: the bundle signers (edgeml.keyroles)
+     "trust": {"signers": [PEM], "revoked": [key id]},  # optional: the bundle signers (edgeml.keyroles)
+     "capture": {"<model>": policy}     # optional: overrides the bundle's capture policy (edgeml.capture)
     }
 
 Wire format: ``{"payload": <the document as canonical JSON text>, "key_id": ..., "signature": b64,
@@ -77,6 +78,7 @@ class DesiredState:
     key_id: str = ""      # the fleet key that signed it (a successor once the fleet rotated its key)
     fleet_key: Ed25519PublicKey | None = None
     trust: TrustSection | None = None     # the bundle signers the fleet wants this device to accept
+    capture: Mapping[str, Any] | None = None   # capture policy per model name (edgeml.capture), overriding bundles
 
     def model(self, name: str) -> DesiredModel | None:
         return next((m for m in self.models if m.name == name), None)
@@ -126,7 +128,7 @@ def parse_desired(
                                 m.get("tar_size")) for m in doc["models"])
     state = DesiredState(doc["device"], float(doc["issued"]), float(doc["expires"]), int(doc["serial"]),
                          models, dict(doc.get("probation") or {}), doc.get("rollout"), wire, key_id, key,
-                         parse_trust_section(doc.get("trust")))
+                         parse_trust_section(doc.get("trust")), doc.get("capture"))
     for m in models:
         parse_semver(m.version)
     if state.device != device_id:

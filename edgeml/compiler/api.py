@@ -215,7 +215,8 @@ def _context(request: BuildRequest, resolved: _Resolved, scratch: Path, log: Cal
     return BuildContext(target=resolved.profile, workdir=scratch, log=log, source=source,
                         preprocess=prep.to_json() if prep else None, class_names=tuple(request.class_names or ()),
                         tokenizer=Path(request.tokenizer) if request.tokenizer else None,
-                        state=tuple(request.state), framing=request.framing)
+                        state=tuple(request.state), framing=request.framing,
+                        capture_policy=dict(request.capture_policy) if request.capture_policy else None)
 
 
 def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, report: BuildReport) -> bool:

@@ -8,15 +8,19 @@ the model's inputs with batch 1) plus optional labels. Sources:
 - ``.npy``: one array for a single-input model, first axis = samples;
 - a folder of images (``.png``/``.jpg``/...), read with PIL and prepared with a declared
   :class:`Preprocess` (resize, colour order, scale, mean/std, layout);
+- a folder of ``.npz`` files (no images), each as above, taken in file-name order (what
+  ``edgeml-fleet captures export`` writes);
 - a Python iterable of arrays (single-input models) or of dicts of arrays.
 
 Arrays whose rank equals the model input's rank are split into batch-1 slices (``a[i:i+1]``); arrays
 with one more axis than the input are indexed (``a[i]``). Labels come from ``.npy`` or ``.txt`` (one
-integer per line). :func:`split` holds out evaluation samples when the user gave only one set.
+integer per line) or ``.csv`` (a ``label`` column, one row per sample: the template a captures export
+writes). :func:`split` holds out evaluation samples when the user gave only one set.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -169,7 +173,24 @@ def load_labels(path: str | Path) -> Array:
             return np.asarray([int(ln) for ln in lines], dtype=np.int64)
         except ValueError as exc:
             raise ConfigError(f"{path}: every line must be one integer class index ({exc})") from exc
-    raise ConfigError(f"labels file {path} must be .npy or .txt (one integer per line)")
+    if path.suffix == ".csv":
+        return _csv_labels(path)
+    raise ConfigError(f"labels file {path} must be .npy, .txt (one integer per line) or .csv (a 'label' column)")
+
+
+def _csv_labels(path: Path) -> Array:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "label" not in rows[0]:
+        raise ConfigError(f"{path} has no 'label' column")
+    labels = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            labels.append(int(row["label"]))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path} line {i}: label {row['label']!r} is not an integer class index; "
+                              "fill in every row's 'label' column") from None
+    return np.asarray(labels, dtype=np.int64)
 
 
 def load_samples(source: SampleSource, specs: Sequence[TensorSpec], *, preprocess: Preprocess | None = None,
@@ -201,6 +222,9 @@ def _single_input(specs: Sequence[TensorSpec], what: str) -> str:
 def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,
                labels: Array | None) -> SampleSet:
     if path.is_dir():
+        npz_files = sorted(path.glob("*.npz"))
+        if npz_files and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            return _load_npz_folder(npz_files, specs, labels, str(path))
         return _load_images(path, specs, preprocess, labels)
     if not path.is_file():
         raise ConfigError(f"sample data {path} does not exist")
@@ -213,6 +237,15 @@ def _load_path(path: Path, specs: Sequence[TensorSpec], preprocess: Preprocess |
         return from_arrays({_single_input(specs, f"{path} (.npy)"): arr}, specs, str(path), labels)
     raise ConfigError(f"sample data {path} must be a .npz (keys = input names), a .npy (single input) "
                       "or a folder of images")
+
+
+def _load_npz_folder(files: Sequence[Path], specs: Sequence[TensorSpec], labels: Array | None,
+                     source: str) -> SampleSet:
+    feeds: list[dict[str, Array]] = []
+    for f in files:
+        with np.load(f, allow_pickle=False) as data:
+            feeds += from_arrays({k: data[k] for k in data.files}, specs, str(f)).feeds
+    return SampleSet(feeds, labels, source)
 
 
 def _load_images(folder: Path, specs: Sequence[TensorSpec], preprocess: Preprocess | None,

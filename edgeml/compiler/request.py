@@ -102,6 +102,7 @@ class BuildOptions(TypedDict, total=False):
     tokenizer: str | Path | None
     state: Sequence[str]
     audio_frames: str | None
+    capture_policy: Mapping[str, JSON] | None
     benchmark_seconds: float
     use_cache: bool
     progress: bool | ProgressFn
@@ -146,6 +147,8 @@ class BuildRequest:
     tokenizer: str | Path | None = None
     state: Sequence[str] = ()
     audio_frames: str | None = None
+    # the device's default capture policy (edgeml.capture), signed into the manifest as "capture"
+    capture_policy: Mapping[str, JSON] | None = None
     benchmark_seconds: float = DEFAULT_BENCH_SECONDS
     use_cache: bool = True
     progress: bool | ProgressFn = True
@@ -165,6 +168,10 @@ class BuildRequest:
         if self.benchmark_seconds <= 0:
             raise ConfigError(f"benchmark seconds must be > 0, got {self.benchmark_seconds}")
         self.thresholds  # noqa: B018 - validates the threshold values
+        if self.capture_policy is not None:
+            from edgeml.capture import parse_policy
+
+            parse_policy(self.capture_policy, "the capture policy")   # a bad one fails before any work
         from edgeml.bundle import parse_semver
 
         try:

@@ -39,6 +39,7 @@ def create_app(ctx: FleetContext, limits: RequestLimits | None = None) -> FastAP
         audit_log,
         broker,
         bundles,
+        captures,
         desired,
         devices,
         keys,
@@ -64,6 +65,7 @@ def create_app(ctx: FleetContext, limits: RequestLimits | None = None) -> FastAP
     app.state.routers = [area.router for area in (meta, tokens, audit_log, keys, bundles, devices, broker, telemetry)]
     app.state.routers.append(telemetry.metrics_router)
     app.state.routers += [desired.router, rollouts.router]
+    app.state.routers.append(captures.router)
     for router in app.state.routers:
         app.include_router(router, responses=ERROR_RESPONSES)
     dashboard.mount(app)  # static files only: every data call the page makes goes through the guarded routes

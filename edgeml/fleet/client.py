@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,16 @@ class FleetClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def pages(self, path: str, *, limit: int = 500, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list endpoint (``{items, next_cursor}``), one request per page."""
+        cursor: str | None = None
+        while True:
+            page = self.get(path, limit=limit, cursor=cursor, **params)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {})

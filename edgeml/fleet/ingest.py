@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from edgeml.fleet.store import Store
-from edgeml.fleet.telemetry_store import Envelope, prune, record_status, store_messages
+from edgeml.fleet.telemetry_rollups import ReferenceCache
+from edgeml.fleet.telemetry_store import Envelope, prune_in_batches, record_statuses, store_messages
 from edgeml.protocol import ROOT, device_from_topic
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class IngestService:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._client: Any = None
+        self._references = ReferenceCache()
+        # names this process's rows of the per-minute roll-up (several ingest processes never share one)
+        self.writer = self.client_id[-64:]
         self.connected = threading.Event()
 
     def topics(self) -> list[str]:
@@ -191,9 +195,8 @@ class IngestService:
         while True:
             try:
                 with self.store.session() as session:
-                    stored = store_messages(session, envelopes)
-                    for device_id, state in statuses:
-                        record_status(session, device_id, state)
+                    stored = store_messages(session, envelopes, writer=self.writer, references=self._references)
+                    record_statuses(session, statuses)
                 return stored
             except (IntegrityError, OperationalError) as exc:
                 # another server process created a derived row (hourly roll-up, drift score) first, or
@@ -208,8 +211,7 @@ class IngestService:
 
     def _prune(self) -> None:
         try:
-            with self.store.session() as session:
-                removed = prune(session, self.raw_retention)
+            removed = prune_in_batches(self.store, self.raw_retention)
             if removed:
                 log.info("telemetry retention: removed %d raw rows older than %s", removed, self.raw_retention)
         except OperationalError:

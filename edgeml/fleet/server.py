@@ -45,6 +45,8 @@ class ServerConfig:
     rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
     max_bundle_bytes: int = RequestLimits.max_bundle_bytes  # a bundle upload over this is refused (413)
     bundle_mirror: str | None = None  # desired states point devices at <mirror>/<name>/<version>.edgepkg
+    ingest: bool = True  # False: telemetry is stored by separate 'edgeml-fleet ingest' workers
+    ingest_workers: int = 0  # >0: start that many ingest worker processes instead of ingesting in-process
 
     def db_url(self) -> str:
         return self.db or sqlite_url(data_paths(self.data_dir)[0])
@@ -59,6 +61,9 @@ class FleetServer:
         self.store = Store.open(config.db_url())
         self.accounts = StoreAccounts(self.store)
         self.broker: BrokerComponent
+        if (not config.ingest or config.ingest_workers) and not config.broker:
+            raise FleetError("--no-ingest and --ingest-workers need an external broker (--broker mqtt://…): the "
+                             "embedded broker hands telemetry to this process's own ingest")
         if config.broker:
             self.broker = parse_broker_url(config.broker)
         else:
@@ -97,7 +102,7 @@ class FleetServer:
         self.ingest = self._start_ingest()
         self.rollouts = self._start_rollouts()
 
-    def _start_ingest(self) -> IngestService:
+    def _start_ingest(self) -> IngestService | None:
         """Telemetry ingest. On an external broker: a persistent MQTT session of the service account with a
         shared subscription (several server processes split the stream). With the embedded broker: fed
         in-process by the broker itself (see FleetIngestTap), already running when this is called."""
@@ -105,6 +110,9 @@ class FleetServer:
             assert self.ingest is not None
             self.context.ingest = self.ingest
             return self.ingest
+        if not self.config.ingest or self.config.ingest_workers > 0:
+            self._start_ingest_workers()
+            return None
         creds = service_credentials(self.store)
         host = self.broker.host if self.config.broker else "127.0.0.1"
         ingest = IngestService(self.store, host or "127.0.0.1", self.broker.port, creds.username, creds.password,
@@ -116,6 +124,17 @@ class FleetServer:
         ingest.start()
         self.context.ingest = ingest
         return ingest
+
+    def _start_ingest_workers(self) -> None:
+        """``--ingest-workers N``: child processes on the shared subscription; ``--no-ingest``: none here."""
+        from edgeml.fleet.ingest_worker import IngestWorkers
+
+        if self.config.ingest_workers > 0:
+            self.ingest_workers = IngestWorkers(
+                self.config.ingest_workers, self.config.db_url(), self.config.broker,
+                name_prefix=f"{socket.gethostname()}-{self.config.port}", broker_ca=self.config.broker_ca,
+                telemetry_retention_days=self.config.telemetry_retention_days)
+            self.ingest_workers.start()
 
     def _start_rollouts(self):  # type: ignore[no-untyped-def]
         """The rollout controller, publishing desired states as the service account (it acts only while it
@@ -145,6 +164,9 @@ class FleetServer:
         ingest = getattr(self, "ingest", None)
         if ingest is not None:
             ingest.stop()
+        workers = getattr(self, "ingest_workers", None)
+        if workers is not None:
+            workers.stop()
         self.store.close()
 
     def app(self):  # type: ignore[no-untyped-def]

@@ -9,24 +9,25 @@ per-window model figures, hourly roll-ups and drift scores from the new ones onl
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Boolean, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from edgeml.errors import FleetError
-from edgeml.fleet.store.models import Bundle, Device
-from edgeml.fleet.store.telemetry_models import (
-    DeviceEvent,
-    DeviceMessage,
-    DriftScore,
-    ModelHourly,
-    ModelWindow,
+from edgeml.fleet.bulk_sql import insert_rows
+from edgeml.fleet.store import Store
+from edgeml.fleet.store.models import Device
+from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
+from edgeml.fleet.store.telemetry_models import DeviceEvent, DeviceMessage, DriftScore, ModelWindow
+from edgeml.fleet.telemetry_rollups import (
+    ReferenceCache,
+    parse_windows,
+    table_of,
+    update_rollups,
 )
 from edgeml.protocol import UPDATE_EVENT, UpdateState
-from edgeml.telemetry.drift import drift_report, merge_summaries
 from edgeml.telemetry.latency import merge, percentile
 
 
@@ -52,156 +53,136 @@ class Envelope:
         return cls(device_id, seq, datetime.fromtimestamp(float(doc["ts"]), UTC), str(doc["kind"]), body)
 
 
-def store_messages(session: Session, batch: Sequence[Envelope]) -> int:
-    """Insert the new messages of ``batch`` and everything derived from them; returns how many were new."""
+def store_messages(session: Session, batch: Sequence[Envelope], *, writer: str = "default",
+                   references: ReferenceCache | None = None) -> int:
+    """Insert the new messages of ``batch`` and everything derived from them; returns how many were new.
+
+    ``writer`` names the ingest process (its rows of the per-minute roll-up are its own); ``references``
+    keeps bundles' reference statistics between batches (a fresh cache per call when not given).
+    """
     if not batch:
         return 0
     unique = {(e.device_id, e.seq): e for e in batch}   # a batch may itself hold a redelivery
     now = datetime.now(UTC)
-    # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch (SQLAlchemy sends it as
-    # multi-row VALUES statements): the keys it returns are the new messages. No look-up first, one
-    # round trip, and a concurrent server storing the same message is not an error: its copy wins.
-    table = DeviceMessage.__table__
-    stmt = _dialect_insert(session)(table).on_conflict_do_nothing(
-        index_elements=[table.c.device_id, table.c.seq]).returning(table.c.device_id, table.c.seq)
-    inserted = {(str(d), int(q)) for d, q in session.execute(stmt, [
+    # One INSERT ... ON CONFLICT DO NOTHING RETURNING for the whole batch: the keys it returns are the
+    # new messages. No look-up first, one round trip, and a concurrent server storing the same message
+    # is not an error: its copy wins.
+    inserted = {(str(d), int(q)) for d, q in insert_rows(session, table_of(DeviceMessage), [
         {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "ts": e.ts, "received_at": now, "body": e.body}
-        for e in unique.values()])}
+        for _, e in sorted(unique.items())], skip_conflicts=True, returning=("device_id", "seq"))}
     fresh = [e for key, e in sorted(unique.items()) if key in inserted]
     if not fresh:
         return 0
     events = [e for e in fresh if e.kind == "event"]
     if events:
-        session.execute(insert(DeviceEvent), [
+        insert_rows(session, table_of(DeviceEvent), [
             {"device_id": e.device_id, "seq": e.seq, "ts": e.ts, "kind": str(e.body.get("event", "event"))[:64],
              "body": e.body} for e in events])
-    references: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in fresh:
-        if e.kind == "event":
-            _track_installed(session, e)
-        elif e.kind == "telemetry":
-            _store_telemetry(session, e, references)
-    _touch_devices(session, {e.device_id: e.ts for e in fresh})
+        _track_installed(session, events)
+    windows = [w for e in fresh if e.kind == "telemetry" for w in parse_windows(e.device_id, e.seq, e.ts, e.body)]
+    update_rollups(session, windows, writer=writer, references=references or ReferenceCache())
+    _touch_devices(session, fresh)
     return len(fresh)
 
 
-def _dialect_insert(session: Session) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
-    raise FleetError(f"the fleet store supports SQLite and PostgreSQL, not {name}")
-
-
-def _store_telemetry(session: Session, e: Envelope, references: dict[tuple[str, str], dict[str, Any]]) -> None:
-    for m in e.body.get("models") or []:
-        try:
-            model, version = str(m["model"]), str(m["version"])
-            latency = [int(c) for c in m["latency_ms"]["buckets"]]
-            requests, errors = int(m["requests"]), sum(int(v) for v in (m.get("errors") or {}).values())
-        except (KeyError, TypeError, ValueError):
-            continue  # a malformed model entry is skipped; the raw message is kept for inspection
-        stats = m.get("stats") or {}
-        session.add(ModelWindow(device_id=e.device_id, seq=e.seq, model=model, version=version, ts=e.ts,
-                                window_s=float(e.body.get("window_s") or 0.0), requests=requests, errors=errors,
-                                latency=latency, stats=stats, runtime=m.get("runtime"), accelerator=m.get("device"),
-                                fallback=m.get("fallback")))
-        drift = _update_drift(session, e, model, version, stats, references)
-        hour = e.ts.replace(minute=0, second=0, microsecond=0)
-        row = session.get(ModelHourly, (e.device_id, model, version, hour))
-        if row is None:
-            session.add(ModelHourly(device_id=e.device_id, model=model, version=version, hour=hour, requests=requests,
-                                    errors=errors, latency=latency, drift=drift))
-        else:
-            row.requests += requests
-            row.errors += errors
-            row.latency = merge([row.latency, latency])
-            row.drift = drift if drift is not None else row.drift
-
-
-def _reference_stats(session: Session, model: str, version: str,
-                     cache: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    key = (model, version)
-    if key not in cache:
-        query = select(Bundle).where(Bundle.name == model, Bundle.version == version)
-        bundle = session.execute(query).scalars().first()
-        cache[key] = dict((bundle.manifest or {}).get("reference_stats") or {}) if bundle else {}
-    return cache[key]
-
-
-def _update_drift(session: Session, e: Envelope, model: str, version: str, stats: dict[str, Any],
-                  references: dict[tuple[str, str], dict[str, Any]]) -> float | None:
-    reference = _reference_stats(session, model, version, references)
-    if not reference or not int(stats.get("samples") or 0):
-        return None
-    row = session.get(DriftScore, (e.device_id, model, version))
-    summaries: dict[str, Any] = dict(row.summaries) if row else {"inputs": {}, "outputs": {}}
-    for side in ("inputs", "outputs"):
-        merged = dict(summaries.get(side) or {})
-        for name, s in (stats.get(side) or {}).items():
-            merged[name] = merge_summaries([merged[name], s]) if name in merged else merge_summaries([s])
-        summaries[side] = merged
-    report = drift_report(reference, summaries)
-    if row is None:
-        session.add(DriftScore(device_id=e.device_id, model=model, version=version, score=report["score"],
-                               tensors=report["tensors"], summaries=summaries, updated_at=e.ts))
-    else:
-        row.score, row.tensors, row.summaries, row.updated_at = report["score"], report["tensors"], summaries, e.ts
-    return report["score"]
-
-
-def _track_installed(session: Session, e: Envelope) -> None:
-    """Keep ``Device.installed["bundles"]`` (the shape enrolment reports) current from the agent's events."""
-    body = e.body
+def _installed_version(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(model, version) an agent's event says is installed now, if it says so."""
     model, version = body.get("model"), None
     if body.get("event") == UPDATE_EVENT and body.get("state") in (UpdateState.COMMITTED, UpdateState.FAILED) and model:
         version = body.get("version") if body.get("state") == UpdateState.COMMITTED else body.get("previous")
     elif body.get("event") == "model_loaded" and model:
         version = body.get("version")
-    if not version:
+    return (str(model), str(version)) if version else None
+
+
+def _track_installed(session: Session, events: Sequence[Envelope]) -> None:
+    """Keep ``Device.installed["bundles"]`` (the shape enrolment reports) current from the agent's events."""
+    changes = [(e.device_id, change) for e in events if (change := _installed_version(e.body)) is not None]
+    if not changes:
         return
-    device = session.get(Device, e.device_id)
-    if device is not None:
-        installed = dict(device.installed or {})
-        installed["bundles"] = {**(installed.get("bundles") or {}), str(model): str(version)}
-        device.installed = installed
+    devices = {d.id: d for d in session.scalars(
+        select(Device).where(Device.id.in_(sorted({d for d, _ in changes}))).order_by(Device.id).with_for_update())}
+    for device_id, (model, version) in changes:   # in sequence order: the last word wins
+        device = devices.get(device_id)
+        if device is not None:
+            installed = dict(device.installed or {})
+            installed["bundles"] = {**(installed.get("bundles") or {}), model: version}
+            device.installed = installed
 
 
-def _touch_devices(session: Session, seen: dict[str, datetime]) -> None:
-    for device_id, ts in seen.items():
-        device = session.get(Device, device_id)
-        if device is not None and (device.last_seen is None or _aware(device.last_seen) < ts):
-            device.last_seen = ts
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _touch_devices(session: Session, fresh: Sequence[Envelope]) -> None:
+    """``last_seen`` moves forward only: one executemany UPDATE, in id order (no lock-order deadlocks)."""
+    seen: dict[str, datetime] = {}
+    for e in fresh:
+        if e.device_id not in seen or seen[e.device_id] < e.ts:
+            seen[e.device_id] = e.ts
+    devices = table_of(Device)
+    stmt = (update(devices).where(devices.c.id == bindparam("b_id"))
+            .where(or_(devices.c.last_seen.is_(None), devices.c.last_seen < bindparam("b_ts")))
+            .values(last_seen=bindparam("b_ts")))
+    session.execute(stmt, [{"b_id": d, "b_ts": ts} for d, ts in sorted(seen.items())])
 
 
 def record_status(session: Session, device_id: str, state: str) -> None:
     """The retained status (last-will 'offline') of a device."""
-    device = session.get(Device, device_id)
-    if device is not None:
-        device.mqtt_status = state[:16]
-        device.status_at = datetime.now(UTC)
-        if state == "online":
-            device.last_seen = datetime.now(UTC)
+    record_statuses(session, [(device_id, state)])
 
 
-def prune(session: Session, raw_retention: timedelta) -> int:
-    """Delete raw messages, events and windows older than the retention; hourly roll-ups stay."""
-    cutoff = datetime.now(UTC) - raw_retention
+def record_statuses(session: Session, statuses: Sequence[tuple[str, str]]) -> None:
+    """The retained statuses of a batch, the last one per device winning, as one executemany UPDATE."""
+    if not statuses:
+        return
+    now = datetime.now(UTC)
+    latest = dict(statuses)
+    devices = table_of(Device)
+    rows = [{"b_id": d, "b_state": state[:16], "b_online": state == "online"} for d, state in sorted(latest.items())]
+    stmt = (update(devices).where(devices.c.id == bindparam("b_id"))
+            .values(mqtt_status=bindparam("b_state"), status_at=now,
+                    last_seen=case((bindparam("b_online", type_=Boolean), now), else_=devices.c.last_seen)))
+    session.execute(stmt, rows)
+
+
+# Raw rows deleted per statement: each DELETE is short, so ingest and the API never wait long on it.
+PRUNE_BATCH = 5000
+ROLLUP_RETENTION = timedelta(days=35)   # per-minute roll-ups: /v1/health looks back at most 31 days
+
+
+def prune(session: Session, raw_retention: timedelta, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete raw messages, events and windows older than the retention (hourly roll-ups stay), in
+    statements of at most ``batch`` rows. Use :func:`prune_in_batches` to commit after each one."""
     removed = 0
-    for table, column in ((DeviceMessage, DeviceMessage.received_at), (DeviceEvent, DeviceEvent.ts),
-                          (ModelWindow, ModelWindow.ts)):
-        result: Any = session.execute(delete(table).where(column < cutoff))
+    while True:
+        n = prune_step(session, raw_retention, batch=batch)
+        removed += n
+        if n == 0:
+            return removed
+
+
+def prune_step(session: Session, raw_retention: timedelta, *, batch: int = PRUNE_BATCH) -> int:
+    """One bounded round of deletes (at most ``batch`` rows per table); 0 when nothing is left."""
+    now = datetime.now(UTC)
+    cutoff = now - raw_retention
+    removed = 0
+    for model, column in ((DeviceMessage, DeviceMessage.received_at), (DeviceEvent, DeviceEvent.ts),
+                          (ModelWindow, ModelWindow.ts), (VersionMinute, VersionMinute.minute)):
+        table = table_of(model)
+        pk = tuple_(*table.primary_key.columns)
+        old = select(*table.primary_key.columns).where(
+            column < (now - ROLLUP_RETENTION if model is VersionMinute else cutoff)).limit(batch)
+        result: Any = session.execute(delete(table).where(pk.in_(old)))
         removed += int(result.rowcount or 0)
     return removed
+
+
+def prune_in_batches(store: Store, raw_retention: timedelta, *, batch: int = PRUNE_BATCH) -> int:
+    """:func:`prune` with a commit after every round, so no transaction holds the tables for long."""
+    removed = 0
+    while True:
+        with store.session() as session:
+            n = prune_step(session, raw_retention, batch=batch)
+        removed += n
+        if n == 0:
+            return removed
 
 
 # -- queries -----------------------------------------------------------------------------------------
@@ -262,16 +243,33 @@ def version_health(session: Session, *, model: str, version: str, device_ids: It
 
 
 def fleet_health(session: Session, since: datetime) -> list[VersionHealth]:
-    """Per model version, the figures since ``since``; the request rate is over all that time.
+    """Per model version, the figures since ``since``, from the roll-ups (never from raw windows).
 
-    Agents send no window for a model that served nothing, so the windows' own length is only the time
-    spent serving: a burst of 100 requests nine minutes ago is 0.17 req/s over ten minutes, not 200.
+    Devices and drift come from ``device_versions`` (a device counts when its last window of that
+    version is at or after ``since``; its drift is its current score); requests, errors and latency from
+    ``version_minutes``, to the minute (the minute holding ``since`` counts whole). The request rate is
+    over all that time: agents send no window for a model that served nothing, so a burst of 100
+    requests nine minutes ago is 0.17 req/s over ten minutes, not 200.
     """
-    pairs = sorted((str(m), str(v)) for m, v in session.execute(
-        select(ModelWindow.model, ModelWindow.version).where(ModelWindow.ts >= since).distinct()))
+    dv, vm = DeviceVersion, VersionMinute
+    devices = {(str(m), str(v)): (int(n), d) for m, v, n, d in session.execute(
+        select(dv.model, dv.version, func.count(), func.max(dv.drift)).where(dv.last_ts >= since)
+        .group_by(dv.model, dv.version))}
+    totals: dict[tuple[str, str], tuple[int, int, list[list[int]]]] = {}
+    for m, v, requests, errors, latency in session.execute(
+            select(vm.model, vm.version, vm.requests, vm.errors, vm.latency)
+            .where(vm.minute >= since.replace(second=0, microsecond=0))):
+        r, e, hs = totals.get((m, v), (0, 0, []))
+        totals[(m, v)] = (r + int(requests), e + int(errors), [*hs, latency])
     seconds = (datetime.now(UTC) - since).total_seconds()
-    return [replace(version_health(session, model=m, version=v, device_ids=None, since=since), seconds=seconds)
-            for m, v in pairs]
+    out = []
+    for m, v in sorted(devices):
+        n, drift = devices[(m, v)]
+        requests, errors, histograms = totals.get((m, v), (0, 0, []))
+        latency = merge(histograms)
+        out.append(VersionHealth(m, v, n, requests, errors, seconds, percentile(latency, 50),
+                                 percentile(latency, 95), drift))
+    return out
 
 
 def update_events(session: Session, *, device_ids: list[str], since: datetime) -> list[DeviceEvent]:

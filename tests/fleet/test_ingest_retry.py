@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -28,11 +29,11 @@ def test_a_batch_is_stored_after_the_database_refused_it_many_times(tmp_path: Pa
     refusals = {"left": 12}
     real_store_messages = ingest.store_messages
 
-    def busy_then_fine(session: Session, batch: Sequence[Envelope]) -> int:
+    def busy_then_fine(session: Session, batch: Sequence[Envelope], **options: Any) -> int:
         if refusals["left"] > 0:
             refusals["left"] -= 1
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return real_store_messages(session, batch)
+        return real_store_messages(session, batch, **options)
 
     monkeypatch.setattr(ingest, "store_messages", busy_then_fine)
     service = IngestService(store, "127.0.0.1", 0, "svc", "pw", shared=False, batch_size=10)

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgeml.arrays import Array
 from edgeml.jsontypes import JSON
-from edgeml.telemetry.drift import RunningSummary
+from edgeml.telemetry.drift import RunningSummary, psi
 from edgeml.telemetry.latency import empty_histogram
 from edgeml_agent.metrics import ModelTotals
 from edgeml_agent.registry import Observation
@@ -78,6 +78,7 @@ class TelemetryCollector:
         self._references = references or (lambda name, version: None)
         self._reported = totals()   # what the last snapshot reported: the first window starts now
         self._sampled: dict[tuple[str, str], _Sampled] = {}
+        self._previous: dict[tuple[str, str], _Sampled] = {}   # the last window's, for drift_scores
         self._queue: collections.deque[Observation] = collections.deque(maxlen=max_samples)
         self._stats_budget = stats_budget
         self._stats_s = 0.0
@@ -169,6 +170,26 @@ class TelemetryCollector:
         sampled.batch_sizes[size] = sampled.batch_sizes.get(size, 0) + 1
         sampled.samples += 1
 
+    def drift_scores(self, model: str, version: str) -> dict[str, float]:
+        """PSI of each input's running summary against the bundle's reference histogram: this window's,
+        or the last window's while this one holds fewer than ``min_samples`` (the capture component's
+        drift trigger reads it once a second, never from a request thread)."""
+        key = (model, version)
+        with self._folding:
+            sampled = self._sampled.get(key)
+            if sampled is None or sampled.samples < max(1, self._min_samples):
+                sampled = self._previous.get(key) or sampled
+            if sampled is None:
+                return {}
+            reference = self._references(model, version) or {}
+            scores: dict[str, float] = {}
+            for name, summary in sampled.inputs.items():
+                counts = ((_reference(reference, "inputs", name) or {}).get("histogram") or {})
+                ref_counts = counts.get("counts") if isinstance(counts, Mapping) else None
+                if isinstance(ref_counts, list) and summary.n:
+                    scores[name] = psi([float(c) for c in ref_counts if isinstance(c, int | float)], summary.counts)
+            return scores
+
     def snapshot(self, extra_models: Mapping[tuple[str, str], Mapping[str, JSON]] | None = None) -> dict[str, JSON]:
         """The telemetry body for the window since the last snapshot; starts a new window."""
         system = system_metrics(self._data_dir)
@@ -177,6 +198,7 @@ class TelemetryCollector:
             self._summarise_queue(totals)
             reported, self._reported = self._reported, totals
             sampled, self._sampled = self._sampled, {}
+            self._previous = sampled
             dropped, self.overflowed = self.overflowed, 0
             self._last_window_requests = sum(t.requests for t in totals.values()) - sum(
                 t.requests for t in reported.values())

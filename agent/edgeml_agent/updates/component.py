@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from edgeml.desired import DesiredState, parse_desired
 from edgeml.errors import EdgeMLError
@@ -38,6 +39,8 @@ class UpdateComponent:
         self.api_token = creds["api_token"] if creds else None
         self.enabled = config.enabled if config.enabled is not None else creds is not None
         self.health = HealthWatch()
+        # called with each desired state this device accepted (the capture component takes its policies)
+        self.desired_listeners: list[Callable[[DesiredState], None]] = []
         self._inbox: queue.Queue[bytes | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,6 +109,11 @@ class UpdateComponent:
         for change in self.services.trust.adopt(desired):
             log.warning("trust: %s", change)
             self.machine.ctx.report("trust_changed", change=change)
+        for listener in self.desired_listeners:
+            try:
+                listener(desired)
+            except Exception:   # a listener's failure (a full disk) must not refuse the update itself
+                log.exception("desired-state listener %r failed", listener)
 
     def _next_document(self) -> bytes | None:
         interval = self.config.poll_interval_s

@@ -13,7 +13,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,8 @@ from edgeml.inference import Model
 from edgeml_agent.registry import Observation
 
 log = logging.getLogger("edgeml_agent.updates")
+
+ShadowHook = Callable[[Observation, Mapping[str, Array]], None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,16 @@ class HealthWatch:
         self._samples: dict[tuple[str, str], collections.deque[tuple[float, float, bool]]] = {}
         self._window = window
         self.shadow: Shadow | None = None
+        # called (in the shadow thread) with the request and the previous model's outputs when they disagree:
+        # the capture component keeps those samples
+        self.on_shadow_disagreement: list[ShadowHook] = []
+
+    def shadow_disagreed(self, obs: Observation, reference: Mapping[str, Array]) -> None:
+        for hook in list(self.on_shadow_disagreement):
+            try:
+                hook(obs, reference)
+            except Exception:   # a listener's bug must not stop the comparison
+                log.exception("shadow-disagreement hook %r failed", hook)
 
     def observe(self, obs: Observation) -> None:
         key = (obs.model, obs.version)
@@ -83,8 +95,10 @@ class Shadow:
     QUEUE_SIZE = 64
     DUTY = 0.1
 
-    def __init__(self, reference: Model, model: str, candidate_version: str, fraction: float) -> None:
+    def __init__(self, reference: Model, model: str, candidate_version: str, fraction: float,
+                 on_disagree: ShadowHook | None = None) -> None:
         self.reference = reference
+        self.on_disagree = on_disagree
         self.model = model
         self.candidate_version = candidate_version
         self.fraction = fraction
@@ -122,9 +136,13 @@ class Shadow:
             except Exception:
                 log.debug("shadow run of the previous model failed", exc_info=True)
                 continue
+            ran_s = time.perf_counter() - started
             self.compared += 1
-            self.agreed += int(outputs_agree(expected, obs.outputs))
-            self._stop.wait((time.perf_counter() - started) * (1 / self.DUTY - 1))
+            agreed = outputs_agree(expected, obs.outputs)
+            self.agreed += int(agreed)
+            if not agreed and self.on_disagree is not None:
+                self.on_disagree(obs, expected)
+            self._stop.wait(ran_s * (1 / self.DUTY - 1))
 
     def stop(self) -> None:
         self._stop.set()

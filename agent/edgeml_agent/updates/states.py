@@ -259,7 +259,7 @@ def _start_shadow(ctx: UpdateContext, rec: UpdateRecord, fraction: float) -> Sha
     except EdgeMLError as exc:
         log.warning("cannot shadow-run the previous version: %s", exc)
         return None
-    shadow = Shadow(reference, rec.model, rec.target_version, fraction)
+    shadow = Shadow(reference, rec.model, rec.target_version, fraction, on_disagree=ctx.health.shadow_disagreed)
     ctx.health.shadow = shadow
     return shadow
 

@@ -117,6 +117,7 @@ class BuildContext:
     tokenizer: Path | None = None                # a tokenizer.json (or a directory holding one) to ship
     state: tuple[str, ...] = ()                  # state pairs "input=output" (empty: found by name)
     framing: JSONDict | None = None              # audio framing, shipped as the manifest's preprocess
+    capture_policy: JSONDict | None = None       # the default capture policy, shipped in the manifest
     progress: Callable[[str, int, int], None] = _no_progress
     log: Callable[[str], None] = _no_log
 

@@ -114,6 +114,8 @@ class PackagePass(Pass):
         if ctx.preprocess:
             manifest["preprocess"] = ctx.preprocess
         _prepost(ctx, manifest, files, actual_in, actual_out)
+        if ctx.capture_policy:
+            manifest["capture"] = ctx.capture_policy
         if ctx.class_names:
             (ctx.workdir / "labels.txt").write_text("\n".join(ctx.class_names) + "\n", encoding="utf-8")
             files["labels.txt"] = ctx.workdir / "labels.txt"

@@ -6,12 +6,21 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgeml.fleet import audit
+from edgeml.fleet.api.pages import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    parse_fields,
+    select_fields,
+)
 from edgeml.fleet.api.schemas import (
     DeviceOut,
     DevicePatch,
@@ -141,19 +150,86 @@ def _fleet_keys(ctx: FleetContext) -> tuple[str, list[str]]:
     return fleet_signing_key(ctx.store).public_pem().decode(), bundle_keys
 
 
-@router.get("/devices", response_model=list[DeviceOut])
+@router.get("/devices", response_model=list[DeviceOut] | Page)
 def list_devices(caller: Viewer, ctx: Ctx, group: str | None = None, tag: str | None = None,
-                 online: bool | None = None, include_revoked: bool = False) -> list[DeviceOut]:
-    query = select(Device).order_by(Device.enrolled_at)
+                 online: bool | None = None, include_revoked: bool = False,
+                 limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description=(
+                     f"page size (default {DEFAULT_PAGE}); with limit, cursor or fields the answer is a page: "
+                     "{items, next_cursor}"))] = None,
+                 cursor: Annotated[str | None, Query(max_length=400, description="next_cursor of the previous "
+                                                                                  "page")] = None,
+                 fields: Annotated[str | None, Query(max_length=400, description="comma-separated fields of "
+                                                                                 "each item, e.g. id,online")] = None,
+                 ) -> list[DeviceOut] | Page:
+    """Devices in enrolment order. Without limit/cursor/fields: all of them as a list (the old form, for
+    small fleets); with any of them: one page, ``next_cursor`` null on the last one."""
+    paged = limit is not None or cursor is not None or fields is not None
+    wanted = parse_fields(fields, DeviceOut.model_fields)
+    query = select(Device).order_by(Device.enrolled_at, Device.id)
     if group is not None:
         query = query.where(Device.group == group)
     if not include_revoked:
         query = query.where(Device.revoked_at.is_(None))
     now = utcnow()
-    with ctx.store.session() as session:
-        out = [device_out(r, ctx.online_window_s, now) for r in session.scalars(query)]
-    # Tags are a JSON list: filtered here so SQLite and PostgreSQL behave the same.
-    return [d for d in out if (tag is None or tag in d.tags) and (online is None or d.online == online)]
+    if online is not None:
+        query = query.where(online_clause(ctx.online_window_s, now) if online
+                            else ~online_clause(ctx.online_window_s, now))
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor, 2)
+        try:
+            after = datetime.fromisoformat(at)
+        except ValueError:
+            raise HTTPException(400, "this cursor holds no enrolment time: start again without it") from None
+        query = query.where(or_(Device.enrolled_at > after, and_(Device.enrolled_at == after, Device.id > last_id)))
+    size = (limit or DEFAULT_PAGE) if paged else None
+    items, last = _scan_devices(ctx, query, tag, size, now)
+    if not paged:
+        return items
+    next_cursor = encode_cursor(_iso(last.enrolled_at), last.id) if last is not None else None
+    return Page(items=[select_fields(d.model_dump(mode="json"), wanted) for d in items], next_cursor=next_cursor)
+
+
+def online_clause(online_window_s: float, now: datetime) -> ColumnElement[bool]:
+    """SQL for :func:`device_online` (same rules), so the online filter runs in the index, not in Python."""
+    return and_(Device.revoked_at.is_(None), Device.last_seen.is_not(None),
+                Device.last_seen >= now - timedelta(seconds=online_window_s),
+                or_(Device.mqtt_status.is_(None), Device.mqtt_status != "offline"))
+
+
+def _iso(value: datetime) -> str:
+    aware = as_utc(value)
+    assert aware is not None
+    return aware.isoformat()
+
+
+def _scan_devices(ctx: FleetContext, query: Select[Device], tag: str | None, size: int | None,
+                  now: datetime) -> tuple[list[DeviceOut], Device | None]:
+    """Up to ``size`` devices (all when None) in key order, and the last one sent if more may follow.
+
+    Tags are a JSON list, filtered here so SQLite and PostgreSQL behave the same: rows are read in
+    chunks until the page is full.
+    """
+    out: list[DeviceOut] = []
+    chunk = max(size or 0, 500)
+    last: Device | None = None
+    with ctx.store.reader() as session:
+        while True:
+            rows = list(session.scalars(_after(query, last).limit(chunk)))
+            for row in rows:
+                if tag is None or tag in (row.tags or []):
+                    out.append(device_out(row, ctx.online_window_s, now))
+                last = row
+                if size is not None and len(out) == size:
+                    return out, row
+            if len(rows) < chunk:
+                return out, None
+
+
+def _after(query: Select[Device], last: Device | None) -> Select[Device]:
+    if last is None:
+        return query
+    return query.where(or_(Device.enrolled_at > last.enrolled_at,
+                           and_(Device.enrolled_at == last.enrolled_at, Device.id > last.id)))
 
 
 def _get_device(session: Session, device_id: str) -> Device:

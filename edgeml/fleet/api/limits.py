@@ -33,12 +33,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_ROUTE = ("POST", "/v1/bundles")
+CAPTURE_UPLOAD = ("PUT", "/v1/captures/")   # + a capture id: a device's captured sample (.npz), streamed
 
 
 @dataclass(frozen=True)
 class RequestLimits:
     max_json_bytes: int = 64 << 10       # any request but a bundle upload: tokens, devices, heartbeats, rollouts
     max_bundle_bytes: int = 2 << 30      # a bundle upload (--max-bundle-bytes)
+    max_capture_bytes: int = 16 << 20    # one captured sample a device uploads (PUT /v1/captures/{id})
     max_json_depth: int = 32             # nested objects/arrays in a JSON body
     max_string_chars: int = 16 << 10     # any string in a JSON body, keys included (a PEM key fits)
 
@@ -83,6 +85,9 @@ class RequestLimitsMiddleware:
         limit = self.limits.max_bundle_bytes if upload else self.limits.max_json_bytes
         what = ("a bundle upload (the server's operator can raise it: 'edgeml-fleet serve --max-bundle-bytes')"
                 if upload else f"{scope['method']} {scope['path']}: send only the documented fields")
+        if scope["method"] == CAPTURE_UPLOAD[0] and scope["path"].startswith(CAPTURE_UPLOAD[1]):
+            upload, limit = True, self.limits.max_capture_bytes
+            what = "a captured sample: lower the capture budget or keep inputs only"
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
             await _answer(scope, receive, send, BodyTooLarge(limit, what))

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from sqlalchemy import func, select
 
-from edgeml.fleet.api.devices import device_online
+from edgeml.fleet.api.devices import online_clause
 from edgeml.fleet.auth import Viewer
 from edgeml.fleet.context import FleetContext, get_context
 from edgeml.fleet.store.models import Device
@@ -46,14 +47,14 @@ class DeviceTelemetryOut(BaseModel):
 @router.get("/health", response_model=list[VersionHealthOut])
 def health(caller: Viewer, ctx: Ctx, minutes: Minutes = 10.0) -> list[VersionHealthOut]:
     since = datetime.now(UTC) - timedelta(minutes=minutes)
-    with ctx.store.session() as session:
+    with ctx.store.reader() as session:
         return [VersionHealthOut(**h.to_json()) for h in fleet_health(session, since)]
 
 
 @router.get("/telemetry/{device_id}", response_model=DeviceTelemetryOut)
 def telemetry(device_id: str, caller: Viewer, ctx: Ctx, minutes: Minutes = 60.0) -> DeviceTelemetryOut:
     since = datetime.now(UTC) - timedelta(minutes=minutes)
-    with ctx.store.session() as session:
+    with ctx.store.reader() as session:
         if session.get(Device, device_id) is None:
             raise HTTPException(404, f"no device '{device_id}'")
         return DeviceTelemetryOut(**device_telemetry(session, device_id, since))
@@ -82,13 +83,14 @@ def metrics(caller: Viewer, ctx: Ctx) -> PlainTextResponse:
         metric("edgeml_fleet_ingest_rejected_total", "counter", "malformed or foreign messages",
                [({}, stats.rejected)])
     since = datetime.now(UTC) - timedelta(minutes=5)
-    with ctx.store.session() as session:
-        rows = fleet_health(session, since)
-        devices = session.query(Device).filter(Device.revoked_at.is_(None)).all()
     now = datetime.now(UTC)
-    online = [d for d in devices if device_online(d, ctx.online_window_s, now)]
+    with ctx.store.reader() as session:
+        rows = fleet_health(session, since)
+        enrolled = select(func.count()).select_from(Device).where(Device.revoked_at.is_(None))
+        devices = int(session.execute(enrolled).scalar() or 0)
+        online = int(session.execute(enrolled.where(online_clause(ctx.online_window_s, now))).scalar() or 0)
     metric("edgeml_fleet_devices", "gauge", "enrolled devices (not revoked) by state, as in /v1/devices",
-           [({"state": "online"}, len(online)), ({"state": "offline"}, len(devices) - len(online))])
+           [({"state": "online"}, online), ({"state": "offline"}, devices - online)])
     for name, help_text, attr in MODEL_GAUGES:
         samples = [({"model": r.model, "version": r.version}, float(getattr(r, attr)))
                    for r in rows if getattr(r, attr) is not None]

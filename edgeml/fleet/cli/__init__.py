@@ -7,6 +7,8 @@ One module per command group; this root group only registers them::
     keys.py      keys        bundles.py   bundles        devices.py   devices
     observe.py   audit, telemetry, health
     rollouts.py  rollout
+    captures.py  captures
+    ingest.py    ingest (a telemetry ingest worker)
     output.py    the HTTP client, --json and table printing they all share
 
 The group modules import ``output`` and never this package's root or each other.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import click
 
 from edgeml.cli_errors import ErrorExitGroup
-from edgeml.fleet.cli import bundles, devices, keys, observe, rollouts, server, tokens
+from edgeml.fleet.cli import bundles, captures, devices, ingest, keys, observe, rollouts, server, tokens
 
 
 class FleetGroup(ErrorExitGroup):
@@ -32,7 +34,8 @@ def main() -> None:
 
 for _command in (server.serve, server.admin, server.login, server.broker_config,
                  tokens.tokens, tokens.enroll_token, keys.keys, bundles.bundles, devices.devices,
-                 observe.audit, observe.telemetry, observe.health, rollouts.rollout):
+                 observe.audit, observe.telemetry, observe.health, rollouts.rollout, captures.captures,
+                 ingest.ingest):
     main.add_command(_command)
 
 __all__ = ["FleetGroup", "main"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import click
 
-from edgeml.fleet.cli.output import call, json_option, show, table
+from edgeml.fleet.cli.output import call, client, json_option, show, table
 
 DEVICE_COLUMNS = [("id", "id"), ("name", "name"), ("group", "group"), ("tags", "tags"), ("online", "online"),
                   ("last_seen", "last seen"), ("revoked", "revoked")]
@@ -22,10 +23,15 @@ def devices() -> None:
 @click.option("--tag", default=None)
 @click.option("--online/--offline", default=None)
 @click.option("--include-revoked", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="show at most this many (default: all)")
 @json_option
-def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool,
+def devices_list(group: str | None, tag: str | None, online: bool | None, include_revoked: bool, limit: int | None,
                  as_json: bool) -> None:
-    rows = call("get", "/v1/devices", group=group, tag=tag, online=online, include_revoked=include_revoked or None)
+    """Enrolled devices, in enrolment order (read from the server page by page)."""
+    with client() as fleet:
+        pages = fleet.pages("/v1/devices", limit=min(limit or 500, 500), group=group, tag=tag, online=online,
+                            include_revoked=include_revoked or None)
+        rows = list(itertools.islice(pages, limit))
     table(rows, DEVICE_COLUMNS, "devices", as_json)
 
 

@@ -37,10 +37,15 @@ def default_data_dir() -> Path:
 @click.option("--bundle-mirror", default=None, metavar="URL",
               help="devices download bundles from URL<name>/<version>.edgepkg (any static server; fill it with "
                    "'edgeml-fleet bundles export-mirror'), falling back to this server")
+@click.option("--ingest-workers", type=click.IntRange(min=0, max=64), default=0, show_default=True,
+              help="store telemetry in this many 'edgeml-fleet ingest' child processes (needs --broker; 0: in "
+                   "this process)")
+@click.option("--no-ingest", is_flag=True,
+              help="store no telemetry here: 'edgeml-fleet ingest' workers do it (needs --broker)")
 def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: str | None, broker_port: int | None,
           mosquitto_dir: Path | None, mosquitto_pid_file: Path | None, online_window: float,
           broker_ca: Path | None, telemetry_retention_days: float, max_bundle_bytes: int,
-          bundle_mirror: str | None) -> None:
+          bundle_mirror: str | None, ingest_workers: int, no_ingest: bool) -> None:
     """Run the fleet server (HTTP API + embedded MQTT broker)."""
     from edgeml.fleet.server import ServerConfig
     from edgeml.fleet.server import serve as run
@@ -59,7 +64,7 @@ def serve(data_dir: Path | None, host: str, port: int, db: str | None, broker: s
                      broker_port=broker_port, mosquitto_dir=mosquitto_dir, mosquitto_pid_file=mosquitto_pid_file,
                      online_window_s=online_window, broker_ca=broker_ca,
                      telemetry_retention_days=telemetry_retention_days, max_bundle_bytes=max_bundle_bytes,
-                     bundle_mirror=bundle_mirror))
+                     bundle_mirror=bundle_mirror, ingest=not no_ingest, ingest_workers=ingest_workers))
 
 
 @click.group()

@@ -119,6 +119,7 @@ class Device(Base):
     """An enrolled device. ``mqtt_password_hash`` is in mosquitto's ``$7$`` (PBKDF2-SHA512) format."""
 
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_enrolled_at_id", "enrolled_at", "id"),)   # keyset pages of the list
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

@@ -3,7 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "edgeml.fleet.token";
-const PAGES = ["devices", "rollouts", "models", "audit"];
+const PAGES = ["devices", "rollouts", "models", "captures", "audit"];
 let apiPaths = null; // the server's OpenAPI paths: lets the page skip areas this server does not have yet
 
 class HttpError extends Error {
@@ -69,6 +69,12 @@ async function telemetryOf(deviceId, minutes) {
 }
 
 // --- devices ---
+// The list is read in pages (keyset cursor): a fleet of thousands is never fetched in one response,
+// nor is every device's telemetry fetched at once.
+const DEVICE_PAGE = 200;
+async function devicePage(cursor) {
+  return api(`/v1/devices?limit=${DEVICE_PAGE}` + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+}
 // Enrolment reports {"edgeml": v, "bundles": {model: version}}; telemetry ingest then keeps
 // {model: version} at the top level up to date. The fresher top-level entries win.
 function installedText(installed) {
@@ -94,17 +100,23 @@ function servingOf(telemetry) {
     fallback: windows.map((w) => (w.fallback ? fmt(w.fallback) : "no")).join(", "),
   };
 }
-async function renderDevices(section) {
-  const devices = await api("/v1/devices");
-  const serving = await Promise.all(devices.map(async (d) => servingOf(await telemetryOf(d.id, 10))));
-  const online = devices.filter((d) => d.online).length;
-  section.replaceChildren(el("h2", {}, `Devices (${devices.length}, ${online} online)`),
-    devices.length === 0 ? empty("No devices enrolled yet: edgeml-fleet enroll-token create, then edgeml-agent enroll.")
+async function renderDevices(section, shown = [], cursor = null) {
+  const page = await devicePage(cursor);
+  const serving = await Promise.all(page.items.map(async (d) => ({ d, s: servingOf(await telemetryOf(d.id, 10)) })));
+  const rows = [...shown, ...serving];
+  const online = rows.filter(({ d }) => d.online).length;
+  const more = page.next_cursor
+    ? el("button", { type: "button", class: "more" }, `Show ${DEVICE_PAGE} more`) : null;
+  if (more) more.addEventListener("click", () => renderDevices(section, rows, page.next_cursor));
+  const count = page.next_cursor ? `first ${rows.length}` : `${rows.length}`;
+  section.replaceChildren(el("h2", {}, `Devices (${count}, ${online} online)`),
+    rows.length === 0 ? empty("No devices enrolled yet: edgeml-fleet enroll-token create, then edgeml-agent enroll.")
       : table(["Name", "Id", "Online", "Installed", "Backend", "Fallback", "Group / tags", "Last seen"],
-        devices.map((d, i) => [d.name, el("span", { class: "mono" }, d.id),
+        rows.map(({ d, s }) => [d.name, el("span", { class: "mono" }, d.id),
           el("span", { class: d.online ? "online" : "offline" }, d.online ? "online" : "offline"),
-          installedText(d.installed), serving[i].backend, serving[i].fallback,
-          [d.group || "—", d.tags.length ? " · " + d.tags.join(", ") : ""].join(""), when(d.last_seen)])));
+          installedText(d.installed), s.backend, s.fallback,
+          [d.group || "—", d.tags.length ? " · " + d.tags.join(", ") : ""].join(""), when(d.last_seen)])),
+    ...(more ? [more] : []));
 }
 
 // --- rollouts ---
@@ -221,7 +233,8 @@ async function renderModels(section) {
     section.replaceChildren(el("h2", {}, "Models"), empty("No data yet: this server has no telemetry API."));
     return;
   }
-  const devices = await api("/v1/devices");
+  // the charts merge the first page of devices' windows (fleet-wide figures: /v1/health)
+  const devices = (await devicePage(null)).items;
   const versions = collect(await Promise.all(devices.map((d) => telemetryOf(d.id, 60))));
   const models = new Map(); // model -> [version keys]
   for (const [key, v] of [...versions.entries()].sort()) {
@@ -259,7 +272,8 @@ async function renderAudit(section) {
 }
 
 // --- navigation ---
-const RENDER = { devices: renderDevices, rollouts: renderRollouts, models: renderModels, audit: renderAudit };
+const RENDER = { devices: renderDevices, rollouts: renderRollouts, models: renderModels, audit: renderAudit,
+  captures: (section) => renderCaptures(section) }; // captures.js
 
 function showLogin(message) {
   sessionStorage.removeItem(TOKEN_KEY);
