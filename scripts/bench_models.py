@@ -190,9 +190,10 @@ def builtin_targets() -> list[str]:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    head = text[0] if text else ""
-    return f"{type(exc).__name__}: {head[:220]}"
+    """The error on one line: a list of problems ("...: \n  - reason") keeps its reasons."""
+    lines = [ln.strip().lstrip("- ") for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} {' / '.join(lines[1:3])}"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def fill_row(row: Row, report: Any, bundle: Path) -> None:
