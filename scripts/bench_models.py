@@ -18,7 +18,7 @@ itself produces when run over that audio frame by frame.
     python scripts/bench_models.py                       # everything (long: tens of minutes)
     python scripts/bench_models.py --quick               # fewer samples, shorter benchmarks
     python scripts/bench_models.py --models ppocr-det,silero-vad --targets x86-cpu,intel-npu
-    python scripts/bench_models.py --json out.json       # the JSON also goes next to the Markdown table
+    python scripts/bench_models.py --json out.json       # default: artifacts/bench_models.json (+ .md)
 
 The PyTorch row runs in a subprocess that adds the ``torch`` toolchain (``edgeml toolchain install torch``)
 to the path; both front-end rows say "front-end not available" where this edgeml has no front-end for them.
@@ -447,7 +447,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="16 samples and 0.3 s benchmarks (default 48, 1.5 s)")
     parser.add_argument("--models", help=f"comma-separated subset of: {', '.join(BY_NAME)}")
     parser.add_argument("--targets", help="comma-separated subset of the built-in targets (default: all)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench_models.json", help="where the JSON goes")
+    parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "bench_models.json",
+                        help="where the JSON goes (the Markdown table goes beside it, as .md)")
     parser.add_argument("--samples", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bench-seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
@@ -470,6 +471,7 @@ def main() -> None:
         isolate(Path(tmp))
 
         done: list[Row] = []
+        args.json.parent.mkdir(parents=True, exist_ok=True)
 
         def show(row: Row) -> None:  # written after every row: a run cut short still leaves its table
             state = row.chosen if row.built else row.reason[:100]
