@@ -246,11 +246,13 @@ def build_hf(zoo: ZooModel, target: str, calibration: dict[str, np.ndarray], out
     if proc.returncode == 0:
         fill_row(row, _ReportView(json.loads(proc.stdout)), bundle)
         return row
-    err = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-    message = err[-1] if err else f"exit {proc.returncode}"
-    if "does not exist" in message or "builds from" in message:
+    # the CLI's error: its first line and the problems listed under it (progress bars and logs dropped)
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines()
+             if ln.strip().startswith(("error", "Error", "-")) or "Error:" in ln]
+    message = " / ".join(lines[:3]) or f"exit {proc.returncode}"
+    if any(s in message for s in ("does not exist", "builds from", "is a directory")):
         message = f"{NOT_AVAILABLE} ({message[:150]})"
-    row.reason = message[:240]
+    row.reason = message[:300]
     return row
 
 
