@@ -13,8 +13,8 @@ x86 host (measured paired in the same build). CPU figures are noisy on a shared 
 Calibration data is real where it can be: scikit-image photos for vision (for the OCR detector and the
 orientation classifier with real sentences printed on them; text lines of its ``text`` photo for the
 recogniser), English sentences tokenized by the MiniLM tokenizer for text. The VAD's audio is synthetic
-but plausible (voiced harmonic bursts with pauses and background noise at 16 kHz) and its state inputs are the states the model
-itself produces when run over that audio frame by frame.
+but plausible (voiced harmonic bursts with pauses and background noise at 16 kHz) and its state inputs
+are the states the model itself produces when run over that audio frame by frame.
 
     python scripts/bench_models.py                       # everything (long: tens of minutes)
     python scripts/bench_models.py --quick               # fewer samples, shorter benchmarks
