@@ -21,10 +21,8 @@ DOCKER = ROOT / "deploy" / "docker"
 NAMESPACE = "edgeml"
 WORKLOADS = {"Deployment", "StatefulSet"}
 
-# Written against the ingest worker of the parallel ingest branch ('edgeml-fleet ingest --db --broker
-# --name', 'serve --no-ingest'); until that branch is merged the CLI here does not have them. Anything
-# else a manifest names must exist.
-PENDING = {("ingest", None), ("serve", "--no-ingest")}
+# Every command and flag a manifest names must exist in the CLI (nothing is pending).
+PENDING: set[tuple[str, str | None]] = set()
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
