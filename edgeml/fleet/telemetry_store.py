@@ -17,6 +17,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from edgeml.errors import FleetError
+from edgeml.fleet.rollouts.wakeups import note_ingested
 from edgeml.fleet.store.models import Bundle, Device
 from edgeml.fleet.store.telemetry_models import (
     DeviceEvent,
@@ -82,6 +83,7 @@ def store_messages(session: Session, batch: Sequence[Envelope]) -> int:
         elif e.kind == "telemetry":
             _store_telemetry(session, e, references)
     _touch_devices(session, {e.device_id: e.ts for e in fresh})
+    note_ingested(session, fresh)   # wakes the rollout controller when a rollout waits on these (rollouts.wakeups)
     return len(fresh)
 
 

@@ -1,7 +1,9 @@
 """Rollout operations behind the API: create, pause, resume, abort, and the status view.
 
-They only change rows; the controller (one acting server process) does everything that talks to
-devices, so an API call never races the controller's step over what was sent to whom.
+They only change rows — one rollout row and a wake-up note each, a short transaction whatever the size
+of the fleet — and the controller (one acting server process, in its own thread) does everything else:
+it picks the members, signs and publishes their desired states. So an API call never waits on a fan-out
+nor races the controller's step over what was sent to whom.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgeml.errors import RolloutError
 from edgeml.fleet.credentials import new_id
+from edgeml.fleet.rollouts import wakeups
 from edgeml.fleet.rollouts.gates import Gates
 from edgeml.fleet.rollouts.health import HealthSource
-from edgeml.fleet.rollouts.plan import Selector, assign_waves, parse_waves, wave_sizes
+from edgeml.fleet.rollouts.plan import Selector, parse_waves, wave_sizes
 from edgeml.fleet.store.models import AuditEntry, Bundle, Device, Rollout, RolloutDevice, utcnow
 from edgeml.protocol import RolloutDeviceState as DeviceState
 from edgeml.protocol import RolloutState
@@ -39,8 +42,20 @@ class RolloutSpec:
     probation: dict[str, Any] | None = None
 
 
-def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> Rollout:
-    """A running rollout of ``bundle`` over the devices the selector picks (now), in waves."""
+def matching_devices(session: Session, selector: Selector) -> list[str]:
+    """The enrolled devices a selector picks, in rollout order (enrolment time, then id). Reads three
+    columns; a group selector is filtered by the database (indexed), a tag in Python (tags are JSON)."""
+    query = select(Device.id, Device.group, Device.tags).where(Device.revoked_at.is_(None))
+    if selector.group is not None:
+        query = query.where(Device.group == selector.group)
+    return [d for d, group, tags in session.execute(query.order_by(Device.enrolled_at, Device.id))
+            if selector.matches(group, tags or [])]
+
+
+def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> tuple[Rollout, int]:
+    """A running rollout of ``bundle`` over the devices the selector picks, in waves, and how many it
+    picks now. Only the rollout row is written: the controller gives it its members (the devices the
+    selector picks when it does) and sends their desired states."""
     parse_waves(spec.waves)
     if spec.on_failure not in ("pause", "abort"):
         raise RolloutError(f"on_failure must be 'pause' or 'abort', not {spec.on_failure!r}")
@@ -49,9 +64,7 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
     if busy is not None:
         raise RolloutError(f"rollout {busy.id} of {bundle.name} is {busy.state}: abort it "
                            f"('edgeml-fleet rollout abort {busy.id}') or let it finish first")
-    devices = [d.id for d in session.scalars(select(Device).where(Device.revoked_at.is_(None))
-                                             .order_by(Device.enrolled_at, Device.id))
-               if spec.selector.matches(d.group, d.tags)]
+    devices = len(matching_devices(session, spec.selector))
     if not devices:
         raise RolloutError(f"no enrolled device matches {spec.selector.describe()} (see 'edgeml-fleet devices list')")
     now = utcnow()
@@ -63,10 +76,8 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> R
                       created_by=actor, updated_at=now)
     session.add(rollout)
     session.flush()
-    for device_id, wave in assign_waves(devices, spec.waves).items():
-        session.add(RolloutDevice(rollout_id=rollout.id, device_id=device_id, wave=wave, state=DeviceState.PENDING,
-                                  updated_at=now))
-    return rollout
+    wakeups.note(session, [wakeups.rollout_key(rollout.id, wakeups.CONTROL)])
+    return rollout, devices
 
 
 def get(session: Session, rollout_id: str) -> Rollout:
@@ -81,6 +92,7 @@ def pause(session: Session, rollout_id: str) -> Rollout:
     if row.state != RolloutState.RUNNING:
         raise RolloutError(f"rollout {row.id} is {row.state}; only a running rollout can be paused")
     row.state, row.reason, row.updated_at = RolloutState.PAUSED, "paused by an operator", utcnow()
+    wakeups.note(session, [wakeups.rollout_key(row.id, wakeups.CONTROL)])
     return row
 
 
@@ -92,6 +104,7 @@ def resume(session: Session, rollout_id: str) -> Rollout:
         raise RolloutError(f"rollout {row.id} is {row.state}; only a paused rollout can be resumed")
     row.state, row.reason, row.updated_at = RolloutState.RUNNING, None, utcnow()
     row.wave_started_at = row.observe_started_at = None
+    wakeups.note(session, [wakeups.rollout_key(row.id, wakeups.CONTROL)])
     return row
 
 
@@ -101,13 +114,20 @@ def abort(session: Session, rollout_id: str, reason: str) -> Rollout:
     if row.state in FINAL_STATES or row.state == RolloutState.ABORTING:
         raise RolloutError(f"rollout {row.id} is already {row.state}")
     row.state, row.reason, row.updated_at = RolloutState.ABORTING, reason, utcnow()
+    wakeups.note(session, [wakeups.rollout_key(row.id, wakeups.CONTROL)])
     return row
 
 
-def summary(row: Rollout, session: Session) -> dict[str, Any]:
-    counts = Counter(session.scalars(select(RolloutDevice.state).where(RolloutDevice.rollout_id == row.id)))
+def summary(row: Rollout, session: Session, planned: int | None = None) -> dict[str, Any]:
+    """The rollout with per-state device counts; ``planned`` (devices the selector picked at creation)
+    stands in for the members until the controller has given it its members."""
+    counts = Counter({s: n for s, n in session.execute(select(RolloutDevice.state, func.count())
+                                                       .where(RolloutDevice.rollout_id == row.id)
+                                                       .group_by(RolloutDevice.state))})
     waves = session.scalar(select(RolloutDevice.wave).where(RolloutDevice.rollout_id == row.id)
                            .order_by(RolloutDevice.wave.desc()).limit(1))
+    if not counts and planned:
+        counts[DeviceState.PENDING], waves = planned, len(wave_sizes(planned, row.waves)) - 1
     return {"id": row.id, "bundle": f"{row.name}@{row.version}", "bundle_id": row.bundle_id, "state": row.state,
             "selector": row.selector, "wave": row.current_wave + 1, "waves": (waves or 0) + 1,
             "devices": sum(counts.values()), "counts": {s: counts.get(s, 0) for s in DEVICE_STATES if counts.get(s)},
