@@ -225,11 +225,11 @@ class RolloutController:
             elif rollout_id and (kind != wakeups.TELEMETRY or rollout_id in self._awaiting
                                  or rollout_id not in self._due):
                 targets.add(rollout_id)   # telemetry matters only to a wave that waits for it
-        if membership:
+        if membership:   # a step only for a rollout that someone joined
             self._next_membership = self.clock() + self.membership_s
-            targets.update(self._due)
+            targets.update(rid for rid in sorted(self._due) if self._add_joiners(rid))
         for rollout_id in sorted(targets):
-            self.step_rollout(rollout_id, joiners=membership)
+            self.step_rollout(rollout_id)
         if publish:
             self.publish_pending()
 
@@ -298,6 +298,11 @@ class RolloutController:
             if state != RolloutState.RUNNING or wave == before:
                 break
         self._schedule(rollout_id)
+
+    def _add_joiners(self, rollout_id: str) -> bool:
+        with self._locked() as session:
+            r = session.get(Rollout, rollout_id, with_for_update=True)
+            return r is not None and r.state == RolloutState.RUNNING and bool(waves.add_joiners(session, r, self.now()))
 
     def _send_due(self, rollout_id: str, key: SigningKey) -> None:
         """Fan out in chunks: each chunk is signed and committed in its own short transaction (the ingest

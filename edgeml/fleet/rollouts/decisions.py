@@ -49,7 +49,8 @@ def judge_wave(session: Session, r: Rollout, step: Step) -> list[Issued]:
     if upto[DeviceState.FAILED]:
         return _fail_on_devices(session, r, step, upto[DeviceState.FAILED])
     waiting = sum(wave[s] for s in WAITING)
-    timed_out = (now - r.wave_started_at).total_seconds() >= r.wave_timeout_s
+    started = r.wave_started_at or now
+    timed_out = (now - started).total_seconds() >= r.wave_timeout_s
     if waiting and not timed_out:
         return []
     if waiting:

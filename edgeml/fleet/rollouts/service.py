@@ -8,12 +8,13 @@ nor races the controller's step over what was sent to whom.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from edgeml.errors import RolloutError
@@ -43,13 +44,27 @@ class RolloutSpec:
 
 
 def matching_devices(session: Session, selector: Selector) -> list[str]:
-    """The enrolled devices a selector picks, in rollout order (enrolment time, then id). Reads three
-    columns; a group selector is filtered by the database (indexed), a tag in Python (tags are JSON)."""
-    query = select(Device.id, Device.group, Device.tags).where(Device.revoked_at.is_(None))
+    """The enrolled devices a selector picks, in rollout order (enrolment time, then id). The database
+    filters the group (indexed) and, on the JSON text, the tag; the tag is confirmed here on the decoded
+    list, so only the tagged devices' tags are decoded."""
+    query = _selected(select(Device.id), selector).order_by(Device.enrolled_at, Device.id)
+    if selector.tag is None:
+        return list(session.scalars(query))
+    return [d for d, tags in session.execute(query.add_columns(Device.tags)) if selector.tag in (tags or [])]
+
+
+def count_matching(session: Session, selector: Selector) -> int:
+    """How many devices the selector picks now, counted by the database (the API's answer at creation)."""
+    return int(session.scalar(_selected(select(func.count()).select_from(Device), selector)) or 0)
+
+
+def _selected(query: Select[Any], selector: Selector) -> Select[Any]:
+    query = query.where(Device.revoked_at.is_(None))
     if selector.group is not None:
         query = query.where(Device.group == selector.group)
-    return [d for d, group, tags in session.execute(query.order_by(Device.enrolled_at, Device.id))
-            if selector.matches(group, tags or [])]
+    if selector.tag is not None:   # the JSON text holds the tag as a quoted string (json.dumps, as stored)
+        query = query.where(cast(Device.tags, String).contains(json.dumps(selector.tag)))
+    return query
 
 
 def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> tuple[Rollout, int]:
@@ -64,7 +79,7 @@ def create(session: Session, bundle: Bundle, spec: RolloutSpec, actor: str) -> t
     if busy is not None:
         raise RolloutError(f"rollout {busy.id} of {bundle.name} is {busy.state}: abort it "
                            f"('edgeml-fleet rollout abort {busy.id}') or let it finish first")
-    devices = len(matching_devices(session, spec.selector))
+    devices = count_matching(session, spec.selector)
     if not devices:
         raise RolloutError(f"no enrolled device matches {spec.selector.describe()} (see 'edgeml-fleet devices list')")
     now = utcnow()

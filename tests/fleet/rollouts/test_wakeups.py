@@ -187,3 +187,26 @@ def test_the_document_is_marked_published_only_when_acknowledged(loop: Loop) -> 
     with loop.w.store.session() as s:
         published = {d.device_id: d.published_at for d in s.scalars(select(DesiredDocument))}
     assert isinstance(published["dev-0"], datetime) and published["dev-1"] is None
+
+
+def test_the_periodic_look_for_new_members_steps_only_a_rollout_someone_joined(loop: Loop) -> None:
+    from edgeml.fleet.store.models import Device
+
+    loop.controller.membership_s = 30
+    rid = _create(loop.w, waves=[100], wave_timeout_s=600)
+    loop.run(1.0)
+    assert loop.run(31.0) == 0                          # looked: nobody joined, nothing stepped
+    # when a device is enrolled into the selector by another server process (no note here) ...
+    with loop.w.store.session() as s:
+        s.add(Device(id="dev-new", name="n", group="cams", tags=[], hardware={}, installed={"m": "1.0.0"},
+                     enrolled_at=loop.w.clock.now, mqtt_password_hash="x"))
+    assert loop.run(10.0) == 0
+    # then the next look finds it and sends it the version
+    assert loop.run(21.0) == 1
+    assert loop.w.state(rid)[2]["dev-new"] == "sent"
+    # and a device enrolled through this server leaves a note that wakes the controller at once
+    with loop.w.store.session() as s:
+        s.add(Device(id="dev-newer", name="n", group="cams", tags=[], hardware={}, installed={},
+                     enrolled_at=loop.w.clock.now, mqtt_password_hash="x"))
+    wakeups.note_and_ring(loop.w.store, wakeups.MEMBERSHIP)
+    assert loop.run(0.5) == 1 and loop.w.state(rid)[2]["dev-newer"] == "sent"
