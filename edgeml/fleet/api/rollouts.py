@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -82,6 +82,7 @@ class RolloutStatus(RolloutOut):
     wave_list: list[dict[str, Any]]
     live: dict[str, Any] | None
     device_list: list[dict[str, Any]]
+    device_list_total: int = Field(description="members in all; device_list holds the first `devices` of them")
     decisions: list[dict[str, Any]]
 
 
@@ -138,12 +139,14 @@ def list_rollouts(caller: Viewer, ctx: Ctx, state: str | None = None) -> list[Ro
 
 
 @router.get("/rollouts/{rollout_id}", response_model=RolloutStatus)
-def show_rollout(rollout_id: str, caller: Viewer, ctx: Ctx) -> RolloutStatus:
+def show_rollout(rollout_id: str, caller: Viewer, ctx: Ctx,
+                 devices: Annotated[int, Query(ge=0, le=100_000, description="members to list (by wave, then id)")]
+                 = service.DEVICE_LIST_LIMIT) -> RolloutStatus:
     with ctx.store.session() as session:
         row = session.get(Rollout, rollout_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no rollout '{rollout_id}' (see 'edgeml-fleet rollout list')")
-        return RolloutStatus(**service.status(row, session, TelemetryHealth()))
+        return RolloutStatus(**service.status(row, session, TelemetryHealth(), device_limit=devices))
 
 
 def _change(ctx: FleetContext, request: Request, caller: str, rollout_id: str, action: str,

@@ -150,36 +150,52 @@ def summary(row: Rollout, session: Session, planned: int | None = None) -> dict[
             "updated_at": row.updated_at}
 
 
-def status(row: Rollout, session: Session, health: HealthSource | None, now: datetime | None = None) -> dict[str, Any]:
-    """Waves with per-state device counts, the live gate figures of the current wave, and the decisions."""
-    members = list(session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == row.id)
-                                   .order_by(RolloutDevice.wave, RolloutDevice.device_id)))
-    by_wave: dict[int, list[RolloutDevice]] = {}
-    for m in members:
-        by_wave.setdefault(m.wave, []).append(m)
-    sizes = wave_sizes(len(members), row.waves) if members else []
+DEVICE_LIST_LIMIT = 1000   # members listed in a status by default (the counts cover all of them)
+
+
+def status(row: Rollout, session: Session, health: HealthSource | None, now: datetime | None = None,
+           device_limit: int = DEVICE_LIST_LIMIT) -> dict[str, Any]:
+    """Waves with per-state device counts, the live gate figures of the current wave, the decisions, and
+    the first ``device_limit`` members (by wave, then id): a status of a 10,000-device rollout stays small."""
+    per_wave: dict[int, Counter[str]] = {}
+    for w, state, n in session.execute(select(RolloutDevice.wave, RolloutDevice.state, func.count())
+                                       .where(RolloutDevice.rollout_id == row.id)
+                                       .group_by(RolloutDevice.wave, RolloutDevice.state)):
+        per_wave.setdefault(w, Counter())[state] += n
+    total = sum(sum(c.values()) for c in per_wave.values())
+    sizes = wave_sizes(total, row.waves) if total else []
     waves = []
-    for w in sorted(by_wave):
+    for w in sorted(per_wave):
         state = ("done" if w < row.current_wave or row.state == "completed"
                  else "current" if w == row.current_wave else "waiting")
         planned = w < len(row.waves) and len(sizes) == len(row.waves)
         waves.append({"wave": w + 1, "percent": row.waves[w] if planned else None,
-                      "devices": len(by_wave[w]), "state": state,
-                      "counts": dict(Counter(m.state for m in by_wave[w]))})
-    live = None
-    if health is not None and row.state in (RolloutState.RUNNING, RolloutState.PAUSED):
-        installed = [m.device_id for m in members if m.wave <= row.current_wave and m.state == DeviceState.INSTALLED]
-        if installed:
-            since = row.observe_started_at or row.wave_started_at or row.created_at
-            h = health.version_health(session, model=row.name, version=row.version, device_ids=installed, since=since)
-            live = {"devices": h.devices, "requests": h.requests, "errors": h.errors,
-                    "error_rate": round(h.error_rate, 4), "p50_ms": h.p50_ms, "p95_ms": h.p95_ms, "drift": h.drift}
+                      "devices": sum(per_wave[w].values()), "state": state, "counts": dict(per_wave[w])})
+    members = session.execute(select(RolloutDevice.device_id, RolloutDevice.wave, RolloutDevice.state,
+                                     RolloutDevice.previous_version, RolloutDevice.reason)
+                              .where(RolloutDevice.rollout_id == row.id)
+                              .order_by(RolloutDevice.wave, RolloutDevice.device_id).limit(device_limit)).all()
     decisions = [{"at": a.at, "action": a.action, "details": a.details} for a in session.scalars(
         select(AuditEntry).where(AuditEntry.target == row.id).order_by(AuditEntry.id))]
     return {**summary(row, session), "gates": row.gates, "observe_s": row.observe_s,
             "wave_timeout_s": row.wave_timeout_s, "on_failure": row.on_failure, "probation": row.probation,
             "wave_started_at": row.wave_started_at, "observe_started_at": row.observe_started_at,
-            "wave_list": waves, "live": live,
-            "device_list": [{"device": m.device_id, "wave": m.wave + 1, "state": m.state,
-                             "previous": m.previous_version, "reason": m.reason} for m in members],
-            "decisions": decisions}
+            "wave_list": waves, "live": _live(row, session, health),
+            "device_list": [{"device": d, "wave": w + 1, "state": state, "previous": previous, "reason": reason}
+                            for d, w, state, previous, reason in members],
+            "device_list_total": total, "decisions": decisions}
+
+
+def _live(row: Rollout, session: Session, health: HealthSource | None) -> dict[str, Any] | None:
+    """The new version's figures on the installed devices since the current wave's observation began."""
+    if health is None or row.state not in (RolloutState.RUNNING, RolloutState.PAUSED):
+        return None
+    installed = list(session.scalars(select(RolloutDevice.device_id).where(
+        RolloutDevice.rollout_id == row.id, RolloutDevice.wave <= row.current_wave,
+        RolloutDevice.state == DeviceState.INSTALLED)))
+    if not installed:
+        return None
+    since = row.observe_started_at or row.wave_started_at or row.created_at
+    h = health.version_health(session, model=row.name, version=row.version, device_ids=installed, since=since)
+    return {"devices": h.devices, "requests": h.requests, "errors": h.errors,
+            "error_rate": round(h.error_rate, 4), "p50_ms": h.p50_ms, "p95_ms": h.p95_ms, "drift": h.drift}

@@ -178,7 +178,10 @@ class RealFleet:
         return dict(self.http.get(f"/v1/rollouts/{rollout_id}").json())
 
     def member(self, rollout_id: str, device: Device) -> dict[str, Any]:
-        return next(m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id)
+        """The device's part in the rollout; state None until the controller has given the rollout its members
+        (it does that in its own thread, just after the API recorded the rollout)."""
+        return next((m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id),
+                    {"device": device.device_id, "state": None})
 
     def wait_member(self, rollout_id: str, device: Device, state: str, timeout: float = 45) -> None:
         wait_for(f"{device.name} to be {state} in {rollout_id}",
