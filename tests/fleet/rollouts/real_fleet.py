@@ -174,6 +174,16 @@ class RealFleet:
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
+    def complete(self, bundle: str, **body: Any) -> dict[str, Any]:
+        """Roll ``bundle`` out with light traffic on its model on every device (a wave is judged only on
+        telemetry of the new version, and agents send none for a model nobody uses) and wait until the
+        rollout stops; its final status."""
+        model = bundle.partition("@")[0]
+        with ExitStack() as traffic:
+            for device in self.devices:
+                traffic.enter_context(Load(device, model, pause_s=0.1))
+            return self.wait_stopped(self.rollout(bundle, **body))
+
     def status(self, rollout_id: str) -> dict[str, Any]:
         return dict(self.http.get(f"/v1/rollouts/{rollout_id}").json())
 
