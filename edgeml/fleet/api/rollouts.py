@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -91,7 +91,8 @@ def _not_found(exc: LookupError) -> HTTPException:
 
 
 @router.post("/rollouts", response_model=RolloutOut, status_code=201)
-def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx: Ctx) -> RolloutOut:
+def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx: Ctx,
+                   after: BackgroundTasks) -> RolloutOut:
     gates = Gates(max_error_rate=body.max_error_rate, max_latency_regression=body.max_latency_regression,
                   min_shadow_agreement=body.min_shadow_agreement, max_drift=body.max_drift,
                   min_requests=body.min_requests, min_reporting=body.min_reporting)
@@ -112,7 +113,7 @@ def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx:
                      observe_s=row.observe_s, wave_timeout_s=row.wave_timeout_s, on_failure=row.on_failure)
         session.flush()
         out = RolloutOut(**service.summary(row, session, planned=planned))
-    wakeups.ring(ctx.store)
+    after.add_task(wakeups.ring, ctx.store)   # once the answer is sent: the fan-out never delays it
     return out
 
 
