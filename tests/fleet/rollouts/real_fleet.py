@@ -175,11 +175,24 @@ class RealFleet:
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
+    def complete(self, bundle: str, **body: Any) -> dict[str, Any]:
+        """Roll ``bundle`` out with light traffic on its model on every device (a wave is judged only on
+        telemetry of the new version, and agents send none for a model nobody uses) and wait until the
+        rollout stops; its final status."""
+        model = bundle.partition("@")[0]
+        with ExitStack() as traffic:
+            for device in self.devices:
+                traffic.enter_context(Load(device, model, pause_s=0.1))
+            return self.wait_stopped(self.rollout(bundle, **body))
+
     def status(self, rollout_id: str) -> dict[str, Any]:
         return dict(self.http.get(f"/v1/rollouts/{rollout_id}").json())
 
     def member(self, rollout_id: str, device: Device) -> dict[str, Any]:
-        return next(m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id)
+        """The device's part in the rollout; state None until the controller has given the rollout its members
+        (it does that in its own thread, just after the API recorded the rollout)."""
+        return next((m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id),
+                    {"device": device.device_id, "state": None})
 
     def wait_member(self, rollout_id: str, device: Device, state: str, timeout: float = 45) -> None:
         wait_for(f"{device.name} to be {state} in {rollout_id}",
