@@ -20,6 +20,10 @@ The model is a generated MLP with a dynamic batch dimension, 1024 -> 4096 -> 102
 one row is a matrix-vector product bound by memory bandwidth, so a batch of 8 costs about twice one
 row (measured here: 1.2 ms for 1 row, 2.2 ms for 8, 3.4 ms for 16) and batching really helps on a CPU.
 Usage: ``python scripts/bench_agent.py [--seconds 5]``.
+
+``--colocated [--camera-load 0.3] [--quick]`` runs another benchmark instead: the agent's p50 with its
+client on the same cores across intra-op threads 0/1/2 and ORT spinning on/off (scripts/agent_colocated.py),
+the measurement behind the agent's thread defaults.
 """
 
 from __future__ import annotations
@@ -139,7 +143,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--iters", type=int, default=300, help="latency samples per measurement")
+    parser.add_argument("--colocated", action="store_true",
+                        help="instead: p50 with a client on the same cores, threads 0/1/2 x spinning on/off")
+    parser.add_argument("--rounds", type=int, default=3, help="--colocated: interleaved rounds per setting")
+    parser.add_argument("--camera-load", type=float, default=0.0,
+                        help="--colocated: a process burning this fraction of one core in 33 ms frames")
+    parser.add_argument("--quick", action="store_true", help="--colocated: 1 round of 100 requests")
     args = parser.parse_args()
+    if args.colocated:
+        import agent_colocated
+
+        if args.quick:
+            args.rounds, args.iters = 1, 100
+        key = SigningKey.generate()
+        agent_colocated.run(args, agent_cls=Agent, key=key, make_bundle=make_bundle, store_cls=Store,
+                            trust=TrustStore([key.public_key]), npy_bytes=npy_bytes,
+                            headers=NPY_HEADERS, client_cls=RawHttpClient, free_port=free_port)
+        return
 
     with tempfile.TemporaryDirectory(prefix="edgeml-bench-") as tmp_name:
         tmp = Path(tmp_name)

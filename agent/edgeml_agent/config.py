@@ -35,9 +35,20 @@ class ServerConfig:
     session_idle_s: float = 600.0         # a session unused this long is forgotten
 
 
+# The runtime's intra-op threads per model, and whether ORT's pool threads spin while waiting for work.
+# A device runs the agent beside its caller (and a camera pipeline): with ORT's default (a thread per
+# core, spinning) they fight the caller for the same cores. Measured with a client on the same 2 cores
+# (scripts/bench_agent.py --colocated, figures in docs/agent.md): one thread, no spinning, was the best
+# setting or within noise of it for a tiny and a real model; concurrent requests still use every core,
+# each on its own thread. ``num_threads = 0`` in the config asks for the runtime's own default.
+DEFAULT_NUM_THREADS = 1
+DEFAULT_ALLOW_SPINNING: bool | None = False
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
-    num_threads: int = 0
+    num_threads: int = DEFAULT_NUM_THREADS
+    allow_spinning: bool | None = DEFAULT_ALLOW_SPINNING
     cpu_fallback: bool | None = None      # None: follow each bundle's target profile
     allow_other_arch: bool = False
     smoke_test: bool = True               # run each bundle's smoke sample when it is loaded
@@ -109,9 +120,10 @@ def _server(s: TomlSection[ConfigError]) -> ServerConfig:
 
 
 def _runtime(s: TomlSection[ConfigError]) -> RuntimeConfig:
-    s.only({"num_threads", "cpu_fallback", "allow_other_arch", "smoke_test"})
+    s.only({"num_threads", "allow_spinning", "cpu_fallback", "allow_other_arch", "smoke_test"})
     return RuntimeConfig(
-        num_threads=s.integer("num_threads", 0, minimum=0, maximum=1024),
+        num_threads=s.integer("num_threads", DEFAULT_NUM_THREADS, minimum=0, maximum=1024),
+        allow_spinning=s.get("allow_spinning", bool, DEFAULT_ALLOW_SPINNING),
         cpu_fallback=s.get("cpu_fallback", bool, None),
         allow_other_arch=s.get("allow_other_arch", bool, False),
         smoke_test=s.get("smoke_test", bool, True),

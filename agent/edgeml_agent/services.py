@@ -87,14 +87,17 @@ class ModelLoader:
     def __init__(self, config: AgentConfig, store: Store) -> None:
         self.config, self.store = config, store
 
-    def policy(self) -> SelectionPolicy:
+    def policy(self, num_threads: int | None = None) -> SelectionPolicy:
         rt = self.config.runtime
         return SelectionPolicy(cpu_fallback=rt.cpu_fallback, allow_other_arch=rt.allow_other_arch,
-                               num_threads=rt.num_threads, cache_dir=self.config.data_dir / "engines")
+                               num_threads=rt.num_threads if num_threads is None else num_threads,
+                               allow_spinning=rt.allow_spinning,
+                               cache_dir=self.config.data_dir / "engines")
 
-    def __call__(self, name: str, version: str | None = None) -> LoadedModel:
+    def __call__(self, name: str, version: str | None = None, *, num_threads: int | None = None) -> LoadedModel:
+        """``num_threads`` overrides the configured CPU threads (the probation shadow runs on one)."""
         bundle = self.store.open(name, version)
-        model = load_verified(bundle, self.policy())
+        model = load_verified(bundle, self.policy(num_threads))
         try:
             if self.config.runtime.smoke_test:
                 model.smoke_test()

@@ -34,6 +34,9 @@ from edgeml.errors import ConfigError
 BATCH_NAMES = frozenset({"batch", "batch_size", "batchsize", "n", "bs", "b", "num_batches"})
 # values tried, in order, for an unresolved dim when suggesting a flag: image sides, then other lengths
 SPATIAL_GUESSES = (640, 320, 224)
+# (height, width) tried together when both sides of an image input are dynamic: square inputs of detectors
+# and classifiers, then text lines (OCR recognisers need a fixed height: PP-OCR 48, older CRNNs 32)
+IMAGE_SIZES = ((640, 640), (320, 320), (224, 224), (48, 320), (32, 320))
 LENGTH_GUESSES = (512, 128, 16, 1)
 MAX_TRIES = 16
 
@@ -194,8 +197,9 @@ def unresolved_message(sig: Signature, missing: Sequence[str], model: Path | Non
 
 def suggest(sig: Signature, missing: Sequence[str], model: Path | None) -> tuple[dict[str, list[int]], str]:
     """Example shapes for the inputs with unresolved dims, and what running them once showed."""
-    combos = itertools.islice(itertools.product(*(_guesses(sig, d) for d in missing)), MAX_TRIES)
-    trials = [Signature(sig.specs, {**sig.dims, **dict(zip(missing, values, strict=True))}) for values in combos]
+    slots = _slots(sig, missing)
+    combos = itertools.islice(itertools.product(*(values for _, values in slots)), MAX_TRIES)
+    trials = [Signature(sig.specs, {**sig.dims, **_assign(slots, combo)}) for combo in combos]
 
     def shapes(trial: Signature) -> dict[str, list[int]]:
         return {s.name: trial.shape(s) for s in sig.specs if any(d in missing for d in s.shape)}
@@ -204,8 +208,36 @@ def suggest(sig: Signature, missing: Sequence[str], model: Path | None) -> tuple
         return shapes(trials[0]), " (not checked)"
     ok, error = _first_that_runs(model, trials)
     if ok is not None:
-        return shapes(ok), " (the model runs with these)"
+        return shapes(ok), " (the model runs with these)" + _control_caveat(sig.specs)
     return shapes(trials[0]), f" (a guess: the model did not run with any tried value: {error})"
+
+
+Slot = tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]
+
+
+def _slots(sig: Signature, missing: Sequence[str]) -> list[Slot]:
+    """What :func:`suggest` varies: an image's two dynamic sides together (:data:`IMAGE_SIZES`), every
+    other missing dim on its own."""
+    image = _image_axes(sig.specs)
+    sides = tuple(str(image[0].shape[a]) for a in image[1]) if image else ()
+    paired = len(set(sides)) == 2 and all(d in missing for d in sides)
+    slots: list[Slot] = [(sides, IMAGE_SIZES)] if paired else []
+    slots += [((d,), tuple((v,) for v in _guesses(sig, d))) for d in missing if not (paired and d in sides)]
+    return slots
+
+
+def _assign(slots: Sequence[Slot], combo: Sequence[tuple[int, ...]]) -> dict[str, int]:
+    return {d: v for (dims, _), values in zip(slots, combo, strict=True) for d, v in zip(dims, values, strict=True)}
+
+
+def _control_caveat(specs: Sequence[TensorSpec]) -> str:
+    """Scalar integer/bool inputs often choose a branch (silero-vad's sample rate picks its 8 or 16 kHz
+    path), and the check fed them small random values: the user's real value may need other sizes."""
+    control = [s.name for s in specs if not s.shape and not s.dtype.startswith("float")]
+    if not control:
+        return ""
+    return (f"; checked with small random values for the scalar input(s) {', '.join(control)}, which may select "
+            "another branch than your real values do: calibration data with real values is the sure way")
 
 
 def _first_that_runs(model: Path, trials: Sequence[Signature]) -> tuple[Signature | None, str]:

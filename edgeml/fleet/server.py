@@ -37,7 +37,8 @@ class ServerConfig:
     broker_ca: Path | None = None  # CA bundle for an mqtts:// broker (system CAs when None)
     telemetry_retention_days: float = 7.0  # raw telemetry kept this long; hourly roll-ups for good
     online_window_s: float = 120.0
-    rollout_tick_s: float = 1.0  # how often the rollout controller steps the active rollouts
+    rollout_poll_s: float = 1.0  # how often the rollout controller reads its wake-up notes (it sleeps otherwise)
+    rollout_controller: bool = True  # False: rollouts are recorded but never stepped (tests of the API alone)
     max_bundle_bytes: int = RequestLimits.max_bundle_bytes  # a bundle upload over this is refused (413)
     bundle_mirror: str | None = None  # desired states point devices at <mirror>/<name>/<version>.edgepkg
     ingest: bool = True  # False: telemetry is stored by separate 'edgeml-fleet ingest' workers
@@ -162,16 +163,21 @@ class FleetServer:
     def _start_rollouts(self):  # type: ignore[no-untyped-def]
         """The rollout controller, publishing desired states as the service account (it acts only while it
         holds the database lease, so several server processes can all run one)."""
+        from edgeml.fleet.rollouts import wakeups
         from edgeml.fleet.rollouts.controller import RolloutController
         from edgeml.fleet.rollouts.publisher import MqttDesiredPublisher
 
+        if not self.config.rollout_controller:
+            return None
         creds = service_credentials(self.store)
         publisher = MqttDesiredPublisher(self._service_host(), self.broker.port, creds.username, creds.password,
                                          client_id=f"edgeml-rollouts-{socket.gethostname()}-{self.config.port}",
                                          tls=getattr(self.broker, "tls", False),
                                          ca_file=str(self.config.broker_ca) if self.config.broker_ca else None)
         publisher.start()
-        controller = RolloutController(self.store, publisher, tick_s=self.config.rollout_tick_s)
+        controller = RolloutController(self.store, publisher, poll_s=self.config.rollout_poll_s)
+        # a device enrolled or revoked may join or leave a selector
+        self.context.on_credentials_changed.append(lambda: wakeups.note_and_ring(self.store, wakeups.MEMBERSHIP))
         controller.start()
         return controller
 

@@ -17,6 +17,7 @@ from sqlalchemy import Boolean, bindparam, case, delete, func, or_, select, tupl
 from sqlalchemy.orm import Session
 
 from edgeml.fleet.bulk_sql import insert_rows
+from edgeml.fleet.rollouts.wakeups import note_ingested
 from edgeml.fleet.store import Store
 from edgeml.fleet.store.models import Device
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
@@ -82,6 +83,7 @@ def store_messages(session: Session, batch: Sequence[Envelope], *, writer: str =
     windows = [w for e in fresh if e.kind == "telemetry" for w in parse_windows(e.device_id, e.seq, e.ts, e.body)]
     update_rollups(session, windows, writer=writer, references=references or ReferenceCache())
     _touch_devices(session, fresh)
+    note_ingested(session, fresh)   # wakes the rollout controller when a rollout waits on these (rollouts.wakeups)
     return len(fresh)
 
 

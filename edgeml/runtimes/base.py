@@ -39,6 +39,7 @@ class BackendOptions:
     device: str | None = None                        # openvino device ("CPU", "NPU", "AUTO:NPU,CPU", ...)
     properties: Mapping[str, object] = field(default_factory=dict)
     num_threads: int = 0                             # 0 = the runtime's default
+    allow_spinning: bool | None = None               # ORT intra-op threads busy-wait for work; None = ORT's default
     cache_dir: Path | None = None                    # engine/model caches (TensorRT, OpenVINO)
 
 

@@ -126,6 +126,10 @@ class OnnxRuntimeBackend(Backend):
         if options.num_threads:
             so.intra_op_num_threads = options.num_threads
             so.inter_op_num_threads = 1
+        if options.allow_spinning is not None:
+            # Spinning threads burn a core waiting for the next op; beside a client or a camera pipeline
+            # on the same cores they steal the CPU the work needs (scripts/bench_agent.py --colocated).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
         provider_args = provider_arguments(self.model_path, options, set(ort.get_available_providers()))
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=provider_args)

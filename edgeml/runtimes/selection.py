@@ -49,6 +49,7 @@ class SelectionPolicy:
     cpu_fallback: bool | None = None
     allow_other_arch: bool = False
     num_threads: int = 0
+    allow_spinning: bool | None = None
     cache_dir: Path | None = None
 
 
@@ -218,5 +219,5 @@ def _options(manifest: Manifest, survivors: list[Candidate], policy: SelectionPo
     runtime_opts = profile_options(manifest)
     profile_threads = runtime_opts.get("num_threads")
     threads = policy.num_threads or (profile_threads if isinstance(profile_threads, int) else 0)
-    base = BackendOptions(num_threads=threads, cache_dir=policy.cache_dir)
+    base = BackendOptions(num_threads=threads, allow_spinning=policy.allow_spinning, cache_dir=policy.cache_dir)
     return backend_class(manifest.runtime).backend_options(runtime_opts, [c.device for c in survivors], base)

@@ -37,13 +37,13 @@ NOT_CALLER_STATE = {Lease.__tablename__}
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     """A fleet server in-process (the API over TestClient) on SQLite and on PostgreSQL.
 
-    The rollout controller never steps on its own here: its steps move rollouts whoever calls, and the
+    The rollout controller is off here: its steps move rollouts whoever calls, and the
     walk must see only what the callers did."""
     if request.param == "sqlite":
-        yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'fleet.db'}", rollout_tick_s=3600)
+        yield from make_fleet(tmp_path / "data", f"sqlite:///{tmp_path / 'fleet.db'}", rollout_controller=False)
     else:
         with temporary_database() as url:
-            yield from make_fleet(tmp_path / "data", url, rollout_tick_s=3600)
+            yield from make_fleet(tmp_path / "data", url, rollout_controller=False)
 
 
 class Credentials:

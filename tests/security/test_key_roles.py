@@ -110,7 +110,7 @@ def test_a_desired_state_signed_by_a_builder_key_is_refused(fleet: RealFleet, bu
     assert "does not trust as its fleet key" in refused[0]["reason"], refused
     assert cam.serving("bk") == "1.0.0"
     # and the huge serial was not taken: the real fleet still moves the device
-    fleet.wait_stopped(fleet.rollout("bk@2.0.0", min_requests=0))
+    fleet.complete("bk@2.0.0")
     assert cam.serving("bk") == "2.0.0"
 
 
@@ -139,7 +139,7 @@ def test_a_revoked_builder_key_stops_working_on_the_device(fleet: RealFleet, bui
                             headers={"Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
     # given the device runs rev@2.0.0, signed by a builder key that then leaks
-    assert fleet.wait_stopped(fleet.rollout("rev@2.0.0", min_requests=0))["state"] == "completed"
+    assert fleet.complete("rev@2.0.0")["state"] == "completed"
     assert cam.serving("rev") == "2.0.0"
     # when the admin revokes the key with the real CLI
     assert fleet.cli("keys", "revoke", leaked.key_id)["status"] == "revoked"
@@ -174,7 +174,7 @@ def test_the_fleet_key_rotates_without_re_enrolling(fleet: RealFleet, built: Any
     roles = {(k["key_id"], k["role"], k["status"]) for k in fleet.cli("keys", "list")}
     assert {(old.key_id, "fleet", "retired"), (rotated["key_id"], "fleet", "active")} <= roles
     # then the device follows a rollout signed by the new key
-    stopped = fleet.wait_stopped(fleet.rollout("rot@2.0.0", min_requests=0))
+    stopped = fleet.complete("rot@2.0.0")
     assert stopped["state"] == "completed", stopped
     assert cam.serving("rot") == "2.0.0"
     agent_dir = fleet.tmp / cam.name
@@ -229,5 +229,5 @@ def test_an_agent_upgraded_from_one_trusted_directory_splits_it_by_role(fleet: R
     assert [p.stem for p in trusted.glob("fleet/*.pub")] == [fleet_id]
     assert fleet_id not in [p.stem for p in trusted.glob("bundles/*.pub")]
     # and it still follows the fleet
-    assert fleet.wait_stopped(fleet.rollout("mig@2.0.0", min_requests=0))["state"] == "completed"
+    assert fleet.complete("mig@2.0.0")["state"] == "completed"
     assert cam.serving("mig") == "2.0.0"

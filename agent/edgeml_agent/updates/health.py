@@ -8,7 +8,6 @@ the answers — so a model that is fast and error-free but wrong is caught too.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import queue
 import random
@@ -83,7 +82,18 @@ class HealthWatch:
 
 
 class Shadow:
-    """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests."""
+    """Runs ``reference`` (the previous model) on a sample of ``candidate_version``'s requests.
+
+    Request threads only hand a sampled request to a bounded queue; the previous model runs in the
+    shadow's own thread. When that thread falls behind (a slow reference model, a saturated CPU), the
+    queue fills and further samples are dropped and counted, never waited for: a live answer never
+    waits on the shadow model. What it can still take from live requests is CPU, on a saturated device:
+    so the previous model runs at most ``DUTY`` of the wall time (after a run of t seconds, the shadow
+    rests t * (1/DUTY - 1)); at low load that never binds, at full load it caps the comparisons, which
+    only need to be a fair sample (``scripts/bench_shadow.py`` measures the cost at full load)."""
+
+    QUEUE_SIZE = 64
+    DUTY = 0.1
 
     def __init__(self, reference: Model, model: str, candidate_version: str, fraction: float,
                  on_disagree: ShadowHook | None = None) -> None:
@@ -94,7 +104,9 @@ class Shadow:
         self.fraction = fraction
         self.compared = 0
         self.agreed = 0
-        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=64)
+        self.dropped = 0   # samples not compared because the queue was full
+        self._dropping = threading.Lock()   # request threads count drops concurrently
+        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=self.QUEUE_SIZE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeml-shadow", daemon=True)
         self._thread.start()
@@ -102,8 +114,11 @@ class Shadow:
     def offer(self, obs: Observation) -> None:
         if obs.model != self.model or obs.version != self.candidate_version or random.random() >= self.fraction:
             return
-        with contextlib.suppress(queue.Full):  # shadowing is a sample; never slow the live path down
+        try:
             self._queue.put_nowait(obs)
+        except queue.Full:   # shadowing is a sample; never slow the live path down
+            with self._dropping:
+                self.dropped += 1
 
     @property
     def agreement(self) -> float | None:
@@ -115,20 +130,25 @@ class Shadow:
                 obs = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            started = time.perf_counter()
             try:
                 expected = self.reference.predict(dict(obs.inputs or {}))
             except Exception:
                 log.debug("shadow run of the previous model failed", exc_info=True)
                 continue
+            ran_s = time.perf_counter() - started
             self.compared += 1
             agreed = outputs_agree(expected, obs.outputs)
             self.agreed += int(agreed)
             if not agreed and self.on_disagree is not None:
                 self.on_disagree(obs, expected)
+            self._stop.wait(ran_s * (1 / self.DUTY - 1))
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        log.info("shadow of %s@%s: %d compared, %d agreed, %d dropped (queue full)", self.model,
+                 self.candidate_version, self.compared, self.agreed, self.dropped)
 
 
 def outputs_agree(reference: Mapping[str, Array], candidate: Mapping[str, Array] | None) -> bool:

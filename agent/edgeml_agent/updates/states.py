@@ -254,7 +254,8 @@ def _settings_gates(s: UpdateSettings) -> dict[str, float]:
 def _start_shadow(ctx: UpdateContext, rec: UpdateRecord, fraction: float) -> Shadow | None:
     assert rec.model and rec.target_version and rec.previous_version
     try:  # a private instance of the previous version: the served one was retired by the switch
-        reference = ctx.services.load_model(rec.model, rec.previous_version).model
+        # on ONE thread: the live version owns the cores; a second full thread pool would fight it for them
+        reference = ctx.services.load_model(rec.model, rec.previous_version, num_threads=1).model
     except EdgeMLError as exc:
         log.warning("cannot shadow-run the previous version: %s", exc)
         return None

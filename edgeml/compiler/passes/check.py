@@ -101,6 +101,27 @@ def _ort_problems(model: ModelProto) -> list[str]:
     return []
 
 
+def _ort_static_load_problems(model: ModelProto, path: Path, target: TargetProfile) -> list[str]:
+    """Whether ONNX Runtime still loads the model once its inputs are static. Fixing the input shapes
+    lets shape inference reach every branch of an ``If``, and a branch made for other sizes then no longer
+    type-checks (silero-vad's 8 kHz branch under 16 kHz frames): without this, every candidate fails later
+    with ONNX Runtime's own error, which does not say that the static shapes are the cause."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # default optimizations, as the runtimes load it: folding reaches the branches
+    try:
+        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's Fail / InvalidGraph: the reason goes into the problem
+        shapes = ", ".join(f"{v.name} {'x'.join(str(d.dim_value) for d in v.type.tensor_type.shape.dim) or 'scalar'}"
+                           for v in model.graph.input)
+        first = str(exc).strip().splitlines()[0][:240]
+        return [f"onnxruntime cannot load the model with the static input shapes target {target.id} needs "
+                f"({shapes}): {first}. The graph does not fit one fixed shape (a branch for other sizes?): "
+                "build for a target with dynamic shapes, or re-export the model for this one input size"]
+    return []
+
+
 def _runs_without_kernel(op_type: str, domain: str, version: int) -> bool:
     """Operators ONNX Runtime handles without a kernel: ``Constant`` (folded into an initializer at
     load) and operators the ONNX standard defines as a function, which ORT expands into their body."""
@@ -186,6 +207,8 @@ def _runtime_problems(model: ModelProto, path: Path, target: TargetProfile,
     by_runtime: dict[str, list[str]] = {}
     notes: list[str] = []
     ort = _ort_problems(model) if {"onnxruntime", "tensorrt"} & set(runtimes) else []
+    if not ort and target.static_shapes and {"onnxruntime", "tensorrt"} & set(runtimes):
+        ort = _ort_static_load_problems(model, path, target)
     for rt in ("onnxruntime", "tensorrt"):
         if rt in runtimes:
             by_runtime[rt] = ort

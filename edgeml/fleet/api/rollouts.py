@@ -1,7 +1,8 @@
 """Rollouts: create (Deployer), list/show (Viewer), pause/resume/abort (Deployer).
 
-The controller in the server does the work; these routes only record the operator's intent, in the
-same transaction as the audit entry.
+The controller in the server does the work, in its own thread; these routes only record the operator's
+intent (one row, whatever the fleet's size), in the same transaction as the audit entry and a wake-up
+note, then ring the controller of this process (another process's controller reads the note).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,7 +21,7 @@ from edgeml.fleet import audit, keyring
 from edgeml.fleet.api.bundles import find_bundle
 from edgeml.fleet.auth import Deployer, Viewer
 from edgeml.fleet.context import FleetContext, get_context
-from edgeml.fleet.rollouts import service
+from edgeml.fleet.rollouts import service, wakeups
 from edgeml.fleet.rollouts.gates import Gates
 from edgeml.fleet.rollouts.health import TelemetryHealth
 from edgeml.fleet.rollouts.plan import Selector
@@ -41,6 +42,8 @@ class RolloutCreate(BaseModel):
     min_shadow_agreement: Fraction | None = None
     max_drift: Annotated[float, Field(ge=0, le=100)] | None = None
     min_requests: int = Field(default=0, ge=0, le=10_000_000)
+    min_reporting: Fraction = Field(default=0.5, description="share of a wave's installed devices that must send "
+                                    "telemetry of the new version before it is judged (never fewer than one)")
     observe_s: float = Field(default=600, ge=0, le=30 * 86400)
     wave_timeout_s: float = Field(default=1800, ge=1, le=30 * 86400)
     on_failure: Literal["pause", "abort"] = "pause"
@@ -79,6 +82,7 @@ class RolloutStatus(RolloutOut):
     wave_list: list[dict[str, Any]]
     live: dict[str, Any] | None
     device_list: list[dict[str, Any]]
+    device_list_total: int = Field(description="members in all; device_list holds the first `devices` of them")
     decisions: list[dict[str, Any]]
 
 
@@ -87,10 +91,11 @@ def _not_found(exc: LookupError) -> HTTPException:
 
 
 @router.post("/rollouts", response_model=RolloutOut, status_code=201)
-def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx: Ctx) -> RolloutOut:
+def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx: Ctx,
+                   after: BackgroundTasks) -> RolloutOut:
     gates = Gates(max_error_rate=body.max_error_rate, max_latency_regression=body.max_latency_regression,
                   min_shadow_agreement=body.min_shadow_agreement, max_drift=body.max_drift,
-                  min_requests=body.min_requests)
+                  min_requests=body.min_requests, min_reporting=body.min_reporting)
     spec = service.RolloutSpec(selector=Selector(group=body.group, tag=body.tag), waves=body.waves, gates=gates,
                                observe_s=body.observe_s, wave_timeout_s=body.wave_timeout_s, on_failure=body.on_failure,
                                probation={"seconds": body.probation_s} if body.probation_s is not None else None)
@@ -98,7 +103,7 @@ def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx:
         bundle = find_bundle(session, body.bundle)
         _signer_still_trusted(session, bundle)
         try:
-            row = service.create(session, bundle, spec, caller.name)
+            row, planned = service.create(session, bundle, spec, caller.name)
         except ConfigError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         except RolloutError as exc:
@@ -107,7 +112,9 @@ def create_rollout(body: RolloutCreate, request: Request, caller: Deployer, ctx:
                      bundle_id=row.bundle_id, selector=row.selector, waves=row.waves, gates=row.gates,
                      observe_s=row.observe_s, wave_timeout_s=row.wave_timeout_s, on_failure=row.on_failure)
         session.flush()
-        return RolloutOut(**service.summary(row, session))
+        out = RolloutOut(**service.summary(row, session, planned=planned))
+    after.add_task(wakeups.ring, ctx.store)   # once the answer is sent: the fan-out never delays it
+    return out
 
 
 def _signer_still_trusted(session: Session, bundle: Bundle) -> None:
@@ -133,12 +140,14 @@ def list_rollouts(caller: Viewer, ctx: Ctx, state: str | None = None) -> list[Ro
 
 
 @router.get("/rollouts/{rollout_id}", response_model=RolloutStatus)
-def show_rollout(rollout_id: str, caller: Viewer, ctx: Ctx) -> RolloutStatus:
+def show_rollout(rollout_id: str, caller: Viewer, ctx: Ctx,
+                 devices: Annotated[int, Query(ge=0, le=100_000, description="members to list (by wave, then id)")]
+                 = service.DEVICE_LIST_LIMIT) -> RolloutStatus:
     with ctx.store.session() as session:
         row = session.get(Rollout, rollout_id)
         if row is None:
             raise HTTPException(status_code=404, detail=f"no rollout '{rollout_id}' (see 'edgeml-fleet rollout list')")
-        return RolloutStatus(**service.status(row, session, TelemetryHealth()))
+        return RolloutStatus(**service.status(row, session, TelemetryHealth(), device_limit=devices))
 
 
 def _change(ctx: FleetContext, request: Request, caller: str, rollout_id: str, action: str,
@@ -153,7 +162,9 @@ def _change(ctx: FleetContext, request: Request, caller: str, rollout_id: str, a
         except RolloutError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from exc
         audit.record(session, request, caller, f"rollout.{action}", row.id, **kwargs)
-        return RolloutOut(**service.summary(row, session))
+        out = RolloutOut(**service.summary(row, session))
+    wakeups.ring(ctx.store)
+    return out
 
 
 @router.post("/rollouts/{rollout_id}/pause", response_model=RolloutOut)

@@ -29,7 +29,7 @@ class ServiceCredentials:
 
 def service_credentials(store: Store) -> ServiceCredentials:
     """The service account, created on first use."""
-    with store.session() as session:
+    with store.reader() as session:
         row = session.get(Setting, SERVICE_PASSWORD_KEY)
         if row is not None:
             return ServiceCredentials(SERVICE_USERNAME, row.value)
@@ -59,7 +59,9 @@ class StoreAccounts:
             return None
         if username == SERVICE_USERNAME:
             return "service" if hashes_match(self._service.password, password) else None
-        with self.store.session() as session:
+        # reads only: on SQLite a login must never wait for a writer's lock (a revocation holds it while it
+        # tells the broker)
+        with self.store.reader() as session:
             device = session.get(Device, username)
             if device is None or device.revoked_at is not None:
                 return None
@@ -67,7 +69,7 @@ class StoreAccounts:
 
     def password_lines(self) -> list[tuple[str, str]]:
         """(username, $7$ hash) for every account allowed on the broker: the mosquitto password_file."""
-        with self.store.session() as session:
+        with self.store.reader() as session:
             devices = session.execute(select(Device.id, Device.mqtt_password_hash)
                                       .where(Device.revoked_at.is_(None)).order_by(Device.id)).all()
         return [(SERVICE_USERNAME, mosquitto_hash(self._service.password))] + [(d, h) for d, h in devices]

@@ -55,6 +55,9 @@ def rollout() -> None:
 @click.option("--min-shadow-agreement", type=float, default=None, help="judged on the devices (shadow runs)")
 @click.option("--max-drift", type=float, default=None, help="PSI of the inputs against the bundle's reference")
 @click.option("--min-requests", type=int, default=0, show_default=True, help="traffic needed to judge a wave")
+@click.option("--min-reporting", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="share of a wave's installed devices that must send telemetry of the new version before it is "
+                   "judged (at least one: a wave never passes on no data)")
 @click.option("--observe", type=Duration(), default="10m", show_default=True, help="observation window per wave")
 @click.option("--wave-timeout", type=Duration(), default="30m", show_default=True,
               help="devices that have not installed by then are counted offline")
@@ -63,14 +66,14 @@ def rollout() -> None:
 @json_option
 def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_rate: float,
                    max_latency_regression: float, min_shadow_agreement: float | None, max_drift: float | None,
-                   min_requests: int, observe: float, wave_timeout: float, probation: float | None, on_failure: str,
-                   as_json: bool) -> None:
+                   min_requests: int, min_reporting: float, observe: float, wave_timeout: float,
+                   probation: float | None, on_failure: str, as_json: bool) -> None:
     """Roll BUNDLE (name@version or sha256 id) out in waves."""
     selector = Selector.parse(select)
     body = {"bundle": bundle, **selector.to_json(), "waves": parse_waves(waves), "max_error_rate": max_error_rate,
             "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
-            "max_drift": max_drift, "min_requests": min_requests, "observe_s": observe, "wave_timeout_s": wave_timeout,
-            "on_failure": on_failure, "probation_s": probation}
+            "max_drift": max_drift, "min_requests": min_requests, "min_reporting": min_reporting,
+            "observe_s": observe, "wave_timeout_s": wave_timeout, "on_failure": on_failure, "probation_s": probation}
     row = call("post", "/v1/rollouts", body)
     if as_json:
         echo_json(row)
@@ -91,7 +94,7 @@ WAVE_COLUMNS = [("wave", "wave"), ("percent", "%"), ("devices", "devices"), ("st
                 ("counts", "device states")]
 # which live figure of the current wave each gate is judged on
 _GATE_FIGURE = {"max_error_rate": "error_rate", "max_drift": "drift", "max_latency_regression": "p50_ms",
-                "min_requests": "requests"}
+                "min_requests": "requests", "min_reporting": "devices"}
 _DECISION_DETAILS = ("wave", "reasons", "devices", "outcome", "reverted", "installed", "reason")
 
 

@@ -1,20 +1,34 @@
-"""The rollout controller: a background loop in the fleet server that moves rollouts forward.
+"""The rollout controller: a thread in the fleet server that moves rollouts forward, and sleeps otherwise.
 
-Every tick (~1 s) the controller that holds the ``rollouts`` lease (one row in the database, renewed
-each tick, so with several server processes on one PostgreSQL only one acts) runs one idempotent step
-per active rollout, each in its own transaction:
+The API only records an operator's intent (a rollout row, a pause, an abort) and leaves a wake-up note
+(:mod:`.wakeups`); everything that touches devices happens here, off the request path. The controller
+that holds the ``rollouts`` lease (one row in the database, so with several server processes on one
+PostgreSQL only one acts) steps a rollout only when something can have changed for it:
 
-1. devices that joined the selector since the rollout began join its current wave;
-2. the agents' update events (and the installed versions the ingest keeps) say where each device is;
-3. devices of waves up to the current one that have not been sent the new version get a signed
-   desired state (published after the transaction commits, retained, QoS 1);
-4. the current wave is judged: any device whose agent rolled back fails the gate at once; devices that
+* a wake-up note: the API changed it, the ingest stored an update event of its model, or telemetry of
+  its version while the wave waits for data; a device enrolled (it may join a selector); documents
+  re-issued by a key rotation wait to be published;
+* one of its deadlines: the wave timeout while devices install, the end of the observation window, the
+  end of the wait for telemetry;
+* every ``membership_s``, a look for devices that joined its selector (tags changed, another process
+  enrolled them);
+* after it takes over the lease (another server died), every active rollout once.
+
+Between those it costs one read of the (empty) wake-up table every ``poll_s`` and, while a rollout is
+active, a lease renewal every third of the lease's lifetime. One step of a rollout:
+
+1. the API's new rollout gets its members: the devices the selector picks now, in waves;
+2. devices that joined the selector since the rollout began join its current wave;
+3. devices of waves up to the current one that have not been sent the new version get a signed desired
+   state — ``fanout_chunk`` devices per transaction, each chunk published (retained, QoS 1, pipelined)
+   right after its commit, and each device's document marked published when the broker acknowledges it;
+4. the agents' update events (and the installed versions the ingest keeps) say where each device is;
+5. the current wave is judged: any device whose agent rolled back fails the gate at once; devices that
    do not answer within the wave timeout are counted offline, not waited on; once the rest installed,
-   the observation window runs and the gates are judged on the telemetry received in it;
-5. a pass advances the wave (the last one completes the rollout); a failure pauses or aborts the
+   the observation window runs and the gates are judged on the telemetry received in it — never on no
+   telemetry: the observation goes on while data is missing, and the wave fails at its timeout;
+6. a pass advances the wave (the last one completes the rollout); a failure pauses or aborts the
    rollout (``on_failure``) and sends the wave's devices back to their previous version.
-
-Every decision is written to the audit log with the numbers behind it.
 """
 
 from __future__ import annotations
@@ -23,71 +37,36 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from edgeml.bundle.keys import SigningKey
-from edgeml.fleet.rollouts.desired_docs import Issued, fleet_signing_key, issue, model_entry
-from edgeml.fleet.rollouts.gates import Gates, Verdict, judge
+from edgeml.errors import FleetError
+from edgeml.fleet.rollouts import decisions, wakeups, waves
+from edgeml.fleet.rollouts.desired_docs import Issued, fleet_signing_key
 from edgeml.fleet.rollouts.health import HealthSource, TelemetryHealth
-from edgeml.fleet.rollouts.plan import Selector
 from edgeml.fleet.rollouts.publisher import DesiredPublisher
 from edgeml.fleet.store import Store
-from edgeml.fleet.store.models import (
-    AuditEntry,
-    Bundle,
-    DesiredDocument,
-    Device,
-    Lease,
-    Rollout,
-    RolloutDevice,
-)
-from edgeml.protocol import RolloutDeviceState as DeviceState
-from edgeml.protocol import RolloutState, UpdateState
+from edgeml.fleet.store.models import DesiredDocument, Lease, Rollout, as_utc
+from edgeml.protocol import RolloutState
 
 log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
-ACTOR = "rollout-controller"
-ACTIVE_STATES = (RolloutState.RUNNING, RolloutState.ABORTING)
-IN_FLIGHT = (DeviceState.SENT, DeviceState.UPDATING)
-CLOCK_SKEW = timedelta(seconds=30)
-# Agent update states (edgeml.protocol, reported in `update` events) → the device's state in the rollout.
-EVENT_STATES: dict[str, DeviceState] = {
-    UpdateState.COMMITTED: DeviceState.INSTALLED, UpdateState.FAILED: DeviceState.FAILED,
-    UpdateState.ROLLING_BACK: DeviceState.FAILED,
-}
+ACTIVE_STATES = wakeups.ACTIVE_STATES
+MAX_WAVES_PER_STEP = 64      # a step follows passes from wave to wave (waves with nothing to observe)
+PUBLISH_RETRY_S = 5.0
+DOCS = cast(Table, DesiredDocument.__table__)
 
 
-def installed_version(device: Device, model: str) -> str | None:
-    """The version the device runs, as enrolment and the ingest record it (``{"bundles": {model: version}}``;
-    a bare ``{model: version}`` is read too)."""
-    bundles = device.installed.get("bundles")
-    found = bundles.get(model) if isinstance(bundles, dict) else None
-    if isinstance(found, str):
-        return found
-    value = device.installed.get(model)
-    return value if isinstance(value, str) else None
-
-
-def failure(body: dict[str, Any], *, rolled_back: bool) -> str:
-    """Why a device failed an update, from its agent's event: it switched and then rolled back by itself,
-    or it refused the version before switching (download, verification, smoke test) and never ran it."""
-    cause = str(body.get("reason") or "no reason given")
-    if rolled_back or body.get("source") == UpdateState.ROLLING_BACK:
-        return f"rolled back by itself: {cause}"
-    step = body.get("source")
-    return f"refused it in {step}: {cause}" if step else f"failed: {cause}"
-
-
-def audit(session: Session, action: str, target: str, **details: Any) -> None:
-    session.add(AuditEntry(actor=ACTOR, action=action, target=target, source="fleet", details=details))
+class LeaseLost(FleetError):
+    """Another server process took the rollout lease: this one stops acting."""
 
 
 def acquire_lease(store: Store, holder: str, ttl_s: float, now: datetime) -> bool:
@@ -115,32 +94,46 @@ def release_lease(store: Store, holder: str) -> None:
 
 class RolloutController:
     def __init__(self, store: Store, publisher: DesiredPublisher, *, health: HealthSource | None = None,
-                 tick_s: float = 1.0, lease_ttl_s: float = 10.0, holder: str | None = None,
+                 poll_s: float = 1.0, lease_ttl_s: float = 10.0, membership_s: float = 30.0,
+                 fanout_chunk: int = 1000, holder: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.publisher = store, publisher
         self.health: HealthSource = health or TelemetryHealth()
-        self.tick_s, self.lease_ttl_s, self.clock = tick_s, lease_ttl_s, clock
+        self.poll_s, self.lease_ttl_s, self.membership_s = poll_s, lease_ttl_s, membership_s
+        self.fanout_chunk, self.clock = fanout_chunk, clock
         self.holder = holder or uuid.uuid4().hex[:16]
+        self.steps = 0                            # rollout steps taken (what an idle server must not do)
         self._stop = threading.Event()
+        self._bell = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def key(self) -> SigningKey:
-        # read each time, not cached: another process may have rotated the fleet key
-        return fleet_signing_key(self.store)
+        self._lease_until = 0.0                   # while now < this (minus a margin) we hold the lease
+        self._due: dict[str, float] = {}          # active rollout → its next deadline (clock seconds)
+        self._awaiting: set[str] = set()          # rollouts whose wave waits for telemetry
+        self._next_membership = 0.0
+        self._next_lease_look = 0.0
+        self._fresh = True                        # the first pass after start looks for active rollouts
+        self._publish_at: float | None = None     # retry publishing documents the broker did not take
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    # -- loop ----------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._bell.set()
+
+    # -- thread --------------------------------------------------------------------------------------
     def start(self) -> None:
+        wakeups.listen(self.store, self.wake)
+        if hasattr(self.publisher, "on_change"):
+            self.publisher.on_change = self.wake
         self._thread = threading.Thread(target=self._run, name="edgeml-rollouts", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        wakeups.unlisten(self.store, self.wake)
         self._stop.set()
+        self._bell.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(30)
             self._thread = None
         try:
             release_lease(self.store, self.holder)  # a successor need not wait for the lease to expire
@@ -148,229 +141,242 @@ class RolloutController:
             log.debug("could not release the rollout lease", exc_info=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        while not self._stop.is_set():
             try:
-                self.tick()
-            except Exception:  # one bad tick (database hiccup) must not end the loop
-                log.exception("rollout controller tick failed; retrying next tick")
+                self.run_once()
+            except LeaseLost:
+                log.info("another server process took over the rollouts")
+            except Exception:  # one bad pass (database hiccup) must not end the loop
+                log.exception("rollout controller pass failed; trying again")
+                self._lease_until, self._fresh = 0.0, True   # start over with a full pass
+            self._bell.wait(self._sleep_s())
+            self._bell.clear()
+
+    def _sleep_s(self) -> float:
+        now = self.clock()
+        wake_at = [now + self.poll_s, *self._due.values()]
+        if self._due:
+            wake_at.append(self._lease_until - self.lease_ttl_s * 2 / 3)
+        if self._publish_at is not None:
+            wake_at.append(self._publish_at)
+        return max(0.0, min(wake_at) - now)
+
+    # -- one pass ------------------------------------------------------------------------------------
+    def run_once(self) -> None:
+        """Do what is due; when nothing is, this is one read of the wake-up table."""
+        now = self.clock()
+        self._record_acks()
+        with self.store.session() as session:
+            noted = wakeups.peek(session)
+        if now >= self._lease_until - self.lease_ttl_s / 3:
+            self._without_lease(now, noted)
+            return
+        due = sorted(rid for rid, t in self._due.items() if t <= now)
+        membership = bool(self._due) and now >= self._next_membership
+        publish = self._publish_at is not None and now >= self._publish_at
+        if noted or due or membership or publish:
+            self._act(self._take_notes() if noted else [], due, membership, publish)
+        elif self._due and now >= self._lease_until - self.lease_ttl_s * 2 / 3:
+            self._take_lease(now)   # keep the lease while a rollout is active; an idle fleet lets it lapse
+
+    def _without_lease(self, now: float, noted: bool) -> None:
+        """Not holding the lease: take it when there is something to do — a note, the first pass after
+        start, or (every lease lifetime) active rollouts whose holder may have died."""
+        if not (noted or self._fresh or now >= self._next_lease_look):
+            return
+        self._next_lease_look = now + self.lease_ttl_s
+        self._fresh = False
+        if not noted and not self._any_active():
+            return
+        if self._take_lease(now):
+            self._full_pass()
+
+    def _any_active(self) -> bool:
+        with self.store.session() as session:
+            return session.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_STATES)).limit(1)).first() \
+                is not None
+
+    def _take_lease(self, now: float) -> bool:
+        if acquire_lease(self.store, self.holder, self.lease_ttl_s, datetime.fromtimestamp(now, UTC)):
+            self._lease_until = now + self.lease_ttl_s
+            return True
+        self._lease_until, self._due, self._awaiting = 0.0, {}, set()   # another server process acts
+        return False
+
+    def _take_notes(self) -> list[str]:
+        with self.store.session() as session:
+            return wakeups.take(session)
+
+    def _full_pass(self) -> None:
+        """After taking the lease: every note is old news; step every active rollout and publish whatever
+        the broker has not acknowledged."""
+        self._take_notes()
+        self.tick_all(joiners=True)
+        self.publish_pending()
+
+    def _act(self, notes: Sequence[str], due: Sequence[str], membership: bool, publish: bool) -> None:
+        targets = set(due)
+        for note in notes:
+            rollout_id, kind = wakeups.split_key(note)
+            if kind == wakeups.MEMBERSHIP:
+                membership = True
+            elif kind == wakeups.PUBLISH:
+                publish = True
+            elif rollout_id and (kind != wakeups.TELEMETRY or rollout_id in self._awaiting
+                                 or rollout_id not in self._due):
+                targets.add(rollout_id)   # telemetry matters only to a wave that waits for it
+        if membership:   # a step only for a rollout that someone joined
+            self._next_membership = self.clock() + self.membership_s
+            targets.update(rid for rid in sorted(self._due) if self._add_joiners(rid))
+        for rollout_id in sorted(targets):
+            self.step_rollout(rollout_id)
+        if publish:
+            self.publish_pending()
 
     def tick(self) -> bool:
-        """One pass over the active rollouts; False when another server holds the lease."""
-        if not acquire_lease(self.store, self.holder, self.lease_ttl_s, self.now()):
+        """Take the lease and step every active rollout now, then publish what is pending; False when
+        another server holds the lease. (The loop steps only what is due; tests drive this directly.)"""
+        now = self.clock()
+        if not self._take_lease(now):
             return False
+        self._take_notes()
+        self.tick_all(joiners=True)
+        self.publish_pending()
+        self._record_acks()
+        return True
+
+    def tick_all(self, *, joiners: bool) -> None:
         with self.store.session() as session:
             ids = list(session.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_STATES))
                                        .order_by(Rollout.created_at)))
+        self._due = {rid: t for rid, t in self._due.items() if rid in ids}
+        self._next_membership = self.clock() + self.membership_s
         for rollout_id in ids:
-            with self.store.session() as session:
-                rollout = session.get(Rollout, rollout_id, with_for_update=True)
-                if rollout is not None and rollout.state in ACTIVE_STATES:
-                    self.step(session, rollout)
-        self.publish_pending()
-        return True
-
-    def publish_pending(self) -> None:
-        """Publish every document not yet handed to the broker (all of them after a reconnect)."""
-        resync = self.publisher.take_resync()
-        with self.store.session() as session:
-            query = select(DesiredDocument)
-            if not resync:
-                query = query.where(DesiredDocument.published_at.is_(None))
-            for doc in session.scalars(query):
-                if self.publisher.publish(doc.device_id, doc.wire.encode()):
-                    doc.published_at = self.now()
+            self.step_rollout(rollout_id, joiners=joiners)
 
     # -- one rollout ---------------------------------------------------------------------------------
-    def step(self, session: Session, r: Rollout) -> list[Issued]:
-        now = self.now()
-        members = {m.device_id: m
-                   for m in session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id))}
-        if r.state == RolloutState.ABORTING:
-            issued = self._revert(session, r, [m for m in members.values() if m.state != DeviceState.PENDING], now)
-            r.state, r.updated_at = RolloutState.ABORTED, now
-            audit(session, "rollout.aborted", r.id, reason=r.reason,
-                  reverted=sorted(m.device_id for m in members.values() if m.state == DeviceState.REVERTED))
-            return issued
-        self._add_joiners(session, r, members, now)
-        devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(members))))}
-        self._absorb_progress(session, r, members, devices)
-        issued = self._send_due(session, r, members, devices, now)
-        issued += self._judge_wave(session, r, members, now)
-        return issued
+    @contextmanager
+    def _locked(self) -> Iterator[Session]:
+        """A transaction that first renews the lease (a write: on SQLite it takes the write lock before
+        any read; on PostgreSQL it fences a controller that lost the lease while it was busy)."""
+        with self.store.session() as session:
+            now = self.now()
+            renewed = session.execute(update(Lease).where(Lease.name == LEASE, Lease.holder == self.holder)
+                                      .values(expires_at=now + timedelta(seconds=self.lease_ttl_s)))
+            if renewed.rowcount != 1:  # type: ignore[attr-defined]
+                self._lease_until = 0.0
+                raise LeaseLost("another server process holds the rollout lease now")
+            self._lease_until = self.clock() + self.lease_ttl_s
+            yield session
 
-    def _add_joiners(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], now: datetime) -> None:
-        selector = Selector(**r.selector)
-        joined = []
-        for device in session.scalars(select(Device).where(Device.revoked_at.is_(None))
-                                      .order_by(Device.enrolled_at, Device.id)):
-            if device.id not in members and selector.matches(device.group, device.tags):
-                members[device.id] = RolloutDevice(rollout_id=r.id, device_id=device.id, wave=r.current_wave,
-                                                   state=DeviceState.PENDING, updated_at=now)
-                session.add(members[device.id])
-                joined.append(device.id)
-        if joined:
-            audit(session, "rollout.devices_joined", r.id, wave=r.current_wave + 1, devices=joined)
+    def step_rollout(self, rollout_id: str, *, joiners: bool = False) -> None:
+        """Everything due for one rollout: members, sends, progress, the wave's decision, the next deadline."""
+        self.steps += 1
+        key = fleet_signing_key(self.store)   # once per step: another process may have rotated it
+        with self._locked() as session:
+            r = session.get(Rollout, rollout_id, with_for_update=True)
+            if r is None or r.state not in ACTIVE_STATES:
+                self._forget(rollout_id)
+                return
+            if r.state == RolloutState.RUNNING and not waves.plan(session, r, self.now()) and joiners:
+                waves.add_joiners(session, r, self.now())
+        for _ in range(MAX_WAVES_PER_STEP):
+            self._send_due(rollout_id, key)
+            with self._locked() as session:
+                r = session.get(Rollout, rollout_id, with_for_update=True)
+                if r is None or r.state not in ACTIVE_STATES:
+                    break
+                before = r.current_wave
+                step = waves.Step(key, self.health, self.now())
+                if r.state == RolloutState.ABORTING:
+                    issued = decisions.finish_abort(session, r, step)
+                else:
+                    waves.absorb_progress(session, r, step)
+                    issued = decisions.judge_wave(session, r, step)
+                state, wave = r.state, r.current_wave
+            self._publish(issued)
+            if state != RolloutState.RUNNING or wave == before:
+                break
+        self._schedule(rollout_id)
 
-    def _absorb_progress(self, session: Session, r: Rollout, members: dict[str, RolloutDevice],
-                         devices: dict[str, Device]) -> None:
-        settled = (DeviceState.INSTALLED, DeviceState.FAILED, DeviceState.OFFLINE)
-        watched = [m for m in members.values() if m.state in (*IN_FLIGHT, *settled)]
-        if not watched:
+    def _add_joiners(self, rollout_id: str) -> bool:
+        with self._locked() as session:
+            r = session.get(Rollout, rollout_id, with_for_update=True)
+            return r is not None and r.state == RolloutState.RUNNING and bool(waves.add_joiners(session, r, self.now()))
+
+    def _send_due(self, rollout_id: str, key: SigningKey) -> None:
+        """Fan out in chunks: each chunk is signed and committed in its own short transaction (the ingest
+        never waits long for the database) and handed to the broker while the next one is signed."""
+        while True:
+            with self._locked() as session:
+                r = session.get(Rollout, rollout_id, with_for_update=True)
+                if r is None or r.state != RolloutState.RUNNING:
+                    return
+                decisions.start_wave(session, r, self.now())
+                issued = waves.send_due(session, r, waves.Step(key, self.health, self.now()), self.fanout_chunk)
+            if not issued:
+                return
+            self._publish(issued)
+            self._record_acks()
+
+    def _schedule(self, rollout_id: str) -> None:
+        """The rollout's next deadline, from its row (so a successor computes the same)."""
+        with self.store.session() as session:
+            r = session.get(Rollout, rollout_id)
+        if r is None or r.state not in ACTIVE_STATES:
+            self._forget(rollout_id)
             return
-        # device clocks may lag the server's a little; events from before the send are older attempts
-        since = min((m.sent_at for m in watched if m.sent_at is not None), default=r.created_at) - CLOCK_SKEW
-        latest: dict[str, dict[str, Any]] = {}
-        rolled_back: set[str] = set()
-        for event in self.health.update_events(session, device_ids=[m.device_id for m in watched], since=since):
-            # "idle" follows both committed and failed: it says nothing about how the update ended
-            if (event.body.get("model") == r.name and event.body.get("version") == r.version
-                    and event.body.get("state") != UpdateState.IDLE):
-                latest[event.device_id] = event.body
-                if event.body.get("state") == UpdateState.ROLLING_BACK:
-                    rolled_back.add(event.device_id)
-        for m in watched:
-            body: dict[str, Any] | None = latest.get(m.device_id)
-            state = None
-            if body is not None:
-                state = EVENT_STATES.get(str(body.get("state")), DeviceState.UPDATING)
-                if m.previous_version is None and body.get("previous"):
-                    # sent before the fleet knew what it ran (e.g. it enrolled mid-rollout): its agent says
-                    m.previous_version = str(body["previous"])
-            device = devices.get(m.device_id)
-            if (state in (None, DeviceState.UPDATING) and device is not None
-                    and installed_version(device, r.name) == r.version):
-                state = DeviceState.INSTALLED  # no event (e.g. it already ran this version), but the ingest saw it
-            if state is not None and state != m.state:
-                m.state, m.updated_at = state, self.now()
-                if state == DeviceState.FAILED and body is not None:
-                    m.reason = failure(body, rolled_back=m.device_id in rolled_back)
-
-    def _send_due(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], devices: dict[str, Device],
-                  now: datetime) -> list[Issued]:
-        due = [m for m in members.values() if m.state == DeviceState.PENDING and m.wave <= r.current_wave]
-        if not due:
-            return []
-        bundle = session.get(Bundle, r.bundle_id)
-        assert bundle is not None  # the bundle delete guard keeps it while a rollout uses it
-        probation = {**Gates.from_json(r.gates).probation(), **r.probation}
-        issued = []
-        for m in due:
-            device = devices.get(m.device_id) or session.get(Device, m.device_id)
-            if m.previous_version is None and device is not None:
-                m.previous_version = installed_version(device, r.name)
-            issued.append(issue(session, self.key, m.device_id, model_entry(bundle), rollout_id=r.id,
-                                probation=probation, now=now.timestamp()))
-            m.state, m.sent_at, m.updated_at = DeviceState.SENT, now, now
-        return issued
-
-    def _judge_wave(self, session: Session, r: Rollout, members: dict[str, RolloutDevice],
-                    now: datetime) -> list[Issued]:
-        w = r.current_wave
-        upto = [m for m in members.values() if m.wave <= w]
-        wave = [m for m in upto if m.wave == w]
-        if r.wave_started_at is None:
-            r.wave_started_at, r.updated_at = now, now
-            audit(session, "rollout.wave_started", r.id, wave=w + 1, devices=sorted(m.device_id for m in wave))
-        failed = [m for m in upto if m.state == DeviceState.FAILED]
-        if failed:
-            reasons = [f"device {m.device_id} {m.reason or 'failed'}" for m in failed]
-            return self._fail(session, r, members, reasons, {"failed_devices": len(failed)}, now)
-        waiting = [m for m in wave if m.state in IN_FLIGHT]
-        timed_out = (now - r.wave_started_at).total_seconds() >= r.wave_timeout_s
-        if waiting and not timed_out:
-            return []
-        if waiting:
-            for m in waiting:
-                m.state, m.updated_at = DeviceState.OFFLINE, now
-                m.reason = f"no answer within the wave timeout ({r.wave_timeout_s:g} s)"
-            audit(session, "rollout.devices_offline", r.id, wave=w + 1, devices=sorted(m.device_id for m in waiting),
-                  wave_timeout_s=r.wave_timeout_s)
-        installed = [m for m in upto if m.state == DeviceState.INSTALLED]
-        if not any(m.state == DeviceState.INSTALLED for m in wave):
-            if any(m.state == DeviceState.OFFLINE for m in wave):
-                return self._fail(session, r, members, [f"no device of wave {w + 1} installed {r.version} within "
-                                                        f"{r.wave_timeout_s:g} s"], {"offline": len(wave)}, now)
-            return self._advance(session, r, members, now, {"note": "every device of this wave was sent back"})
-        if r.observe_started_at is None:
-            r.observe_started_at, r.updated_at = now, now
-            audit(session, "rollout.observing", r.id, wave=w + 1, installed=len(installed), observe_s=r.observe_s)
-            return []
-        observed = (now - r.observe_started_at).total_seconds()
-        if observed < r.observe_s:
-            return []
-        verdict = self.verdict(session, r, [m.device_id for m in installed], members)
-        if not verdict.enough_traffic and observed < r.wave_timeout_s:
-            return []  # wait for traffic, but not past the wave timeout
-        if not verdict.passed:
-            return self._fail(session, r, members, list(verdict.reasons), verdict.figures, now)
-        return self._advance(session, r, members, now, verdict.figures)
-
-    def verdict(self, session: Session, r: Rollout, device_ids: Sequence[str],
-                members: dict[str, RolloutDevice]) -> Verdict:
-        """The gates on the telemetry of ``device_ids`` since the observation began, against the previous
-        version's health across the fleet since shortly before the rollout began."""
-        gates = Gates.from_json(r.gates)
-        since = r.observe_started_at or r.created_at
-        new = self.health.version_health(session, model=r.name, version=r.version, device_ids=device_ids, since=since)
-        previous_versions = Counter(m.previous_version for m in members.values()
-                                    if m.device_id in device_ids and m.previous_version)
-        previous = None
-        if previous_versions:
-            baseline_since = r.created_at - timedelta(seconds=max(r.observe_s, 60.0))
-            previous = self.health.version_health(session, model=r.name, version=previous_versions.most_common(1)[0][0],
-                                                  device_ids=None, since=baseline_since)
-        return judge(gates, new, previous)
-
-    def _advance(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], now: datetime,
-                 figures: dict[str, Any]) -> list[Issued]:
-        waves = max((m.wave for m in members.values()), default=0) + 1
-        audit(session, "rollout.wave_passed", r.id, wave=r.current_wave + 1, of=waves, figures=figures)
-        r.current_wave += 1
-        r.wave_started_at = r.observe_started_at = None
-        r.updated_at = now
-        if r.current_wave >= waves:
-            r.state = RolloutState.COMPLETED
-            counts = Counter(m.state for m in members.values())
-            audit(session, "rollout.completed", r.id, version=f"{r.name}@{r.version}", devices=dict(counts))
-        return []
-
-    def _fail(self, session: Session, r: Rollout, members: dict[str, RolloutDevice], reasons: list[str],
-              figures: dict[str, Any], now: datetime) -> list[Issued]:
-        abort = r.on_failure == "abort"
-        if abort:
-            targets = [m for m in members.values() if m.state != DeviceState.PENDING]
+        now = self.clock()
+        self._awaiting.discard(rollout_id)
+        wave_started, observe_started = as_utc(r.wave_started_at), as_utc(r.observe_started_at)
+        if r.state == RolloutState.ABORTING or wave_started is None:
+            due = now
+        elif observe_started is None:
+            due = wave_started.timestamp() + r.wave_timeout_s
+        elif now < observe_started.timestamp() + r.observe_s:
+            due = observe_started.timestamp() + r.observe_s
         else:
-            targets = [m for m in members.values() if m.state != DeviceState.PENDING
-                       and (m.wave == r.current_wave or m.state == DeviceState.FAILED)]
-        issued = self._revert(session, r, targets, now)
-        r.state = RolloutState.ABORTED if abort else RolloutState.PAUSED
-        r.reason, r.updated_at = "; ".join(reasons), now
-        audit(session, "rollout.gate_failed", r.id, wave=r.current_wave + 1, outcome=r.state, reasons=reasons,
-              figures=figures, reverted=sorted(i.device_id for i in issued))
-        return issued
+            self._awaiting.add(rollout_id)
+            due = observe_started.timestamp() + r.wave_timeout_s
+        self._due[rollout_id] = due
 
-    def _revert(self, session: Session, r: Rollout, targets: Sequence[RolloutDevice], now: datetime) -> list[Issued]:
-        """Send devices back to the version they ran before (desired state with rollback=true)."""
-        issued = []
-        current = session.get(Bundle, r.bundle_id)
-        for m in targets:
-            if m.state == DeviceState.REVERTED:
-                continue
-            previous = self._previous_bundle(session, r, m.previous_version, current.target if current else None)
-            if previous is None:
-                m.reason = (f"cannot send it back: no bundle {r.name}@{m.previous_version} in the registry"
-                            if m.previous_version else "cannot send it back: it ran no earlier version")
-                m.state, m.updated_at = DeviceState.REVERTED, now
-                continue
-            issued.append(issue(session, self.key, m.device_id, model_entry(previous, rollback=True),
-                                rollout_id=r.id, probation={}, now=now.timestamp()))
-            m.state, m.updated_at = DeviceState.REVERTED, now
-        return issued
+    def _forget(self, rollout_id: str) -> None:
+        self._due.pop(rollout_id, None)
+        self._awaiting.discard(rollout_id)
 
-    @staticmethod
-    def _previous_bundle(session: Session, r: Rollout, version: str | None, target: str | None) -> Bundle | None:
-        if version is None:
-            return None
-        candidates = list(session.scalars(select(Bundle).where(Bundle.name == r.name, Bundle.version == version)
-                                          .order_by(Bundle.uploaded_at.desc())))
-        return next((b for b in candidates if b.target == target), candidates[0] if candidates else None)
+    # -- publishing ----------------------------------------------------------------------------------
+    def _publish(self, issued: Sequence[Issued]) -> None:
+        refused = sum(not self.publisher.publish(i.device_id, i.serial, i.wire) for i in issued)
+        if refused:
+            log.info("%d desired states wait for the broker; publishing them again in %g s", refused,
+                     PUBLISH_RETRY_S)
+            self._publish_at = self.clock() + PUBLISH_RETRY_S
+
+    def publish_pending(self) -> None:
+        """Publish every document the broker has not acknowledged (all of them after a reconnect: a
+        restarted broker forgets retained messages), in chunks by device id."""
+        self._publish_at = None
+        resync = self.publisher.take_resync()
+        after = ""
+        while True:
+            with self.store.session() as session:
+                query = select(DOCS.c.device_id, DOCS.c.serial, DOCS.c.wire).where(DOCS.c.device_id > after)
+                if not resync:
+                    query = query.where(DOCS.c.published_at.is_(None))
+                rows = session.execute(query.order_by(DOCS.c.device_id).limit(self.fanout_chunk)).all()
+            if not rows:
+                return
+            self._publish([Issued(d, s, w.encode()) for d, s, w in rows])
+            self._record_acks()
+            after = rows[-1][0]
+
+    def _record_acks(self) -> None:
+        """Mark the documents the broker acknowledged (the same serial: a newer document stays unmarked)."""
+        acked = self.publisher.take_acked()
+        if not acked:
+            return
+        stmt = update(DOCS).where(DOCS.c.device_id == bindparam("b_device"), DOCS.c.serial == bindparam("b_serial")) \
+            .values(published_at=bindparam("b_at"))
+        at = self.now()
+        with self.store.session() as session:
+            session.execute(stmt, [{"b_device": d, "b_serial": s, "b_at": at} for d, s in acked])

@@ -9,6 +9,7 @@ learns the verdict from the agents' update events.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -39,6 +40,9 @@ class Gates:
     min_shadow_agreement: float | None = None     # judged on devices: sent in desired.probation
     max_drift: float | None = None                # PSI of the inputs against the bundle's reference stats
     min_requests: int = 0                         # below this, the window has too little traffic to judge
+    # Share of the wave's installed devices that must have sent telemetry for the new version before the
+    # gates are judged: a wave is never passed on no data (at least one device, whatever this says).
+    min_reporting: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +64,17 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of the wave the telemetry covers: its installed devices and those that reported."""
+
+    installed: int
+    reporting: int
+
+    def needed(self, gates: Gates) -> int:
+        return max(1, math.ceil(self.installed * gates.min_reporting - 1e-9))
+
+
+@dataclass(frozen=True)
 class Verdict:
     passed: bool
     enough_traffic: bool
@@ -74,13 +89,26 @@ def _health_json(h: Health | None) -> dict[str, Any] | None:
             "p50_ms": h.p50_ms, "p95_ms": h.p95_ms, "drift": h.drift}
 
 
-def judge(gates: Gates, new: Health, previous: Health | None) -> Verdict:
-    """Pass/fail with every reason and the numbers behind it (they go to the audit log as they are)."""
+def judge(gates: Gates, new: Health, previous: Health | None, coverage: Coverage | None = None) -> Verdict:
+    """Pass/fail with every reason and the numbers behind it (they go to the audit log as they are).
+
+    No data is never a pass: without any telemetry of the new version (or from fewer of the wave's devices
+    than ``min_reporting`` asks), ``enough_traffic`` is False and the verdict fails with that reason; the
+    controller keeps observing while it may, and fails the wave with these reasons at its timeout."""
     reasons: list[str] = []
     figures: dict[str, Any] = {"new": _health_json(new), "previous": _health_json(previous), "gates": gates.to_json()}
-    enough = new.requests >= gates.min_requests
-    if not enough:
+    enough = new.requests >= gates.min_requests and new.requests > 0
+    if new.requests == 0:
+        reasons.append("no telemetry of the new version arrived in the window")
+    elif new.requests < gates.min_requests:
         reasons.append(f"only {new.requests} requests in the window (at least {gates.min_requests} needed)")
+    if coverage is not None:
+        figures["reporting"] = {"devices": coverage.reporting, "installed": coverage.installed,
+                                "needed": coverage.needed(gates)}
+        if new.requests and coverage.reporting < coverage.needed(gates):
+            enough = False
+            reasons.append(f"only {coverage.reporting} of the wave's {coverage.installed} installed devices sent "
+                           f"telemetry of the new version (at least {coverage.needed(gates)} needed)")
     if gates.max_error_rate is not None and new.requests and new.error_rate > gates.max_error_rate:
         reasons.append(f"error rate {new.error_rate:.1%} ({new.errors}/{new.requests}) "
                        f"exceeds {gates.max_error_rate:.1%}")

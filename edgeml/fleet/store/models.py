@@ -197,6 +197,7 @@ class DesiredDocument(Base):
     """The latest signed desired state of one device (served to polling agents, re-published on start)."""
 
     __tablename__ = "desired_documents"
+    __table_args__ = (Index("ix_desired_documents_published_at", "published_at"),)   # revision 0007
 
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger)
@@ -205,6 +206,16 @@ class DesiredDocument(Base):
     rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RolloutWakeup(Base):
+    """A note for the rollout controller that something it waits on happened (revision 0007; see
+    ``edgeml.fleet.rollouts.wakeups``). One row per key: a burst of events is one row."""
+
+    __tablename__ = "rollout_wakeups"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    at: Mapped[datetime] = mapped_column()
 
 
 class Lease(Base):

@@ -78,7 +78,7 @@ def test_a_broker_that_cannot_take_the_device_fails_the_enrolment_and_changes_no
                                                                              "installed": {}})
     assert answer.status_code == 503 and "try again" in answer.json()["detail"]
     assert answer.headers["Retry-After"]
-    with fleet.server.store.session() as s:  # nothing happened: the token is unused, no device exists
+    with fleet.server.store.reader() as s:  # nothing happened: the token is unused, no device exists
         row = s.query(EnrollmentToken).one()
         assert row.used_at is None and row.device_id is None
         assert fleet.call("GET", "/v1/devices").json() == []

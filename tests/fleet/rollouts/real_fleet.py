@@ -133,8 +133,9 @@ class RealFleet:
         self.devices: list[Device] = []
 
     # -- devices -------------------------------------------------------------------------------------
-    def enroll(self, name: str, group: str, installed: list[Path]) -> Device:
-        """Enrol a new device with the real CLI, install ``installed`` locally, start its daemon."""
+    def enroll(self, name: str, group: str, installed: list[Path], extra: str = AGENT_EXTRA) -> Device:
+        """Enrol a new device with the real CLI, install ``installed`` locally, start its daemon
+        (``extra``: its config beyond the data directory and port)."""
         agent_dir = self.tmp / name
         token = self.http.post("/v1/enrollment-tokens", json={"group": group}).json()["token"]
         out = subprocess.run([*AGENT_CLI, "enroll", "--server", self.server.url, "--token", token, "--data-dir",
@@ -142,7 +143,7 @@ class RealFleet:
         assert out.returncode == 0, out.stderr
         device_id = json.loads((agent_dir / "credentials.json").read_text())["device_id"]
         port = free_port()
-        config = write_config(self.tmp / f"{name}.toml", agent_dir, agent_dir / "trusted", port, extra=AGENT_EXTRA)
+        config = write_config(self.tmp / f"{name}.toml", agent_dir, agent_dir / "trusted", port, extra=extra)
         store = Store(agent_dir, TrustStore([self.key.public_key]))
         for bundle in installed:   # in this process: an `edgeml-agent install` subprocess per bundle costs ~2 s
             store.install(bundle)
@@ -174,11 +175,24 @@ class RealFleet:
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
+    def complete(self, bundle: str, **body: Any) -> dict[str, Any]:
+        """Roll ``bundle`` out with light traffic on its model on every device (a wave is judged only on
+        telemetry of the new version, and agents send none for a model nobody uses) and wait until the
+        rollout stops; its final status."""
+        model = bundle.partition("@")[0]
+        with ExitStack() as traffic:
+            for device in self.devices:
+                traffic.enter_context(Load(device, model, pause_s=0.1))
+            return self.wait_stopped(self.rollout(bundle, **body))
+
     def status(self, rollout_id: str) -> dict[str, Any]:
         return dict(self.http.get(f"/v1/rollouts/{rollout_id}").json())
 
     def member(self, rollout_id: str, device: Device) -> dict[str, Any]:
-        return next(m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id)
+        """The device's part in the rollout; state None until the controller has given the rollout its members
+        (it does that in its own thread, just after the API recorded the rollout)."""
+        return next((m for m in self.status(rollout_id)["device_list"] if m["device"] == device.device_id),
+                    {"device": device.device_id, "state": None})
 
     def wait_member(self, rollout_id: str, device: Device, state: str, timeout: float = 45) -> None:
         wait_for(f"{device.name} to be {state} in {rollout_id}",
@@ -207,11 +221,11 @@ class RealFleet:
 
 @contextmanager
 def real_fleet(tmp: Path, key: SigningKey, bundles: Mapping[str, Path], agents: int,
-               installed: list[Path]) -> Iterator[RealFleet]:
+               installed: list[Path], extra: str = AGENT_EXTRA) -> Iterator[RealFleet]:
     """A fleet with ``agents`` devices in group ``cams`` (cam-0, cam-1, … in enrolment order), each
     running the ``installed`` bundles."""
     with ExitStack() as stack:
         fleet = RealFleet(tmp, stack, key, bundles)
         for i in range(agents):
-            fleet.enroll(f"cam-{i}", "cams", installed)
+            fleet.enroll(f"cam-{i}", "cams", installed, extra)
         yield fleet

@@ -92,6 +92,10 @@ def test_rollout_lifecycle_over_the_api(sqlite_fleet: Any, bundles: dict[str, An
     assert [w["devices"] for w in status["wave_list"]] == [2, 1] and status["wave_list"][0]["state"] == "current"
     assert status["gates"]["max_error_rate"] == 0.05
     assert {d["action"] for d in status["decisions"]} >= {"rollout.create", "rollout.wave_started"}
+    # a big rollout's status lists the first members only (by wave, then id) and says how many there are
+    short = fleet.call("GET", f"/v1/rollouts/{ro['id']}", viewer, params={"devices": 1}).json()
+    assert [m["device"] for m in short["device_list"]] == [min(devices[0]["device_id"], devices[1]["device_id"])]
+    assert short["device_list_total"] == 3 and len(status["device_list"]) == 3
     running = fleet.call("GET", "/v1/rollouts", viewer, params={"state": "running"}).json()
     assert [x["id"] for x in running] == [ro["id"]]
     # pause / resume / abort, each once, each audited

@@ -28,14 +28,22 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)  # only orders rows (enrolment, upload)
 
 @dataclass
 class MemoryPublisher:
+    """Takes and acknowledges at once while ``connected``."""
+
     connected: bool = True
     resync: bool = False
     sent: list[tuple[str, bytes]] = field(default_factory=list)
+    acked: list[tuple[str, int]] = field(default_factory=list)
 
-    def publish(self, device_id: str, wire: bytes) -> bool:
+    def publish(self, device_id: str, serial: int, wire: bytes) -> bool:
         if self.connected:
             self.sent.append((device_id, wire))
+            self.acked.append((device_id, serial))
         return self.connected
+
+    def take_acked(self) -> list[tuple[str, int]]:
+        out, self.acked = self.acked, []
+        return out
 
     def take_resync(self) -> bool:
         out, self.resync = self.resync, False
@@ -88,7 +96,7 @@ class World:
                                    gates=kwargs.pop("gates", Gates()), observe_s=kwargs.pop("observe_s", 10),
                                    wave_timeout_s=kwargs.pop("wave_timeout_s", 60), **kwargs)
         with self.store.session() as s:
-            return service.create(s, _get(s, "b2" * 32), spec, "tester").id
+            return service.create(s, _get(s, "b2" * 32), spec, "tester")[0].id
 
     def state(self, rollout_id: str) -> tuple[str, int, dict[str, str]]:
         with self.store.session() as s:
@@ -301,13 +309,13 @@ def test_devices_enrolled_into_the_selector_during_the_rollout_get_its_version(w
 def test_abort_sends_every_updated_device_back(world: World) -> None:
     rid = world.rollout(waves=[50, 100])
     world.tick()
-    world.install_wave(["dev-0", "dev-1"])
+    world.install_wave(["dev-0", "dev-1"])   # wave 1 passes: wave 2 is sent the version in the same step
+    assert world.state(rid)[2] == {"dev-0": "installed", "dev-1": "installed", "dev-2": "sent", "dev-3": "sent"}
     with world.store.session() as s:
         service.abort(s, rid, "changed my mind")
     world.tick()
     state, _, members = world.state(rid)
-    assert state == "aborted" and members == {"dev-0": "reverted", "dev-1": "reverted", "dev-2": "pending",
-                                              "dev-3": "pending"}
+    assert state == "aborted" and set(members.values()) == {"reverted"}
     assert world.desired("dev-1").models[0].rollback is True
     assert world.audit("rollout.aborted")[0]["reason"] == "changed my mind"
 
@@ -323,7 +331,8 @@ def test_pause_and_resume_and_the_rules_of_the_operations(world: World) -> None:
             service.resume(s, rid)
         service.pause(s, rid)
     world.tick()
-    assert world.state(rid)[2]["dev-0"] == "pending"   # paused before anything was sent
+    # paused before the controller gave it its members: nothing was sent
+    assert world.state(rid)[2].get("dev-0") is None and world.publisher.sent == []
     with world.store.session() as s:
         service.resume(s, rid)
     world.tick()
@@ -372,3 +381,53 @@ def test_only_the_lease_holder_acts(world: World) -> None:
     assert not acquire_lease(world.store, world.controller.holder, 10, world.clock.now)
     world.clock.advance(11)                          # the holder died: its lease expires
     assert acquire_lease(world.store, world.controller.holder, 10, world.clock.now)
+
+
+# -- no pass on no data ---------------------------------------------------------------------------------
+
+def test_a_wave_without_telemetry_is_not_passed_and_fails_at_the_timeout_saying_so(world: World) -> None:
+    # given a wave whose devices install the new version and then send no telemetry of it (no traffic gate)
+    rid = world.rollout(waves=[50, 100], gates=Gates(min_requests=0), wave_timeout_s=40)
+    world.tick()
+    for d in ("dev-0", "dev-1"):
+        world.event(d, "committed")
+    world.tick()                                    # the observation starts
+    # when its observation window ends, then it is not passed: it keeps observing
+    world.tick(11)
+    assert world.state(rid)[:2] == ("running", 0) and not world.audit("rollout.wave_passed")
+    # and at the wave timeout it fails, saying that no telemetry arrived
+    world.tick(30)
+    state, _, members = world.state(rid)
+    assert state == "paused" and members["dev-2"] == "pending"
+    (failed,) = world.audit("rollout.gate_failed")
+    assert failed["reasons"][0] == ("no telemetry of m@2.0.0 arrived from wave 1's installed devices within the "
+                                    "wave timeout (40 s of observation)")
+
+
+def test_telemetry_that_arrives_late_is_judged_when_it_arrives(world: World) -> None:
+    rid = world.rollout(waves=[50, 100], wave_timeout_s=60)
+    world.tick()
+    for d in ("dev-0", "dev-1"):
+        world.event(d, "committed")
+    world.tick()
+    world.tick(11)                                  # window over, nothing arrived: still observing
+    assert world.state(rid)[1] == 0
+    world.window("dev-0", "2.0.0", ms=20.0)         # then a slow 2.0.0 reports
+    world.tick(5)
+    assert world.state(rid)[0] == "paused"          # judged on it: 10x slower than 1.0.0 fails the latency gate
+    assert "p50 latency 20.00 ms" in world.audit("rollout.gate_failed")[0]["reasons"][0]
+
+
+def test_a_wave_waits_until_enough_of_its_devices_reported(world: World) -> None:
+    rid = world.rollout(waves=[50, 100], gates=Gates(min_reporting=1.0))
+    world.tick()
+    for d in ("dev-0", "dev-1"):
+        world.event(d, "committed")
+    world.tick()
+    world.window("dev-0", "2.0.0")                  # only one of the two reports
+    world.tick(11)
+    assert world.state(rid)[1] == 0 and not world.audit("rollout.wave_passed")
+    world.window("dev-1", "2.0.0")
+    world.tick()
+    assert world.state(rid)[1] == 1
+    assert world.audit("rollout.wave_passed")[0]["figures"]["reporting"] == {"devices": 2, "installed": 2, "needed": 2}

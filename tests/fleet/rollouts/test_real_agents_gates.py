@@ -148,6 +148,7 @@ def test_inputs_shifted_from_the_reference_fail_the_drift_gate(fleet: RealFleet)
     assert stopped["reason"].startswith("input drift"), stopped["reason"]
     (failed,) = fleet.decisions(ro, "rollout.gate_failed")
     assert failed["figures"]["new"]["drift"] > 0.25 and failed["reverted"] == [cam0.device_id]
+    assert failed["figures"]["new"]["devices"] == 1   # the wave's device only: cam-1 never ran 2.0.0
     # and it is the input tensor that drifted, as cam-0's telemetry shows
     (score,) = [d for d in fleet.http.get(f"/v1/telemetry/{cam0.device_id}").json()["drift"]
                 if (d["model"], d["version"]) == ("drift", "2.0.0")]
@@ -157,12 +158,20 @@ def test_inputs_shifted_from_the_reference_fail_the_drift_gate(fleet: RealFleet)
 
 
 def test_inputs_like_the_reference_pass_the_same_drift_gate(fleet: RealFleet) -> None:
-    """The control for the test above: the same limit, inputs drawn like the calibration data."""
+    """The control for the test above: the same limit, inputs drawn like the calibration data. The
+    devices saw shifted inputs on 1.0.0 before: the gate judges 2.0.0's own drift, per version."""
     cam0, cam1 = fleet.devices
+    with Load(cam0, "calm", draws(mean=3.0, seed=5)), Load(cam1, "calm", draws(mean=3.0, seed=6)):
+        wait_for("calm@1.0.0 to drift on both devices", lambda: sum(
+            d["model"] == "calm" and d["version"] == "1.0.0" and (d["score"] or 0) > 0.25
+            for cam in (cam0, cam1) for d in fleet.http.get(f"/v1/telemetry/{cam.device_id}").json()["drift"]) == 2,
+            20, fleet.logs)
     ro = fleet.rollout("calm@2.0.0", waves=[50, 100], max_drift=0.25)
     with Load(cam0, "calm", draws(mean=0.0, seed=3)), Load(cam1, "calm", draws(mean=0.0, seed=4)):
         done = fleet.wait_stopped(ro)
     assert done["state"] == "completed", done["reason"]
-    drifts = [p["figures"]["new"]["drift"] for p in fleet.decisions(ro, "rollout.wave_passed")]
+    figures = [p["figures"] for p in fleet.decisions(ro, "rollout.wave_passed")]
+    drifts = [f["new"]["drift"] for f in figures]
     assert len(drifts) == 2 and all(d is not None and d <= 0.25 for d in drifts), drifts
+    assert figures[0]["previous"]["drift"] > 0.25, figures[0]   # 1.0.0's drift was there, and not judged
     assert cam0.serving("calm") == cam1.serving("calm") == "2.0.0"

@@ -3,13 +3,15 @@
 Two devices in group ``cams`` (cam-0 is wave 1, cam-1 wave 2 of a 50,100 rollout); each test rolls out
 its own model. Covered: a bundle whose smoke test fails on the device, a device that enrols while a
 rollout runs, ``rollout pause`` / ``resume`` through the real CLI, and a wave whose only device is
-offline. The test that stops an agent runs last and starts it again.
+offline. The test that stops an agent runs last and starts it again. A wave is judged only on telemetry
+of the new version, so the tests that expect a wave to pass keep traffic on its devices.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -74,14 +76,18 @@ def test_a_bundle_failing_its_smoke_test_is_refused_and_the_wave_gate_fails(flee
 def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(
         fleet: RealFleet, bundles: tuple[Path, SigningKey, dict[str, Path]]) -> None:
     cam0, cam1 = fleet.devices
-    # given a rollout of join@2 over cam-0 and cam-1 (waves 50, 100)
-    ro = fleet.rollout("join@2.0.0", waves=[50, 100], observe_s=4, min_requests=0)
-    # when cam-2 enrols into the same group while it runs, and then installs join@1 (the fleet cannot know
-    # that version from the enrolment)
-    cam2 = fleet.enroll("cam-2", "cams", installed=[bundles[2]["join@1"]])
-    assert fleet.status(ro)["state"] == "running"
-    # then it joins the wave then current, installs 2.0.0 there, and the rollout completes over all three
-    done = fleet.wait_stopped(ro)
+    # given a rollout of join@2 over cam-0 and cam-1 (waves 50, 100), with traffic (a wave needs telemetry)
+    with ExitStack() as traffic:
+        traffic.enter_context(Load(cam0, "join"))
+        traffic.enter_context(Load(cam1, "join"))
+        ro = fleet.rollout("join@2.0.0", waves=[50, 100], observe_s=4, min_requests=0)
+        # when cam-2 enrols into the same group while it runs, and then installs join@1 (the fleet cannot know
+        # that version from the enrolment)
+        cam2 = fleet.enroll("cam-2", "cams", installed=[bundles[2]["join@1"]])
+        traffic.enter_context(Load(cam2, "join"))
+        assert fleet.status(ro)["state"] == "running"
+        # then it joins the wave then current, installs 2.0.0 there, and the rollout completes over all three
+        done = fleet.wait_stopped(ro)
     assert done["state"] == "completed", done
     (joined,) = fleet.decisions(ro, "rollout.devices_joined")
     assert joined["devices"] == [cam2.device_id]
@@ -101,6 +107,9 @@ def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(
 def test_pause_and_resume_from_the_cli(fleet: RealFleet) -> None:
     cam0, cam1 = fleet.devices
     observe_s = 6   # room for the CLI to start on a busy machine before wave 1's observation ends
+    traffic = ExitStack()   # (a wave needs telemetry of the new version to be judged)
+    traffic.enter_context(Load(cam0, "pr"))
+    traffic.enter_context(Load(cam1, "pr"))
     ro = fleet.rollout("pr@2.0.0", waves=[50, 100], observe_s=observe_s, min_requests=0)
     fleet.wait_member(ro, cam0, "installed")
     # when an operator pauses it during wave 1's observation
@@ -118,7 +127,8 @@ def test_pause_and_resume_from_the_cli(fleet: RealFleet) -> None:
     assert cam0.serving("pr") == "2.0.0"     # pausing keeps what the devices have
     # when it is resumed from the CLI, then it continues to completion
     assert fleet.cli("rollout", "resume", ro)["state"] == "running"
-    done = fleet.wait_stopped(ro)
+    with traffic:
+        done = fleet.wait_stopped(ro)
     assert done["state"] == "completed", done
     assert [p["wave"] for p in fleet.decisions(ro, "rollout.wave_passed")] == [1, 2]
     assert cam0.serving("pr") == cam1.serving("pr") == "2.0.0"
