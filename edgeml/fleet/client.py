@@ -84,16 +84,19 @@ class Client:
     def create_rollout(self, bundle: str, *, group: str | None = None, tag: str | None = None,
                        waves: Sequence[int] = (1, 10, 50, 100), max_error_rate: float | None = 0.05,
                        max_latency_regression: float | None = 0.5, min_shadow_agreement: float | None = None,
-                       max_drift: float | None = None, min_requests: int = 0, observe_s: float = 600,
-                       wave_timeout_s: float = 1800, on_failure: str = "pause", probation_s: float | None = None,
-                       **more: Any) -> Rollout:
+                       max_drift: float | None = None, min_requests: int = 0, min_reporting: float | None = None,
+                       observe_s: float = 600, wave_timeout_s: float = 1800, on_failure: str = "pause",
+                       probation_s: float | None = None, **more: Any) -> Rollout:
         """Roll ``bundle`` (``name@version`` or sha256 id) out to the devices of ``group`` and/or ``tag`` (every
         device when neither) in cumulative-percentage ``waves``. The gate thresholds are the API's own
-        (``None`` turns a gate off); ``more`` passes fields a newer server takes (e.g. ``min_reporting``)."""
+        (``None`` turns a gate off; ``min_reporting``, the share of a wave's devices that must report before it
+        is judged, is the server's default 0.5 unless given); ``more`` passes fields a newer server takes."""
         body = {"bundle": bundle, "group": group, "tag": tag, "waves": list(waves), "max_error_rate": max_error_rate,
                 "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
                 "max_drift": max_drift, "min_requests": min_requests, "observe_s": observe_s,
                 "wave_timeout_s": wave_timeout_s, "on_failure": on_failure, "probation_s": probation_s, **more}
+        if min_reporting is not None:
+            body["min_reporting"] = min_reporting
         return Rollout.from_json(self.http.post("/v1/rollouts", body))
 
     def list_rollouts(self, state: str | None = None) -> list[Rollout]:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from edgeml.fleet.cli import main as fleet_cli
 from edgeml.fleet.cli import output
-from edgeml.fleet.sdk.records import Bundle
+from edgeml.fleet.sdk.records import Bundle, Rollout
 
 BUNDLE = {"id": "ab" * 32, "name": "cls", "version": "2.0.0", "target": "x86-cpu", "runtime": "onnxruntime",
           "precision": "fp32", "key_id": "k" * 16, "size": 3445, "uploaded_at": "2026-11-30T17:00:00",
@@ -93,3 +93,20 @@ def test_keys_trust_sends_the_public_key_text_named_after_the_file(recorded, tmp
     pub.write_text("-----BEGIN PUBLIC KEY-----\n")
     assert run("keys", "trust", str(pub)) == "trusted key 0123456789abcdef (builder)\n"
     assert fake.calls == [("trust_key", ("-----BEGIN PUBLIC KEY-----\n", "builder"), {})]
+
+
+def test_rollout_create_passes_selector_waves_and_every_gate_to_create_rollout(recorded) -> None:
+    answer = {"id": "ro-1", "bundle": "cls@2.0.0", "devices": 4, "waves": 2, "state": "running"}
+    fake = recorded(create_rollout=Rollout.from_json(answer), abort_rollout=Rollout.from_json(
+        {**answer, "state": "aborting"}))
+    out = run("rollout", "create", "cls@2.0.0", "--select", "group=canary", "--waves", "50,100", "--max-drift", "0.2",
+              "--min-requests", "20", "--min-reporting", "1", "--observe", "5m", "--on-failure", "abort")
+    assert out.startswith("rollout ro-1: cls@2.0.0 to 4 devices (group=canary) in 2 waves")
+    assert run("rollout", "abort", "ro-1", "--reason", "bad canary") == "rollout ro-1 is now aborting\n"
+    assert fake.calls == [
+        ("create_rollout", ("cls@2.0.0",), {"group": "canary", "tag": None, "waves": [50, 100], "max_error_rate": 0.05,
+                                             "max_latency_regression": 0.5, "min_shadow_agreement": None,
+                                             "max_drift": 0.2, "min_requests": 20, "min_reporting": 1.0,
+                                             "observe_s": 300.0, "wave_timeout_s": 1800.0, "on_failure": "abort",
+                                             "probation_s": None}),
+        ("abort_rollout", ("ro-1", "bad canary"), {})]

@@ -9,7 +9,7 @@ One module per command group; this root group only registers them::
     rollouts.py  rollout
     captures.py  captures
     ingest.py    ingest (a telemetry ingest worker)
-    output.py    the HTTP client, --json and table printing they all share
+    output.py    the fleet Client they all call, --json and table printing
 
 The group modules import ``output`` and never this package's root or each other.
 """

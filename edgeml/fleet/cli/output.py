@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import click
 
@@ -22,13 +22,6 @@ def client(config: ClientConfig | None = None) -> Client:
     """The :class:`~edgeml.fleet.Client` for ``config``, by default the server saved by ``edgeml-fleet login``
     (or EDGEML_FLEET_URL/EDGEML_FLEET_TOKEN). Commands call its typed methods; CLI tests patch ``Client`` here."""
     return Client.from_config(config) if config is not None else Client()
-
-
-def call(method: Literal["get", "post", "patch", "delete", "upload"], path: str, *args: Any, **query: Any) -> Any:
-    """One raw request with :func:`client`'s login, for commands not yet on a typed method:
-    ``call("get", "/v1/keys")`` is ``client().http.get("/v1/keys")``, the connection closed after it."""
-    with client() as fleet:
-        return getattr(fleet.http, method)(path, *args, **query)
 
 
 def echo_json(data: Any) -> None:

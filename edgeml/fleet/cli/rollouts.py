@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from edgeml.errors import ConfigError
-from edgeml.fleet.cli.output import call, client, echo_json, json_option, table
+from edgeml.fleet.cli.output import client, echo_json, json_option, table
 from edgeml.fleet.rollouts.plan import Selector, parse_waves
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -70,11 +70,13 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
                    probation: float | None, on_failure: str, as_json: bool) -> None:
     """Roll BUNDLE (name@version or sha256 id) out in waves."""
     selector = Selector.parse(select)
-    body = {"bundle": bundle, **selector.to_json(), "waves": parse_waves(waves), "max_error_rate": max_error_rate,
-            "max_latency_regression": max_latency_regression, "min_shadow_agreement": min_shadow_agreement,
-            "max_drift": max_drift, "min_requests": min_requests, "min_reporting": min_reporting,
-            "observe_s": observe, "wave_timeout_s": wave_timeout, "on_failure": on_failure, "probation_s": probation}
-    row = call("post", "/v1/rollouts", body)
+    with client() as fleet:
+        created = fleet.create_rollout(
+            bundle, group=selector.group, tag=selector.tag, waves=parse_waves(waves), max_error_rate=max_error_rate,
+            max_latency_regression=max_latency_regression, min_shadow_agreement=min_shadow_agreement,
+            max_drift=max_drift, min_requests=min_requests, min_reporting=min_reporting, observe_s=observe,
+            wave_timeout_s=wave_timeout, on_failure=on_failure, probation_s=probation)
+    row = created.raw
     if as_json:
         echo_json(row)
     else:
@@ -87,7 +89,9 @@ def rollout_create(bundle: str, select: tuple[str, ...], waves: str, max_error_r
 @json_option
 def rollout_list(state: str | None, as_json: bool) -> None:
     """Rollouts, newest first."""
-    table(call("get", "/v1/rollouts", state=state), SUMMARY_COLUMNS, "rollouts", as_json)
+    with client() as fleet:
+        rows = [r.raw for r in fleet.list_rollouts(state)]
+    table(rows, SUMMARY_COLUMNS, "rollouts", as_json)
 
 
 WAVE_COLUMNS = [("wave", "wave"), ("percent", "%"), ("devices", "devices"), ("state", "state"),
@@ -134,8 +138,12 @@ def rollout_status(rollout_id: str, watch: bool, interval: float, as_json: bool)
             time.sleep(interval)
 
 
-def _change(rollout_id: str, action: str, as_json: bool, body: dict[str, Any] | None = None) -> None:
-    row = call("post", f"/v1/rollouts/{rollout_id}/{action}", body)
+def _change(rollout_id: str, action: str, as_json: bool, reason: str | None = None) -> None:
+    with client() as fleet:
+        changed = (fleet.pause_rollout(rollout_id) if action == "pause" else
+                   fleet.resume_rollout(rollout_id) if action == "resume" else
+                   fleet.abort_rollout(rollout_id, reason or "aborted by an operator"))
+    row = changed.raw
     if as_json:
         echo_json(row)
     else:
@@ -164,4 +172,4 @@ def rollout_resume(rollout_id: str, as_json: bool) -> None:
 @json_option
 def rollout_abort(rollout_id: str, reason: str, as_json: bool) -> None:
     """Stop and send every device that got the new version back to its previous one."""
-    _change(rollout_id, "abort", as_json, {"reason": reason})
+    _change(rollout_id, "abort", as_json, reason)
