@@ -1,7 +1,7 @@
 """Captured samples: metadata per (device, capture id); the bytes are in the artifact store.
 
 Revision ID: 0009
-Revises: 0004 (the head when this was written; the lead re-chains it after 0005-0008 at merge)
+Revises: 0007
 """
 
 from __future__ import annotations
