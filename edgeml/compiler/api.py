@@ -98,10 +98,20 @@ def compile(model: str | Path | BuildRequest | object, target: str | Path | Targ
                                           dynamic_shapes=dynamic_shapes, output_names=output_names,
                                           log=request.log or (lambda line: None), use_cache=request.use_cache)
         request = replace(request, model=imported.path, name=request.name or imported.name)
-        if request.tokenizer is None and "tokenizer.json" in imported.assets:
+        if request.tokenizer is None and "tokenizer.json" in imported.assets and _takes_token_ids(imported.path):
             # a checkpoint's tokenizer travels in the bundle, so the device takes text (its config beside it)
             request = replace(request, tokenizer=imported.assets["tokenizer.json"].parent)
         return _build(request, imported)
+
+
+def _takes_token_ids(model: Path) -> bool:
+    """Whether an imported ONNX model has an ``input_ids`` input (the one a tokenizer fills)."""
+    if model.suffix != ".onnx":
+        return False   # a Keras import is a .tflite model: no text models there
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return any(i.name == "input_ids" for i in graph.input)
 
 
 def _export_options(options: Mapping[str, JSON] | None, profile: TargetProfile) -> tuple[int, list[str] | None]:
@@ -229,7 +239,9 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     scratch, cache = ctx.workdir, request.use_cache
     # the model as given (dims still symbolic): its signature and the user's samples come first, so
     # every dynamic dim is resolved (or the build stops, naming them all) before any heavy work
-    loaded = run_steps(source_art, plan.prefix_steps(None, runtimes)[:1], ctx, scratch=scratch, use_cache=cache)
+    as_given = plan.prefix_steps(None, runtimes)[:1]
+    load_records: list[StepRecord] = []
+    loaded = run_steps(source_art, as_given, ctx, scratch=scratch, use_cache=cache, records=load_records)
     given = _given_samples(loaded, request)
     # without data, an imported model's export example, or sentences through the build's tokenizer, stand
     # in for random inputs (a text model cannot run random token ids)
@@ -238,7 +250,11 @@ def _prepare(request: BuildRequest, resolved: _Resolved, ctx: BuildContext, repo
     shapes = sig.static_input_shapes() if resolved.profile.static_shapes and resolved.format == "onnx" \
         else request.input_shapes
     prefix = plan.prefix_steps(shapes, runtimes)
-    ctx.reference = run_steps(source_art, prefix[:1], ctx, scratch=scratch, use_cache=cache, records=records)
+    if prefix[:1] == as_given:   # no shapes to bake in: the model as given is the reference (loaded once)
+        ctx.reference = loaded
+        records += load_records
+    else:
+        ctx.reference = run_steps(source_art, prefix[:1], ctx, scratch=scratch, use_cache=cache, records=records)
     ctx.optimized = run_steps(ctx.reference, prefix[1:], ctx, scratch=scratch, use_cache=cache, records=records)
     report.data["prefix_steps"] = [r.to_json() for r in records]
     report.data["dimensions"] = {d: {"value": v, "from": sig.origin[d]} for d, v in sig.dims.items()}

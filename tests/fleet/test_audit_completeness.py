@@ -34,6 +34,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     # versions), as its MQTT telemetry does; nobody decides anything. It runs every few seconds per device,
     # so auditing it would bury the people's changes, and its figures are on the device row anyway.
     ("POST", "/v1/device/heartbeat"): "device self-report (like telemetry), not a change made by someone",
+    # A device sends back a sample its capture policy chose (the policy's change is what people decide,
+    # and it is signed into the bundle or desired state); like telemetry, one entry per sample would bury
+    # the people's changes. The capture row itself records the device, model, version and trigger.
+    ("PUT", "/v1/captures/{capture_id}"): "device upload of a sample its signed policy chose (like telemetry)",
 }
 
 
@@ -154,6 +158,15 @@ def _rollout_op(op: str, *, paused: bool = False, body: dict[str, Any] | None = 
     return build
 
 
+def _capture_retention(w: World) -> Call:
+    return Call("PUT", "/v1/captures-retention", kwargs={"json": {"max_age_days": 7, "max_per_device_model": 500}},
+                target="captures")
+
+
+def _deleted_captures(w: World) -> Call:
+    return Call("DELETE", "/v1/captures", kwargs={"params": {"model": "audited-model"}}, target="audited-model")
+
+
 # (method, route path) -> (builder of a valid request, the audit action it must write)
 AUDITED: dict[tuple[str, str], tuple[Callable[[World], Call], str]] = {
     ("POST", "/v1/tokens"): (_created_token, "token.create"),
@@ -172,6 +185,8 @@ AUDITED: dict[tuple[str, str], tuple[Callable[[World], Call], str]] = {
     ("POST", "/v1/rollouts/{rollout_id}/pause"): (_rollout_op("pause"), "rollout.pause"),
     ("POST", "/v1/rollouts/{rollout_id}/resume"): (_rollout_op("resume", paused=True), "rollout.resume"),
     ("POST", "/v1/rollouts/{rollout_id}/abort"): (_rollout_op("abort", body={"reason": "audit test"}), "rollout.abort"),
+    ("PUT", "/v1/captures-retention"): (_capture_retention, "captures.retention"),
+    ("DELETE", "/v1/captures"): (_deleted_captures, "captures.delete"),
 }
 
 

@@ -4,6 +4,7 @@ tar-stream hash): real app, real SQLite store, real artifact directory."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +52,14 @@ def fleet(tmp_path: Path, versions: tuple[SigningKey, Path, Path]) -> Iterator[F
 def test_the_delta_route_answers_a_small_delta_that_rebuilds_the_new_tar_stream(
         fleet: Fleet, versions: tuple[SigningKey, Path, Path]) -> None:
     _, v1, v2 = versions
-    r = fleet.call("GET", "/v1/bundles/det@2.0.0/delta", fleet.token("viewer"), params={"from": "1.0.0"})
+    # the delta is made in the background after the upload (request threads never wait for it): on a busy
+    # machine the first ask may come before it is ready, and is answered 404 "being made"
+    deadline = time.monotonic() + 60
+    while True:
+        r = fleet.call("GET", "/v1/bundles/det@2.0.0/delta", fleet.token("viewer"), params={"from": "1.0.0"})
+        if r.status_code != 404 or "being made" not in r.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert r.status_code == 200, r.text
     assert len(r.content) < v2.stat().st_size / 4
     rebuilt = apply_delta(tar_stream(v1), r.content, max_result_bytes=int(r.headers["x-edgeml-delta-result-size"]))

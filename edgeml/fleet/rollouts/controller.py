@@ -166,7 +166,7 @@ class RolloutController:
         """Do what is due; when nothing is, this is one read of the wake-up table."""
         now = self.clock()
         self._record_acks()
-        with self.store.session() as session:
+        with self.store.reader() as session:   # a read: on SQLite it must not take the write lock every second
             noted = wakeups.peek(session)
         if now >= self._lease_until - self.lease_ttl_s / 3:
             self._without_lease(now, noted)
