@@ -116,6 +116,7 @@ def enroll(body: EnrollRequest, request: Request, enrollment_id: EnrollmentToken
         if ctx.broker_credentials is not None:  # the broker took a device that does not exist: take it back
             _forget_quietly(ctx, device_id)
         raise
+    ctx.credentials_changed()   # its listeners: a rollout whose selector the new device matches takes it in
     host = ctx.broker.host or request.url.hostname or "127.0.0.1"
     desired_key, bundle_keys = _fleet_keys(ctx)
     return EnrollResponse(device_id=device_id, api_token=api_secret, mqtt=MqttCredentials(

@@ -81,6 +81,8 @@ def test_a_device_enrolled_while_a_rollout_runs_gets_the_version(
         traffic.enter_context(Load(cam0, "join"))
         traffic.enter_context(Load(cam1, "join"))
         ro = fleet.rollout("join@2.0.0", waves=[50, 100], observe_s=4, min_requests=0)
+        # (the controller picks the members just after the API answered: cam-2 must come after that)
+        wait_for("the rollout's members", lambda: len(fleet.status(ro)["device_list"]) == 2, 30, fleet.logs)
         # when cam-2 enrols into the same group while it runs, and then installs join@1 (the fleet cannot know
         # that version from the enrolment)
         cam2 = fleet.enroll("cam-2", "cams", installed=[bundles[2]["join@1"]])
