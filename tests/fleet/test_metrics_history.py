@@ -61,7 +61,7 @@ def test_metrics_export_per_version_figures_from_roll_ups(sqlite_fleet: Fleet) -
     assert m["edgeml_fleet_rollout_wave"] == {rollout: 1}
     assert utcnow().timestamp() - m["edgeml_fleet_rollout_last_progress_timestamp_seconds"][rollout] > 3000
     # and the names tests and dashboards already use are still there
-    assert m["edgeml_fleet_model_error_rate"][v1] == 0.1
+    assert m["edgeml_fleet_model_error_rate"][v1] == 0.1 and m["edgeml_fleet_model_drift_psi"] == {v2: 0.4}
     assert [q for q in statements if any(t in q for t in RAW_TABLES)] == []
 
 
@@ -73,7 +73,7 @@ def test_history_has_null_for_minutes_without_data(sqlite_fleet: Fleet) -> None:
         r = sqlite_fleet.call("GET", "/v1/health/history", params={"model": "cls", "minutes": 15})
     assert r.status_code == 200, r.text
     series = {s["version"]: s for s in r.json()}
-    assert set(series) == {"1", "2"}
+    assert set(series) == {"1", "2"} and (series["1"]["drift"], series["2"]["drift"]) == (None, 0.4)
     points = series["1"]["points"]
     assert len(points) == 15 and series["1"]["step_s"] == 60
     # then the two minutes with data have their figures, and every other minute is null (a gap), never 0
