@@ -38,9 +38,11 @@ def version_history(session: Session, *, model: str, version: str | None, minute
         i = int((at - start).total_seconds() // 60) // step
         r, e, hs = buckets.setdefault(v, {}).get(i, (0, 0, []))
         buckets[v][i] = (r + int(requests), e + int(errors), [*hs, latency])
-    drift = dict(session.execute(select(DeviceVersion.version, DeviceVersion.drift).where(
-        DeviceVersion.model == model, DeviceVersion.version.in_(list(buckets)), DeviceVersion.drift.is_not(None))
-        .order_by(DeviceVersion.drift)).tuples().all())   # ascending, so the dict keeps each version's largest
+    # ascending, so the dict keeps each version's largest score
+    drift: dict[str, float] = {str(v): float(d) for v, d in session.execute(
+        select(DeviceVersion.version, DeviceVersion.drift).where(
+            DeviceVersion.model == model, DeviceVersion.version.in_(list(buckets)), DeviceVersion.drift.is_not(None))
+        .order_by(DeviceVersion.drift))}
     return [{"model": model, "version": v, "step_s": step * 60, "drift": drift.get(v),
              "points": [_point(start + timedelta(minutes=step * i), per_bucket.get(i)) for i in range(count)]}
             for v, per_bucket in sorted(buckets.items())]
