@@ -182,8 +182,10 @@ def store_telemetry(server: FleetServer, device_id: str, t0: datetime) -> None:
                                                         DeviceVersion.version == version).values(drift=score))
 
 
-def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path: Path, signing_key) -> None:
+def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path: Path, signing_key,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     playwright_api = playwright_or_skip()
+    from edgeml.fleet.cli.rollouts import _print_status
     from tests.support.bundles import make_bundle
     from tests.support.tiny_models import tiny_cnn
 
@@ -210,6 +212,7 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
     r = live_fleet.call("POST", "/v1/rollouts", json={"bundle": "cls@2.0.0", "group": "lab", "waves": [50, 100]})
     assert r.status_code == 201, r.text
     rollout = r.json()["id"]
+    mark_first_wave_installed(live_fleet.server, rollout)
     shots = artifacts_dir(tmp_path)
 
     with playwright_api.sync_playwright() as pw:
@@ -229,6 +232,14 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
             assert f"{rollout} — cls@2.0.0" in text, text
             assert "Wave" in text and "max_error_rate" in text and "rollout.create" in text, text
             assert page.locator(f"[data-rollout='{rollout}'] table tbody tr").count() == 2  # 50 %, 100 %
+            # the wave has had no traffic since it started (the telemetry is older): no latency, not 0.0 ms
+            doc = live_fleet.call("GET", f"/v1/rollouts/{rollout}").json()
+            assert doc["live"]["requests"] == 0 and doc["live"]["p50_ms"] is None, doc["live"]
+            _print_status(doc)   # what `edgeml-fleet rollout status` prints
+            [gate] = [line for line in capsys.readouterr().out.splitlines() if "max_latency_regression" in line]
+            assert gate.split()[-1] == "-", gate
+            live_text = page.inner_text(f"[data-rollout='{rollout}'] .live")
+            assert "p50_ms: no data" in live_text and "0.0" not in live_text.replace("error_rate: 0.000", ""), live_text
             page.screenshot(path=str(shots / "rollouts.png"), full_page=True)
 
             # the devices page says which backend served the model (from the newest window)
@@ -248,6 +259,25 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
             assert problems == [], problems
         finally:
             browser.close()
+
+
+def mark_first_wave_installed(server: FleetServer, rollout: str) -> None:
+    """As if the first wave's device had installed v2 (no agent here), so the rollout shows live figures."""
+    from sqlalchemy import select
+
+    from edgeml.fleet.store.models import RolloutDevice
+
+    deadline = time.monotonic() + 20
+    while True:
+        with server.store.session() as session:
+            first = session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout,
+                                                                RolloutDevice.wave == 0)).all()
+            for member in first:
+                member.state = "installed"
+            if first:
+                return
+        assert time.monotonic() < deadline, "the controller did not pick the first wave's devices"
+        time.sleep(0.2)
 
 
 def check_version_charts(page) -> None:  # type: ignore[no-untyped-def]

@@ -128,6 +128,10 @@ function pairs(obj) {
   const entries = Object.entries(obj || {}).filter(([, v]) => v !== null && v !== undefined);
   return entries.length ? entries.map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "—";
 }
+// A wave's live figures: a figure the window had no data for (no requests: no latency) says so, never 0.
+function liveFigures(live) {
+  return Object.entries(live).map(([k, v]) => `${k}: ${v === null || v === undefined ? "no data" : fmt(v)}`).join(", ");
+}
 function rolloutBlock(r) {
   const waves = r.wave_list || [];
   const decisions = (r.decisions || []).slice(-6);
@@ -136,7 +140,7 @@ function rolloutBlock(r) {
     el("p", {}, `wave ${Math.min(r.wave, r.waves)} of ${r.waves} · ${r.devices} devices · selector ${pairs(r.selector)}`,
       r.reason ? el("span", { class: "warn" }, ` · ${r.reason}`) : null),
     el("p", {}, "Gates: ", pairs(r.gates)),
-    el("p", {}, "Gate figures (current wave): ", r.live ? pairs(r.live) : "—"),
+    el("p", { class: "live" }, "Gate figures (current wave): ", r.live ? liveFigures(r.live) : "—"),
     waves.length
       ? table(["Wave", "Share", "State", "Installed", "Devices by state"],
         waves.map((w) => [String(w.wave), w.percent !== null && w.percent !== undefined ? w.percent + "%" : "—",
