@@ -11,6 +11,7 @@ from sqlalchemy import update
 from edgeml.fleet.store.capture_models import Capture
 from edgeml.fleet.store.models import Bundle, Rollout
 from edgeml.fleet.store.rollup_models import DeviceVersion
+from edgeml.fleet.store.telemetry_models import ModelHourly
 from edgeml.fleet.telemetry_store import Envelope, store_messages
 from edgeml.telemetry.latency import bucket_index, empty_histogram
 from tests.fleet.conftest import Fleet
@@ -36,6 +37,7 @@ def seed(fleet: Fleet, now: datetime) -> list[str]:
         # a drift score needs the bundle's reference statistics (tests/fleet/test_drift_e2e.py computes real
         # ones); here the roll-up holds one as ingest would have stored it
         s.execute(update(DeviceVersion).where(DeviceVersion.version == "2").values(drift=0.4))
+        s.execute(update(ModelHourly).where(ModelHourly.version == "2").values(drift=0.4))
         s.add(Capture(device_id=ids[1], capture_id="c1", model="cls", version="2", trigger="drift", figures={},
                       tensors={}, captured_at=now, received_at=now, size=10, file_sha256="0" * 64))
         s.add(Bundle(id="b" * 64, name="cls", version="2", target="x86_64", runtime="onnxruntime", precision="fp32",

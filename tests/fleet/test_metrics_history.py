@@ -74,6 +74,7 @@ def test_history_has_null_for_minutes_without_data(sqlite_fleet: Fleet) -> None:
     assert r.status_code == 200, r.text
     series = {s["version"]: s for s in r.json()}
     assert set(series) == {"1", "2"} and (series["1"]["drift"], series["2"]["drift"]) == (None, 0.4)
+    assert series["1"]["drift_hourly"] == [] and [d["drift"] for d in series["2"]["drift_hourly"]] == [0.4]
     points = series["1"]["points"]
     assert len(points) == 15 and series["1"]["step_s"] == 60
     # then the two minutes with data have their figures, and every other minute is null (a gap), never 0

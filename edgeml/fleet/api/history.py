@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
+from edgeml.fleet.store.telemetry_models import ModelHourly
 from edgeml.telemetry.latency import merge, percentile
 
 MAX_POINTS = 1440   # a day at one-minute steps; more is refused (the caller widens the step)
@@ -23,7 +24,8 @@ def version_history(session: Session, *, model: str, version: str | None, minute
                     now: datetime | None = None) -> list[dict[str, Any]]:
     """One series per version of ``model`` (or just ``version``) with data in the last ``minutes``:
     ``points`` of ``step``-minute buckets, oldest first, each ``{t, requests, errors, error_rate, p50_ms,
-    p95_ms, p99_ms}`` (all null for a bucket without data), and the version's current ``drift``."""
+    p95_ms, p99_ms}`` (all null for a bucket without data), the version's current ``drift`` and its
+    ``drift_hourly`` history."""
     end = (now or datetime.now(UTC)).replace(second=0, microsecond=0)
     count = -(-minutes // step)
     start = end - timedelta(minutes=step * count - 1)   # the last bucket ends with the current minute
@@ -43,9 +45,27 @@ def version_history(session: Session, *, model: str, version: str | None, minute
         select(DeviceVersion.version, DeviceVersion.drift).where(
             DeviceVersion.model == model, DeviceVersion.version.in_(list(buckets)), DeviceVersion.drift.is_not(None))
         .order_by(DeviceVersion.drift))}
+    hourly = _drift_by_hour(session, model, list(buckets), start)
     return [{"model": model, "version": v, "step_s": step * 60, "drift": drift.get(v),
+             "drift_hourly": hourly.get(v, []),
              "points": [_point(start + timedelta(minutes=step * i), per_bucket.get(i)) for i in range(count)]}
             for v, per_bucket in sorted(buckets.items())]
+
+
+def _drift_by_hour(session: Session, model: str, versions: list[str],
+                   start: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Per version, the largest device drift of each hour that has one (``model_hourly`` keeps each device's
+    last score of the hour), from the hour holding ``start``: drift changes slowly, and the per-minute
+    roll-up has no drift column."""
+    h = ModelHourly
+    out: dict[str, list[dict[str, Any]]] = {}
+    for v, hour, score in session.execute(
+            select(h.version, h.hour, func.max(h.drift)).where(
+                h.model == model, h.version.in_(versions), h.hour >= start.replace(minute=0), h.drift.is_not(None))
+            .group_by(h.version, h.hour).order_by(h.version, h.hour)):
+        at = hour if hour.tzinfo else hour.replace(tzinfo=UTC)
+        out.setdefault(str(v), []).append({"t": at.isoformat(), "drift": float(score)})
+    return out
 
 
 def _point(at: datetime, bucket: tuple[int, int, list[list[int]]] | None) -> dict[str, Any]:

@@ -70,11 +70,17 @@ class HistoryPointOut(BaseModel):
     p99_ms: float | None
 
 
+class DriftPointOut(BaseModel):
+    t: datetime
+    drift: float
+
+
 class VersionHistoryOut(BaseModel):
     model: str
     version: str
     step_s: int
     drift: float | None
+    drift_hourly: list[DriftPointOut]
     points: list[HistoryPointOut]
 
 

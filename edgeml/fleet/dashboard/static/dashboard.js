@@ -216,8 +216,8 @@ function lineChart(title, unit, series) {
   }
   return el("figure", {}, svg, el("figcaption", {}, title));
 }
-// One model's block: per version, p95 latency and error rate per minute, and the current drift score
-// (the roll-ups keep one drift score per device and version, not a per-minute history).
+// One model's block: per version, p95 latency and error rate per minute, and drift per hour (the hourly
+// roll-up keeps drift; the per-minute one does not) followed by the current score.
 function modelBlock(model, history) {
   const keys = history.map((h) => `${model}@${h.version}`);
   const series = (pick) => history.map((h, i) => ({ name: keys[i], color: i,
@@ -228,8 +228,9 @@ function modelBlock(model, history) {
     el("div", { class: "charts" },
       lineChart(`latency p95, all devices (last ${HISTORY_MINUTES} min)`, " ms", series((p) => p.p95_ms)),
       lineChart("error rate", "", series((p) => p.error_rate)),
-      lineChart("drift now (PSI, largest device)", "", history.map((h, i) => ({ name: keys[i], color: i,
-        points: h.drift === null || !lastData(h) ? [] : [[Date.parse(lastData(h).t) / 1000, h.drift]] })))));
+      lineChart("drift (PSI, largest device; hourly, then now)", "", history.map((h, i) => ({ name: keys[i], color: i,
+        points: [...(h.drift_hourly || []).map((d) => [Date.parse(d.t) / 1000, d.drift]),
+          ...(h.drift === null || !lastData(h) ? [] : [[Date.parse(lastData(h).t) / 1000, h.drift]])] })))));
 }
 async function renderModels(section) {
   if (!(await hasPath("/v1/health/history"))) {
