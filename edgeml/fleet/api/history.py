@@ -40,11 +40,10 @@ def version_history(session: Session, *, model: str, version: str | None, minute
         i = int((at - start).total_seconds() // 60) // step
         r, e, hs = buckets.setdefault(v, {}).get(i, (0, 0, []))
         buckets[v][i] = (r + int(requests), e + int(errors), [*hs, latency])
-    # ascending, so the dict keeps each version's largest score
-    drift: dict[str, float] = {str(v): float(d) for v, d in session.execute(
-        select(DeviceVersion.version, DeviceVersion.drift).where(
-            DeviceVersion.model == model, DeviceVersion.version.in_(list(buckets)), DeviceVersion.drift.is_not(None))
-        .order_by(DeviceVersion.drift))}
+    dv = DeviceVersion
+    drift = {str(v): d for v, d in session.execute(
+        select(dv.version, func.max(dv.drift)).where(dv.model == model, dv.version.in_(list(buckets)))
+        .group_by(dv.version)) if d is not None}
     hourly = _drift_by_hour(session, model, list(buckets), start)
     return [{"model": model, "version": v, "step_s": step * 60, "drift": drift.get(v),
              "drift_hourly": hourly.get(v, []),
@@ -64,7 +63,8 @@ def _drift_by_hour(session: Session, model: str, versions: list[str],
                 h.model == model, h.version.in_(versions), h.hour >= start.replace(minute=0), h.drift.is_not(None))
             .group_by(h.version, h.hour).order_by(h.version, h.hour)):
         at = hour if hour.tzinfo else hour.replace(tzinfo=UTC)
-        out.setdefault(str(v), []).append({"t": at.isoformat(), "drift": float(score)})
+        if score is not None:
+            out.setdefault(str(v), []).append({"t": at.isoformat(), "drift": score})
     return out
 
 
