@@ -34,12 +34,12 @@ def _samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def test_metrics_export_per_version_figures_from_roll_ups(sqlite_fleet: Fleet) -> None:
+def test_metrics_export_per_version_figures_from_roll_ups(fleet: Fleet) -> None:
     # given two devices' telemetry on cls@1 and cls@2, a drift capture and a running rollout
-    seed(sqlite_fleet, utcnow())
+    seed(fleet, utcnow())
     # when Prometheus scrapes
-    with recorded_sql(sqlite_fleet) as statements:
-        r = sqlite_fleet.call("GET", "/metrics")
+    with recorded_sql(fleet) as statements:
+        r = fleet.call("GET", "/metrics")
     assert r.status_code == 200, r.text
     m = _samples(r.text)
     v1, v2 = (("model", "cls"), ("version", "1")), (("model", "cls"), ("version", "2"))
@@ -65,12 +65,12 @@ def test_metrics_export_per_version_figures_from_roll_ups(sqlite_fleet: Fleet) -
     assert [q for q in statements if any(t in q for t in RAW_TABLES)] == []
 
 
-def test_history_has_null_for_minutes_without_data(sqlite_fleet: Fleet) -> None:
+def test_history_has_null_for_minutes_without_data(fleet: Fleet) -> None:
     # given cls@1 with traffic 10 minutes ago and now, nothing in between
-    seed(sqlite_fleet, utcnow())
+    seed(fleet, utcnow())
     # when the dashboard asks for the last 15 minutes of cls, minute by minute
-    with recorded_sql(sqlite_fleet) as statements:
-        r = sqlite_fleet.call("GET", "/v1/health/history", params={"model": "cls", "minutes": 15})
+    with recorded_sql(fleet) as statements:
+        r = fleet.call("GET", "/v1/health/history", params={"model": "cls", "minutes": 15})
     assert r.status_code == 200, r.text
     series = {s["version"]: s for s in r.json()}
     assert set(series) == {"1", "2"} and (series["1"]["drift"], series["2"]["drift"]) == (None, 0.4)
@@ -85,7 +85,7 @@ def test_history_has_null_for_minutes_without_data(sqlite_fleet: Fleet) -> None:
     assert len(empty) == 13 and all(p["p50_ms"] is None and p["error_rate"] is None for p in empty)
     assert [q for q in statements if any(t in q for t in RAW_TABLES)] == []
     # and a coarser step adds minutes up; one version can be asked for alone
-    r = sqlite_fleet.call("GET", "/v1/health/history", params={"model": "cls", "version": "1", "minutes": 15,
+    r = fleet.call("GET", "/v1/health/history", params={"model": "cls", "version": "1", "minutes": 15,
                                                                 "step": 15})
     [only] = r.json()
     assert [(p["requests"], p["errors"]) for p in only["points"]] == [(150, 5)]
