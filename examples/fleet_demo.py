@@ -359,7 +359,9 @@ def watch_rollout(fleet: Fleet, rollout_id: str, timeout: float) -> dict[str, An
                 f"devices: {', '.join(f'{k} {v}' for k, v in sorted(status['counts'].items())) or '-'}")
         if status.get("live"):
             live = status["live"]
-            line += f" | live: error rate {live['error_rate']:.3f}, p50 {live['p50_ms'] or 0:.1f} ms"
+            # no requests in the wave's window: no latency to show (None, never "0.0 ms")
+            p50 = f"{live['p50_ms']:.1f} ms" if live.get("p50_ms") is not None else "no data"
+            line += f" | live: error rate {live['error_rate']:.3f}, p50 {p50}"
         if line != last:
             say(line)
             last = line

@@ -15,6 +15,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ] && [ "$(i
   echo "==> installing chromium (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus's alert rules.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> installing promtool (apt-get prometheus)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 VENV=${EDGEML_VENV:-.venv}
 # The TFLite converter's isolated toolchain (~2.4 GB, cached outside the clone; a no-op when current).
 echo "==> TFLite converter toolchain"

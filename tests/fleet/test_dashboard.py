@@ -155,26 +155,37 @@ def test_dashboard_shows_the_fleet_in_a_real_browser(live_fleet: LiveFleet, tmp_
 
 
 def store_telemetry(server: FleetServer, device_id: str, t0: datetime) -> None:
-    """Telemetry windows as ingest stores them (v1 then v2, one a minute) and a drift score per version."""
-    from edgeml.fleet.store.telemetry_models import DriftScore, ModelWindow
+    """Telemetry windows through ingest's code path (raw rows and roll-ups): v1 and v2, one a minute for six
+    minutes with nothing in the fourth (a gap), and a drift score per version."""
+    from sqlalchemy import update
+
+    from edgeml.fleet.store.rollup_models import DeviceVersion
+    from edgeml.fleet.telemetry_store import Envelope, store_messages
     from edgeml.telemetry.latency import bucket_index, empty_histogram
 
+    def entry(version: str, errors: int, ms: float) -> dict:
+        latency = empty_histogram()
+        latency[bucket_index(ms)] = 100
+        return {"model": "cls", "version": version, "requests": 100, "errors": {"x": errors} if errors else {},
+                "latency_ms": {"buckets": latency, "sum": ms * 100}, "runtime": "onnxruntime",
+                "device": "CPUExecutionProvider", "fallback": False}
+
     with server.store.session() as session:
-        for i in range(6):
-            for version, errors, ms in (("1.0.0", 0, 3.0), ("2.0.0", 2, 9.0)):
-                latency = empty_histogram()
-                latency[bucket_index(ms + i)] = 100
-                session.add(ModelWindow(device_id=device_id, seq=i + 1, model="cls", version=version,
-                                        ts=t0 + timedelta(minutes=i), window_s=60.0, requests=100, errors=errors,
-                                        latency=latency, stats={}, runtime="onnxruntime",
-                                        accelerator="CPUExecutionProvider", fallback=False))
+        store_messages(session, [
+            Envelope(device_id, i + 1, t0 + timedelta(minutes=i), "telemetry",
+                     {"window_s": 60.0, "models": [entry("1.0.0", 0, 3.0 + i), entry("2.0.0", 2, 9.0 + i)]})
+            for i in range(6) if i != 3])
+        # drift needs the bundle's reference statistics (tests/fleet/test_drift_e2e.py); the roll-up holds a
+        # score here as ingest would have stored it
         for version, score in (("1.0.0", 0.02), ("2.0.0", 0.3)):
-            session.add(DriftScore(device_id=device_id, model="cls", version=version, score=score, tensors={},
-                                   summaries={}, updated_at=t0))
+            session.execute(update(DeviceVersion).where(DeviceVersion.device_id == device_id,
+                                                        DeviceVersion.version == version).values(drift=score))
 
 
-def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path: Path, signing_key) -> None:
+def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path: Path, signing_key,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     playwright_api = playwright_or_skip()
+    from edgeml.fleet.cli.rollouts import _print_status
     from tests.support.bundles import make_bundle
     from tests.support.tiny_models import tiny_cnn
 
@@ -201,6 +212,7 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
     r = live_fleet.call("POST", "/v1/rollouts", json={"bundle": "cls@2.0.0", "group": "lab", "waves": [50, 100]})
     assert r.status_code == 201, r.text
     rollout = r.json()["id"]
+    mark_first_wave_installed(live_fleet.server, rollout)
     shots = artifacts_dir(tmp_path)
 
     with playwright_api.sync_playwright() as pw:
@@ -220,6 +232,14 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
             assert f"{rollout} — cls@2.0.0" in text, text
             assert "Wave" in text and "max_error_rate" in text and "rollout.create" in text, text
             assert page.locator(f"[data-rollout='{rollout}'] table tbody tr").count() == 2  # 50 %, 100 %
+            # the wave has had no traffic since it started (the telemetry is older): no latency, not 0.0 ms
+            doc = live_fleet.call("GET", f"/v1/rollouts/{rollout}").json()
+            assert doc["live"]["requests"] == 0 and doc["live"]["p50_ms"] is None, doc["live"]
+            _print_status(doc)   # what `edgeml-fleet rollout status` prints
+            [gate] = [line for line in capsys.readouterr().out.splitlines() if "max_latency_regression" in line]
+            assert gate.split()[-1] == "-", gate
+            live_text = page.inner_text(f"[data-rollout='{rollout}'] .live")
+            assert "p50_ms: no data" in live_text and "0.0" not in live_text.replace("error_rate: 0.000", ""), live_text
             page.screenshot(path=str(shots / "rollouts.png"), full_page=True)
 
             # the devices page says which backend served the model (from the newest window)
@@ -229,16 +249,48 @@ def test_rollout_waves_and_version_charts_render(live_fleet: LiveFleet, tmp_path
             assert "onnxruntime/CPUExecutionProvider" in rows.nth(0).inner_text()
             assert "cls@1.0.0" in rows.nth(0).inner_text() and "cls@2.0.0" in rows.nth(1).inner_text()
 
-            # and the models page draws latency, error rate and drift with one line per version
+            # and the models page draws latency, error rate and drift per version from the stored history
             page.click("nav a[data-page=models]")
-            page.wait_for_selector("#models[data-loaded=true] svg")
-            charts = page.locator("#models [data-model=cls] svg")
-            assert charts.count() == 3
-            for i in range(3):
-                assert charts.nth(i).locator("polyline").count() == 2
-            assert charts.nth(0).locator("circle").count() == 12  # 6 windows x 2 versions (devices merged)
-            assert "cls@2.0.0" in page.inner_text("#models .legend")
+            check_version_charts(page)
             page.screenshot(path=str(shots / "models.png"), full_page=True)
+            # and the history survives a reload: it comes from the fleet's roll-ups, not the page's memory
+            page.reload()
+            check_version_charts(page)
             assert problems == [], problems
         finally:
             browser.close()
+
+
+def mark_first_wave_installed(server: FleetServer, rollout: str) -> None:
+    """As if the first wave's device had installed v2 (no agent here), so the rollout shows live figures."""
+    from sqlalchemy import select
+
+    from edgeml.fleet.store.models import RolloutDevice
+
+    deadline = time.monotonic() + 20
+    while True:
+        with server.store.session() as session:
+            first = session.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout,
+                                                                RolloutDevice.wave == 0)).all()
+            for member in first:
+                member.state = "installed"
+            if first:
+                return
+        assert time.monotonic() < deadline, "the controller did not pick the first wave's devices"
+        time.sleep(0.2)
+
+
+def check_version_charts(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector("#models[data-loaded=true] svg")
+    charts = page.locator("#models [data-model=cls] svg")
+    assert charts.count() == 3
+    latency, errors, drift = (charts.nth(i) for i in range(3))
+    # five minutes with data per version (devices merged), the missing fourth minute a gap: two line
+    # segments per version, and no point drawn for it (nothing at 0 ms)
+    for chart in (latency, errors):
+        assert chart.locator("circle").count() == 10
+        assert chart.locator("polyline").count() == 4
+        for version in ("cls@1.0.0", "cls@2.0.0"):
+            assert chart.locator(f"polyline[data-series='{version}']").count() == 2
+    assert drift.locator("circle").count() == 2   # the current score of each version
+    assert "cls@2.0.0" in page.inner_text("#models .legend")

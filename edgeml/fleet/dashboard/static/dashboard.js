@@ -128,6 +128,10 @@ function pairs(obj) {
   const entries = Object.entries(obj || {}).filter(([, v]) => v !== null && v !== undefined);
   return entries.length ? entries.map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "—";
 }
+// A wave's live figures: a figure the window had no data for (no requests: no latency) says so, never 0.
+function liveFigures(live) {
+  return Object.entries(live).map(([k, v]) => `${k}: ${v === null || v === undefined ? "no data" : fmt(v)}`).join(", ");
+}
 function rolloutBlock(r) {
   const waves = r.wave_list || [];
   const decisions = (r.decisions || []).slice(-6);
@@ -136,7 +140,7 @@ function rolloutBlock(r) {
     el("p", {}, `wave ${Math.min(r.wave, r.waves)} of ${r.waves} · ${r.devices} devices · selector ${pairs(r.selector)}`,
       r.reason ? el("span", { class: "warn" }, ` · ${r.reason}`) : null),
     el("p", {}, "Gates: ", pairs(r.gates)),
-    el("p", {}, "Gate figures (current wave): ", r.live ? pairs(r.live) : "—"),
+    el("p", { class: "live" }, "Gate figures (current wave): ", r.live ? liveFigures(r.live) : "—"),
     waves.length
       ? table(["Wave", "Share", "State", "Installed", "Devices by state"],
         waves.map((w) => [String(w.wave), w.percent !== null && w.percent !== undefined ? w.percent + "%" : "—",
@@ -161,12 +165,22 @@ async function renderRollouts(section) {
 }
 
 // --- per-model-version charts ---
-// Drift is one current score per (device, version); the page keeps the history it has seen while open.
-const driftHistory = new Map(); // "model@version" -> [[t, max score], ...]
+// History comes from the fleet's minute roll-ups (/v1/health/history), so it survives a reload. A point
+// is [t, value] with value null where no data arrived: the line breaks there (a gap), never drops to 0.
+const HISTORY_MINUTES = 60;
 const COLORS = ["#2f5bd3", "#c0362c", "#12805c", "#b54708", "#7a2ed1", "#0e7490"];
+function segments(points) { // runs of consecutive non-null points
+  const runs = [[]];
+  for (const p of points) {
+    if (p[1] === null || p[1] === undefined) { if (runs[runs.length - 1].length) runs.push([]); }
+    else runs[runs.length - 1].push(p);
+  }
+  return runs.filter((r) => r.length);
+}
 function lineChart(title, unit, series) {
   const W = 360, H = 160, L = 44, R = 8, T = 10, B = 22;
   const all = series.flatMap((s) => s.points);
+  const known = all.filter((p) => p[1] !== null && p[1] !== undefined);
   const svgNS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("role", "img");
@@ -179,80 +193,55 @@ function lineChart(title, unit, series) {
   };
   add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d0d5dd" });
   add("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d0d5dd" });
-  if (all.length) {
+  if (known.length) {
+    // the time axis spans the whole window asked for, data or not, so gaps show where they are
     const x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
-    const yMax = Math.max(...all.map((p) => p[1]), 1e-9) * 1.1;
+    const yMax = Math.max(...known.map((p) => p[1]), 1e-9) * 1.1;
     const sx = (x) => L + (x1 > x0 ? ((x - x0) / (x1 - x0)) * (W - L - R) : (W - L - R) / 2);
     const sy = (y) => H - B - (y / yMax) * (H - T - B);
     add("text", { x: 2, y: T + 8 }, fmt(yMax) + unit);
     add("text", { x: 2, y: H - B }, "0");
     add("text", { x: L, y: H - 6 }, when(x0).slice(11));
     add("text", { x: W - R - 44, y: H - 6 }, when(x1).slice(11));
-    series.forEach((s, i) => {
-      const pts = s.points.slice().sort((a, b) => a[0] - b[0]);
+    series.forEach((s) => {
       const color = COLORS[s.color % COLORS.length];
-      add("polyline", { fill: "none", stroke: color, "stroke-width": 1.8,
-        points: pts.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ") });
-      for (const p of pts) add("circle", { cx: sx(p[0]).toFixed(1), cy: sy(p[1]).toFixed(1), r: 2, fill: color });
+      for (const run of segments(s.points.slice().sort((a, b) => a[0] - b[0]))) {
+        add("polyline", { fill: "none", stroke: color, "stroke-width": 1.8, "data-series": s.name,
+          points: run.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ") });
+        for (const p of run) add("circle", { cx: sx(p[0]).toFixed(1), cy: sy(p[1]).toFixed(1), r: 2, fill: color });
+      }
     });
   } else {
-    add("text", { x: L + 10, y: H / 2 }, "no data yet");
+    add("text", { x: L + 10, y: H / 2 }, "no data");
   }
   return el("figure", {}, svg, el("figcaption", {}, title));
 }
-// Windows from all devices that end at the same second are merged: requests and errors add up and
-// the latency shown is the worst device's p95 (what an operator watching a rollout cares about).
-function collect(telemetries) {
-  const versions = new Map(); // key -> {model, windows: Map(t -> {requests, errors, p95})}
-  const now = Date.now() / 1000;
-  for (const t of telemetries) {
-    for (const w of (t && t.windows) || []) {
-      const key = `${w.model}@${w.version}`;
-      if (!versions.has(key)) versions.set(key, { model: w.model, windows: new Map() });
-      const ts = Math.round(Date.parse(w.ts) / 1000);
-      const slot = versions.get(key).windows.get(ts) || { requests: 0, errors: 0, p95: null };
-      slot.requests += w.requests || 0;
-      slot.errors += w.errors || 0;
-      if (typeof w.p95_ms === "number") slot.p95 = Math.max(slot.p95 ?? 0, w.p95_ms);
-      versions.get(key).windows.set(ts, slot);
-    }
-    for (const d of (t && t.drift) || []) {
-      if (typeof d.score !== "number") continue;
-      const key = `${d.model}@${d.version}`;
-      if (!versions.has(key)) versions.set(key, { model: d.model, windows: new Map() });
-      const history = driftHistory.get(key) || [];
-      const last = history[history.length - 1];
-      if (last && now - last[0] < 1) last[1] = Math.max(last[1], d.score); else history.push([now, d.score]);
-      driftHistory.set(key, history.slice(-500));
-    }
-  }
-  return versions;
+// One model's block: per version, p95 latency and error rate per minute, and drift per hour (the hourly
+// roll-up keeps drift; the per-minute one does not) followed by the current score.
+function modelBlock(model, history) {
+  const keys = history.map((h) => `${model}@${h.version}`);
+  const series = (pick) => history.map((h, i) => ({ name: keys[i], color: i,
+    points: h.points.map((p) => [Date.parse(p.t) / 1000, pick(p)]) }));
+  const lastData = (h) => [...h.points].reverse().find((p) => p.requests !== null);
+  return el("div", { class: "model", "data-model": model }, el("h3", {}, model),
+    el("p", { class: "legend" }, keys.map((key, i) => el("span", { style: `color:${COLORS[i % COLORS.length]}` }, "● " + key))),
+    el("div", { class: "charts" },
+      lineChart(`latency p95, all devices (last ${HISTORY_MINUTES} min)`, " ms", series((p) => p.p95_ms)),
+      lineChart("error rate", "", series((p) => p.error_rate)),
+      lineChart("drift (PSI, largest device; hourly, then now)", "", history.map((h, i) => ({ name: keys[i], color: i,
+        points: [...(h.drift_hourly || []).map((d) => [Date.parse(d.t) / 1000, d.drift]),
+          ...(h.drift === null || !lastData(h) ? [] : [[Date.parse(lastData(h).t) / 1000, h.drift]])] })))));
 }
 async function renderModels(section) {
-  if (!(await templatePath("/v1/telemetry"))) {
-    section.replaceChildren(el("h2", {}, "Models"), empty("No data yet: this server has no telemetry API."));
+  if (!(await hasPath("/v1/health/history"))) {
+    section.replaceChildren(el("h2", {}, "Models"), empty("No data yet: this server has no history API."));
     return;
   }
-  // the charts merge the first page of devices' windows (fleet-wide figures: /v1/health)
-  const devices = (await devicePage(null)).items;
-  const versions = collect(await Promise.all(devices.map((d) => telemetryOf(d.id, 60))));
-  const models = new Map(); // model -> [version keys]
-  for (const [key, v] of [...versions.entries()].sort()) {
-    if (!models.has(v.model)) models.set(v.model, []);
-    models.get(v.model).push(key);
-  }
-  const blocks = [...models.entries()].map(([model, keys]) => {
-    const series = (pick) => keys.map((key, i) => ({ name: key, color: i, points: pick(key) }));
-    const windows = (key) => [...versions.get(key).windows.entries()];
-    return el("div", { class: "model", "data-model": model }, el("h3", {}, model),
-      el("p", { class: "legend" }, keys.map((key, i) => el("span", { style: `color:${COLORS[i % COLORS.length]}` }, "● " + key))),
-      el("div", { class: "charts" },
-        lineChart("latency p95 (worst device)", " ms",
-          series((key) => windows(key).filter(([, w]) => w.p95 !== null).map(([t, w]) => [t, w.p95]))),
-        lineChart("error rate", "",
-          series((key) => windows(key).filter(([, w]) => w.requests > 0).map(([t, w]) => [t, w.errors / w.requests]))),
-        lineChart("drift (PSI, largest device)", "", series((key) => driftHistory.get(key) || []))));
-  });
+  const health = await api(`/v1/health?minutes=${HISTORY_MINUTES}`);
+  const models = [...new Set(health.map((h) => h.model))].sort();
+  const histories = await Promise.all(models.map((m) =>
+    api(`/v1/health/history?model=${encodeURIComponent(m)}&minutes=${HISTORY_MINUTES}`)));
+  const blocks = models.map((m, i) => modelBlock(m, histories[i]));
   section.replaceChildren(el("h2", {}, "Models: latency, error rate and drift per version"),
     ...(blocks.length ? blocks : [empty("No data yet: no telemetry received from any device.")]));
 }
