@@ -65,8 +65,14 @@ def _dims(value_info: ValueInfoProto) -> tuple[int | str, ...]:
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         else:
-            dims.append(d.dim_param or f"{value_info.name}_dim{i}")
+            dims.append(d.dim_param if is_named_dim(d.dim_param) else f"{value_info.name}_dim{i}")
     return tuple(dims)
+
+
+def is_named_dim(param: str) -> bool:
+    """Whether a dim_param names a dimension. Some exporters write "?" (PaddlePaddle) for every unknown
+    dim: that is not a name, and two such dims (an image's height and width) are not the same dimension."""
+    return bool(param) and param != "?"
 
 
 def onnx_specs(model: ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -86,8 +86,16 @@ def _heartbeat(w: World) -> Call:
     return Call("POST", "/v1/device/heartbeat", w.fleet.enroll()["api_token"], {"json": {"installed": {"m": "1"}}})
 
 
+def _capture_upload(w: World) -> Call:
+    from tests.capture.test_fleet_captures import _body
+
+    return Call("PUT", "/v1/captures/cap-auth-walk", w.fleet.enroll()["api_token"],
+                {"content": _body("cap-auth-walk")})
+
+
 BUILDERS: dict[tuple[str, str], Callable[[World], Call]] = {
-    **{route: build for route, (build, _) in AUDITED.items()}, HEARTBEAT: _heartbeat}
+    **{route: build for route, (build, _) in AUDITED.items()}, HEARTBEAT: _heartbeat,
+    ("PUT", "/v1/captures/{capture_id}"): _capture_upload}
 
 
 def test_the_walk_covers_every_state_changing_route() -> None:

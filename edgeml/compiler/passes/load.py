@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from edgeml.compiler.modelinfo import digest_files, load_onnx, onnx_specs, save_onnx, specs_to_json
+from edgeml.compiler.modelinfo import digest_files, is_named_dim, load_onnx, onnx_specs, save_onnx, specs_to_json
 from edgeml.compiler.passes.base import Artifact, BuildContext, Pass
 from edgeml.compiler.tflite_io import load_tflite
 from edgeml.errors import CompileError, ConfigError
@@ -39,7 +39,7 @@ def _fix_input_shapes(model: ModelProto, input_shapes: Mapping[str, Sequence[int
             if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != value:
                 raise ConfigError(f"--input-shape {name}: dimension {d.dim_value} of the model is static; "
                                   f"it cannot become {value}")
-            if d.dim_param:
+            if is_named_dim(d.dim_param):
                 fixed_symbols[d.dim_param] = int(value)
             d.ClearField("dim_param")
             d.dim_value = int(value)
