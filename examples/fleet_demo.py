@@ -306,7 +306,9 @@ def watch_rollout(fleet: Fleet, rollout_id: str, timeout: float) -> dict[str, An
                 f"devices: {', '.join(f'{k} {v}' for k, v in sorted(status['counts'].items())) or '-'}")
         if status.get("live"):
             live = status["live"]
-            line += f" | live: error rate {live['error_rate']:.3f}, p50 {live['p50_ms'] or 0:.1f} ms"
+            # a window with no traffic has no latency: "-", never "0.0 ms"
+            p50 = "-" if live.get("p50_ms") is None else f"{live['p50_ms']:.1f} ms"
+            line += f" | live: error rate {live['error_rate']:.3f}, p50 {p50}, drift {loop.fmt(live.get('drift'))}"
         if line != last:
             say(line)
             last = line
@@ -366,6 +368,9 @@ def run_loop(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
         summary["versions"] = {a.name: a.version() for a in agents}
         summary["traffic"] = traffic.totals()
     summary["health"] = fleet.call("GET", "/v1/health?minutes=30")
+    # what the dashboard's drift chart plots: each device's score per version from its telemetry
+    summary["dashboard_drift"] = {a.name: {d["version"]: d["score"] for d in fleet.call(
+        "GET", f"/v1/telemetry/{a.device_id}?minutes=30")["drift"]} for a in agents}
     summary["telemetry_windows"] = {a.name: len(fleet.call("GET", f"/v1/telemetry/{a.device_id}?minutes=30")["windows"])
                                     for a in agents}
     summary["admin_token"] = fleet.token
