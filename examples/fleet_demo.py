@@ -16,7 +16,10 @@ processes (each its own data directory and port) serve the model and report tele
 4. a rollout of v2 in three waves, which completes;
 5. a rollout of a deliberately bad v3 — the same network, but it only works on batches of one, so it
    passes the bundle's smoke test and fails on the batches real traffic sends — which the telemetry gate
-   stops in its first wave, sending that device back to v2.
+   stops in its first wave, sending that device back to v2;
+6. the loop closes (``demo_drift_loop.py``): camera-3's inputs shift, its drift rises, v2's capture policy
+   sends those samples to the fleet, they are exported and built into v4, and a rollout gated on drift
+   takes v4 to that camera's tag.
 
 Everything started here is stopped on exit, Ctrl-C included.
 """
@@ -33,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -44,10 +46,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-MODEL_WHEEL = "rapidocr-onnxruntime==1.4.4"
-MODEL_MEMBER = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
-MODEL_NAME = "ppocr-cls"
-INPUT_SHAPE = (3, 48, 192)  # the text-line crops PP-OCR's classifier was trained on
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling modules import
+import demo_drift_loop as loop
+from demo_inputs import MODEL_NAME, InputError, batch_of_one_only, fetch_model, text_crops
+
 BATCH = 2  # live traffic sends two crops per request
 
 
@@ -61,68 +63,6 @@ def step(text: str) -> None:
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message says which and where its logs are."""
-
-
-# -- inputs: the model and calibration data --------------------------------------------------------
-
-def fetch_model(cache: Path) -> Path:
-    """The PP-OCR classifier from its PyPI wheel (downloaded once; later runs are offline)."""
-    out = cache / "models" / MODEL_NAME / Path(MODEL_MEMBER).name
-    if out.exists():
-        return out
-    wheels = cache / "wheels"
-    found = sorted(wheels.glob("rapidocr_onnxruntime-1.4.4-*.whl")) if wheels.is_dir() else []
-    if not found:
-        say(f"    pip download {MODEL_WHEEL} (once, into {wheels})")
-        wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                        "-d", str(wheels), MODEL_WHEEL], check=True)
-        found = sorted(wheels.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-    if not found:
-        raise DemoError(f"pip download {MODEL_WHEEL} left no wheel in {wheels}")
-    with zipfile.ZipFile(found[0]) as zf:
-        data = zf.read(MODEL_MEMBER)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".part").write_bytes(data)
-    out.with_suffix(".part").replace(out)
-    return out
-
-
-def text_crops(count: int, seed: int) -> np.ndarray:
-    """``count`` crops of scikit-image's sample photos, resized and normalised as PP-OCR expects."""
-    from skimage import data
-    from skimage.transform import resize
-
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.immunohistochemistry(),
-              data.hubble_deep_field()]
-    rng = np.random.default_rng(seed)
-    crops = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        y, x = int(rng.integers(0, h - 96)), int(rng.integers(0, w - 384))
-        crop = resize(photo[y:y + 96, x:x + 384], INPUT_SHAPE[1:], anti_aliasing=True)
-        crops.append(((crop - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32))
-    return np.stack(crops)
-
-
-def batch_of_one_only(model: Path, out: Path) -> Path:
-    """v3's network: PP-OCR cls with its output reshaped to a fixed batch of one. It answers the smoke
-    test (one sample) correctly and fails on every batched request — a bug that only live traffic shows."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.load(str(model))
-    graph = m.graph
-    final = graph.output[0].name
-    for node in graph.node:
-        node.output[:] = [f"{final}_pre" if o == final else o for o in node.output]
-    graph.initializer.append(numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "fixed_batch_shape"))
-    graph.node.append(helper.make_node("Reshape", [f"{final}_pre", "fixed_batch_shape"], [final], name="fixed_batch"))
-    # declared as a dynamic batch, like the original, so the bundle looks like any other version
-    graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    onnx.save(m, str(out))
-    return out
 
 
 # -- processes --------------------------------------------------------------------------------------
@@ -238,6 +178,7 @@ class Traffic:
 
     def __init__(self, agents: list[Agent], crops: np.ndarray, per_second: float = 6.0) -> None:
         self.agents, self.crops, self.period = agents, crops, 1.0 / per_second
+        self.shifted: dict[str, np.ndarray] = {}  # an agent's own crops once its camera's view changes
         self.stop_event = threading.Event()
         self.counts: dict[str, dict[str, int]] = {}
         self.lock = threading.Lock()
@@ -259,7 +200,8 @@ class Traffic:
         with httpx.Client(timeout=10) as client:
             i = offset
             while not self.stop_event.wait(self.period):
-                batch = self.crops[[i % len(self.crops), (i + 1) % len(self.crops)]]
+                crops = self.shifted.get(agent.name, self.crops)
+                batch = crops[[i % len(crops), (i + 1) % len(crops)]]
                 i += BATCH
                 buf = io.BytesIO()
                 np.save(buf, batch)
@@ -289,21 +231,24 @@ def build_bundles(demo: Demo, cache: Path) -> dict[str, Path]:
     demo.run("edgeml", "keys", "generate")
     model = fetch_model(cache)
     say(f"    model: {model.name} (PP-OCR text direction classifier, {model.stat().st_size // 1024} KB)")
+    policy = loop.write_capture_policy(demo.work / "capture-policy.json")
     calib_v1, calib_v2 = demo.work / "calibration-v1.npy", demo.work / "calibration-v2.npy"
     np.save(calib_v1, text_crops(16, seed=0))
     np.save(calib_v2, text_crops(96, seed=0))
     say("    calibration: crops of scikit-image's sample photos (16 for v1, 96 for v2)")
 
     step("2. build bundles: v1, an improved v2 (6x the calibration data behind its fidelity and drift\n"
-         "    reference), and a bad v3 (it only works on batches of one)")
+         "    reference, and a capture policy: keep requests whose input drifts), and a bad v3 (it only works on\n"
+         "    batches of one)")
     out: dict[str, Path] = {}
     bad = batch_of_one_only(model, demo.work / "cls-batch1.onnx")
     for version, source, calib in (("1.0.0", model, calib_v1), ("2.0.0", model, calib_v2), ("3.0.0", bad, calib_v1)):
         path = demo.work / f"{MODEL_NAME}-{version}.edgepkg"
         t0 = time.monotonic()
+        capture = ["--capture-policy", str(policy)] if version == "2.0.0" else []
         report = json.loads(demo.run("edgeml", "build", str(source), "-t", "x86-cpu", "-p", "fp32", "--runtime",
                                      "onnxruntime", "-c", str(calib), "--name", MODEL_NAME, "--version", version,
-                                     "--bench-seconds", "0.3", "--json", "-o", str(path)))
+                                     *capture, "--bench-seconds", "0.3", "--json", "-o", str(path)))
         say(f"    v{version}: {path.name} ({report['chosen']}, built in {time.monotonic() - t0:.0f} s)")
         out[version] = path
     return out
@@ -320,6 +265,7 @@ def start_fleet(demo: Demo) -> Fleet:
     fleet = Fleet(f"http://127.0.0.1:{port}", token)
     key = (Path(demo.env["EDGEML_HOME"]) / "keys" / "default.pub").read_text()
     fleet.call("POST", "/v1/keys", json={"name": "demo-builder", "public_pem": key})
+    demo.env.update(EDGEML_FLEET_URL=fleet.url, EDGEML_FLEET_TOKEN=token)  # for the edgeml-fleet CLI steps
     say(f"    {fleet.url} (broker on 127.0.0.1:{broker_port}); it trusts the demo's signing key")
     return fleet
 
@@ -331,7 +277,8 @@ def start_agents(demo: Demo, fleet: Fleet, v1: Path, count: int, probation_s: fl
         name = f"camera-{i}"
         data_dir = demo.work / name
         port = free_port()
-        enroll_token = fleet.call("POST", "/v1/enrollment-tokens", json={"group": "demo", "tags": ["ocr"]})["token"]
+        tags = ["ocr", loop.SHIFTED_TAG] if name == loop.SHIFTED_CAMERA else ["ocr"]  # the loading-dock camera
+        enroll_token = fleet.call("POST", "/v1/enrollment-tokens", json={"group": "demo", "tags": tags})["token"]
         demo.run("edgeml-agent", "enroll", "--server", fleet.url, "--token", enroll_token, "--data-dir", str(data_dir),
                  "--name", name)
         config = demo.work / f"{name}.toml"
@@ -359,9 +306,9 @@ def watch_rollout(fleet: Fleet, rollout_id: str, timeout: float) -> dict[str, An
                 f"devices: {', '.join(f'{k} {v}' for k, v in sorted(status['counts'].items())) or '-'}")
         if status.get("live"):
             live = status["live"]
-            # no requests in the wave's window: no latency to show (None, never "0.0 ms")
-            p50 = f"{live['p50_ms']:.1f} ms" if live.get("p50_ms") is not None else "no data"
-            line += f" | live: error rate {live['error_rate']:.3f}, p50 {p50}"
+            # a window with no traffic has no latency: "-", never "0.0 ms"
+            p50 = "-" if live.get("p50_ms") is None else f"{live['p50_ms']:.1f} ms"
+            line += f" | live: error rate {live['error_rate']:.3f}, p50 {p50}, drift {loop.fmt(live.get('drift'))}"
         if line != last:
             say(line)
             last = line
@@ -393,6 +340,11 @@ def rollout(fleet: Fleet, version: str, observe_s: float, probation_s: float) ->
 def run_loop(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
     bundles = build_bundles(demo, args.cache)
     fleet = start_fleet(demo)
+    # pushed before any agent reports: the fleet scores drift only against bundles it holds (and remembers
+    # a missing one for a minute), so v1's drift is measured from its first telemetry window
+    for path in bundles.values():
+        push(fleet, path)
+    say(f"    pushed {', '.join(p.name for p in bundles.values())} to the fleet's registry")
     agents = start_agents(demo, fleet, bundles["1.0.0"], args.agents, args.probation)
     summary: dict[str, Any] = {"fleet": fleet.url, "dashboard": f"{fleet.url}/dashboard/", "workdir": str(demo.work),
                                "devices": {a.name: a.device_id for a in agents}}
@@ -402,9 +354,7 @@ def run_loop(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
             fleet.call("GET", f"/v1/telemetry/{a.device_id}?minutes=5")["windows"] for a in agents), 60)
         say(f"    requests so far: {traffic.totals()}")
 
-        step("6. push v1-v3 to the registry; roll out v2 in waves (1 %, 50 %, 100 % of group 'demo')")
-        for path in bundles.values():
-            push(fleet, path)
+        step("6. roll out v2 in waves (1 %, 50 %, 100 % of group 'demo')")
         good = rollout(fleet, "2.0.0", args.observe, args.probation)
         summary["v2"] = watch_rollout(fleet, good, args.timeout)
         wait_for("every agent serving v2", lambda: all(a.version() == "2.0.0" for a in agents), 60)
@@ -414,13 +364,42 @@ def run_loop(demo: Demo, args: argparse.Namespace) -> dict[str, Any]:
         bad = rollout(fleet, "3.0.0", args.observe, args.probation)
         summary["v3"] = watch_rollout(fleet, bad, args.timeout)
         wait_for("every agent back on v2", lambda: all(a.version() == "2.0.0" for a in agents), 90)
+        summary["loop"] = close_the_loop(demo, fleet, agents, traffic, args)
         summary["versions"] = {a.name: a.version() for a in agents}
         summary["traffic"] = traffic.totals()
     summary["health"] = fleet.call("GET", "/v1/health?minutes=30")
+    # what the dashboard's drift chart plots: each device's score per version from its telemetry
+    summary["dashboard_drift"] = {a.name: {d["version"]: d["score"] for d in fleet.call(
+        "GET", f"/v1/telemetry/{a.device_id}?minutes=30")["drift"]} for a in agents}
     summary["telemetry_windows"] = {a.name: len(fleet.call("GET", f"/v1/telemetry/{a.device_id}?minutes=30")["windows"])
                                     for a in agents}
     summary["admin_token"] = fleet.token
     return summary
+
+
+def close_the_loop(demo: Demo, fleet: Fleet, agents: list[Agent], traffic: Traffic,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """Steps 8-11 (``demo_drift_loop``): drift on one camera -> captures -> v4 -> a drift-gated rollout."""
+    camera = next(a for a in agents if a.name == loop.SHIFTED_CAMERA)
+    out: dict[str, Any] = {"device": camera.device_id}
+    out["drift"] = loop.shift_and_watch(demo, fleet, camera.device_id, lambda: traffic.shifted.update(
+        {camera.name: loop.night_crops(traffic.crops)}))
+    out["captures"] = loop.collect_captures(demo, fleet, camera.device_id)
+    v4, out["v4_fidelity"] = loop.build_v4(demo, fetch_model(args.cache), Path(out["captures"]["dataset"]),
+                                           demo.work / "capture-policy.json")
+    push(fleet, v4)
+    created = loop.gated_rollout(demo, fleet, camera.device_id, args.observe, args.probation)
+    status = watch_rollout(fleet, created["id"], args.timeout)
+    out["v4"] = status
+    out["v4_gates"] = loop.gate_figures(status)
+    loop.print_gate_figures(out["v4_gates"])
+    if status["state"] == "completed":
+        wait_for(f"{camera.name} serving v4", lambda: camera.version() == "4.0.0", 60)
+    out["drift"]["v4"] = loop.poll(f"{camera.name}'s drift on v4", lambda: loop.input_drift(
+        fleet, camera.device_id, "4.0.0") is not None, 30) and loop.input_drift(fleet, camera.device_id, "4.0.0")
+    loop.say(f"    {camera.name} input drift on v4: {out['drift']['v4']:.3f} "
+             f"(on v2 it was {out['drift']['after']:.3f})")
+    return out
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -428,6 +407,10 @@ def print_summary(s: dict[str, Any]) -> None:
     step("Summary")
     say(f"    v2 rollout {v2['id']}: {v2['state']} - {v2['devices']} devices, {v2['waves']} waves")
     say(f"    v3 rollout {v3['id']}: {v3['state']} - {v3.get('reason') or 'no reason recorded'}")
+    lp = s["loop"]
+    say(f"    the loop on {loop.SHIFTED_CAMERA}: input drift {loop.fmt(lp['drift']['before'])} -> "
+        f"{lp['drift']['after']:.3f} on v2; {lp['captures']['by_trigger']} captures; v4 rollout "
+        f"{lp['v4']['state']}; drift on v4 {lp['drift']['v4']:.3f}")
     say(f"    agents serve: {', '.join(f'{n} {v}' for n, v in s['versions'].items())}")
     for h in s["health"]:
         p50 = f"{h['p50_ms']:.1f} ms" if h["p50_ms"] is not None else "-"
@@ -466,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(_signals_as_interrupt())
         try:
             summary = run_loop(demo, args)
-        except DemoError as exc:
+        except (DemoError, InputError, loop.LoopError) as exc:
             say(f"\nerror: {exc}\n(logs: {work / 'logs'})")
             return 1
         except KeyboardInterrupt:

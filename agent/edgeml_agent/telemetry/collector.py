@@ -78,7 +78,8 @@ class TelemetryCollector:
         self._references = references or (lambda name, version: None)
         self._reported = totals()   # what the last snapshot reported: the first window starts now
         self._sampled: dict[tuple[str, str], _Sampled] = {}
-        self._previous: dict[tuple[str, str], _Sampled] = {}   # the last window's, for drift_scores
+        # the last windows' samples, newest first, for drift_scores while the current window is young
+        self._previous: collections.deque[dict[tuple[str, str], _Sampled]] = collections.deque(maxlen=DRIFT_WINDOWS)
         self._queue: collections.deque[Observation] = collections.deque(maxlen=max_samples)
         self._stats_budget = stats_budget
         self._stats_s = 0.0
@@ -172,22 +173,25 @@ class TelemetryCollector:
 
     def drift_scores(self, model: str, version: str) -> dict[str, float]:
         """PSI of each input's running summary against the bundle's reference histogram: this window's,
-        or the last window's while this one holds fewer than ``min_samples`` (the capture component's
-        drift trigger reads it once a second, never from a request thread)."""
+        or, while this one holds fewer than ``min_samples``, the last windows' pooled until they reach it (the
+        capture component's drift trigger reads it once a second, never from a request thread). Below the
+        floor there is no score: a PSI of a handful of samples is noise, and a new version's first requests
+        on a healthy camera would otherwise fire the drift trigger."""
         key = (model, version)
+        floor = max(1, self._min_samples)
         with self._folding:
-            sampled = self._sampled.get(key)
-            if sampled is None or sampled.samples < max(1, self._min_samples):
-                sampled = self._previous.get(key) or sampled
-            if sampled is None:
+            windows = _drift_windows(self._sampled.get(key), [w[key] for w in self._previous if key in w], floor)
+            if not windows:
                 return {}
             reference = self._references(model, version) or {}
             scores: dict[str, float] = {}
-            for name, summary in sampled.inputs.items():
+            for name in windows[0].inputs:
                 counts = ((_reference(reference, "inputs", name) or {}).get("histogram") or {})
                 ref_counts = counts.get("counts") if isinstance(counts, Mapping) else None
-                if isinstance(ref_counts, list) and summary.n:
-                    scores[name] = psi([float(c) for c in ref_counts if isinstance(c, int | float)], summary.counts)
+                parts = [w.inputs[name] for w in windows if name in w.inputs and w.inputs[name].n]
+                if isinstance(ref_counts, list) and parts:
+                    live = parts[0].counts if len(parts) == 1 else np.sum([p.counts for p in parts], axis=0)
+                    scores[name] = psi([float(c) for c in ref_counts if isinstance(c, int | float)], live)
             return scores
 
     def snapshot(self, extra_models: Mapping[tuple[str, str], Mapping[str, JSON]] | None = None) -> dict[str, JSON]:
@@ -198,7 +202,7 @@ class TelemetryCollector:
             self._summarise_queue(totals)
             reported, self._reported = self._reported, totals
             sampled, self._sampled = self._sampled, {}
-            self._previous = sampled
+            self._previous.appendleft(sampled)
             dropped, self.overflowed = self.overflowed, 0
             self._last_window_requests = sum(t.requests for t in totals.values()) - sum(
                 t.requests for t in reported.values())
@@ -215,6 +219,25 @@ class TelemetryCollector:
         return {"window_s": round(now - started, 3), "models": models, "system": system,
                 "observations_dropped": dropped}
 
+
+def _drift_windows(current: _Sampled | None, previous: list[_Sampled], floor: int) -> list[_Sampled]:
+    """The windows a drift score rests on: this one once it holds ``floor`` samples; else the newest
+    finished windows that together do (short windows at a low request rate); else those and this one;
+    none below the floor."""
+    if current is not None and current.samples >= floor:
+        return [current]
+    pooled: list[_Sampled] = []
+    for window in previous:
+        if window.samples:
+            pooled.append(window)
+        if sum(w.samples for w in pooled) >= floor:
+            return pooled
+    if current is not None and current.samples:
+        pooled.append(current)
+    return pooled if sum(w.samples for w in pooled) >= floor else []
+
+
+DRIFT_WINDOWS = 16   # finished windows drift_scores may pool; older samples say little about the camera now
 
 _NOTHING = ModelTotals({}, {}, empty_histogram(), 0.0)   # a model version not counted (yet)
 
