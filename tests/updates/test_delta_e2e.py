@@ -73,7 +73,7 @@ def fleet(built: tuple[Path, SigningKey, dict[str, Path]]) -> Iterator[tuple[Rea
 
 
 def _update(fleet: RealFleet, device: Device, version: str) -> None:
-    stopped = fleet.wait_stopped(fleet.rollout(f"d@{version}", min_requests=0))
+    stopped = fleet.complete(f"d@{version}", min_requests=0)   # with light traffic: a wave is judged on telemetry
     assert stopped["state"] == "completed", (stopped, fleet.logs())
     wait_for(f"d@{version} served", lambda: device.answering("d") == version, 30, fleet.logs)
 
