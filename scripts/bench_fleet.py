@@ -11,7 +11,8 @@ stored exactly once (read from the database). See ``scripts/fleetsim/`` for the 
     python scripts/bench_fleet.py --setup pg-mosquitto --devices 1000 --duration 60
     python scripts/bench_fleet.py --setup external --url http://127.0.0.1:8480 --token ADMIN --db postgresql://...
 
-Setups: ``embedded`` (SQLite + embedded broker, the defaults), ``pg-mosquitto`` (a database of its own on
+Setups: ``embedded`` (SQLite + embedded broker, the defaults), ``pg-managed`` (a database of its own on
+127.0.0.1:5432, ``--broker mosquitto`` and one ingest worker process), ``pg-mosquitto`` (a database of its own on
 127.0.0.1:5432 + a Mosquitto started here), ``external`` (a fleet you run: nothing started, nothing
 dropped). Loopback only; bounded by ``--duration`` plus the connect, rollout and drain timeouts.
 """
@@ -33,13 +34,13 @@ os.environ.setdefault("EDGEML_HOME", tempfile.mkdtemp(prefix="edgeml-bench-fleet
 
 from fleetsim import check  # noqa: E402
 from fleetsim.conductor import SimConfig, SimResult, simulate  # noqa: E402
-from fleetsim.setups import Fleet, embedded, pg_mosquitto  # noqa: E402
+from fleetsim.setups import Fleet, embedded, pg_managed, pg_mosquitto  # noqa: E402
 from fleetsim.worker import raise_fd_limit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setup", choices=["embedded", "pg-mosquitto", "external"], default="embedded")
+    p.add_argument("--setup", choices=["embedded", "pg-mosquitto", "pg-managed", "external"], default="embedded")
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of steady telemetry")
     p.add_argument("--telemetry-s", type=float, default=10.0)
@@ -71,6 +72,9 @@ def fleet_for(args: argparse.Namespace, work: Path) -> Iterator[Fleet]:
             yield fleet
     elif args.setup == "pg-mosquitto":
         with pg_mosquitto(work) as fleet:
+            yield fleet
+    elif args.setup == "pg-managed":
+        with pg_managed(work) as fleet:
             yield fleet
     else:
         yield Fleet(args.url, args.token, args.db, "external", server_pids=args.server_pid)

@@ -139,3 +139,17 @@ def pg_mosquitto(work: Path) -> Iterator[Fleet]:
                 yield Fleet(url, admin, db, "pg-mosquitto", server_pids=[process.pid], broker_pids=[mosquitto.pid])
             finally:
                 stop_process(mosquitto, 10)
+
+
+@contextlib.contextmanager
+def pg_managed(work: Path, ingest_workers: int = 1) -> Iterator[Fleet]:
+    """PostgreSQL + the Mosquitto the server manages itself (``--broker mosquitto``: dynamic security, its
+    own config with explicit queue limits), telemetry stored by ``--ingest-workers`` child processes. The
+    broker and the ingest workers are the server's children: their CPU counts as the server's."""
+    from edgeml.fleet.bootstrap import create_first_admin
+
+    with temporary_database("edgeml_bench") as db:
+        admin = create_first_admin(db)
+        flags = ["--broker", "mosquitto", "--broker-port", str(free_port()), "--ingest-workers", str(ingest_workers)]
+        with _server(work, db, flags) as (url, process):
+            yield Fleet(url, admin, db, "pg-managed", server_pids=[process.pid])
