@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Table, and_, bindparam, insert, update
 from sqlalchemy.orm import Session
 
+from edgeml.errors import FleetError
+
 
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
@@ -87,3 +89,17 @@ def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     sql = (f'UPDATE "{table.name}" AS t SET {sets} FROM unnest({arrays}) AS v({", ".join(p for p, _ in columns)}) '
            f"WHERE {match}")
     session.connection().exec_driver_sql(sql, {p: _array(c, [r[p] for r in rows]) for p, c in columns})
+
+
+def dialect_insert(session: Session) -> Any:
+    """The INSERT construct with ON CONFLICT support of the session's database."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise FleetError(f"the fleet store supports SQLite and PostgreSQL, not {name}")

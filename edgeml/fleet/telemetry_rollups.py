@@ -24,8 +24,7 @@ from typing import cast as type_cast
 from sqlalchemy import Table, case, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from edgeml.errors import FleetError
-from edgeml.fleet.bulk_sql import insert_rows, update_rows
+from edgeml.fleet.bulk_sql import dialect_insert, insert_rows, update_rows
 from edgeml.fleet.store.models import Bundle
 from edgeml.fleet.store.rollup_models import DeviceVersion, VersionMinute
 from edgeml.fleet.store.telemetry_models import DriftScore, ModelHourly, ModelWindow
@@ -247,16 +246,3 @@ def _upsert_device_versions(session: Session, windows: Sequence[Window],
         "drift": func.coalesce(x.drift, t.drift)})
     session.execute(stmt, [rows[k] for k in sorted(rows)])
 
-
-def dialect_insert(session: Session) -> Any:
-    """The INSERT construct with ON CONFLICT support of the session's database."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
-    raise FleetError(f"the fleet store supports SQLite and PostgreSQL, not {name}")

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from edgeml.errors import FleetError
+from edgeml.fleet.bulk_sql import dialect_insert
 from edgeml.fleet.store.models import Rollout, RolloutWakeup, as_utc, utcnow
 from edgeml.protocol import UPDATE_EVENT, RolloutState
 
@@ -57,7 +57,7 @@ def note(session: Session, keys: Iterable[str], now: datetime | None = None) -> 
         return
     at = now or utcnow()
     table = RolloutWakeup.__table__
-    stmt = _dialect_insert(session)(table).on_conflict_do_nothing(index_elements=[table.c.key])
+    stmt = dialect_insert(session)(table).on_conflict_do_nothing(index_elements=[table.c.key])
     session.execute(stmt, [{"key": k, "at": at} for k in unique])
 
 
@@ -126,15 +126,3 @@ def note_and_ring(store: Any, key: str) -> None:
         note(session, [key])
     ring(store)
 
-
-def _dialect_insert(session: Session) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert
-    raise FleetError(f"the fleet store supports SQLite and PostgreSQL, not {name}")
