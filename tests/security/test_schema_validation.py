@@ -229,7 +229,7 @@ def test_edgeml_fleet_bundles_push_to_a_real_server_gets_the_reason(tmp_path: Pa
             # then the command fails with the server's reason on one line, and the server stays well
             assert run.exit_code != 0 and run.stdout == "", run.output
             lines = run.stderr.splitlines()
-            assert len(lines) == 1 and "failed (400): bundle refused: " in lines[0], run.stderr
+            assert len(lines) == 1 and "refused (400): bundle refused: " in lines[0], run.stderr
             assert re.search(message, lines[0]), lines[0]
         good = _fleet_cli("bundles", "push", str(_bundle(tmp_path / "ok.edgepkg", signing_key, _manifest())))
         assert good.exit_code == 0 and "pushed det@1.0.0" in good.stdout, good.output
